@@ -1,0 +1,127 @@
+"""The distribution reward: the expected normalised discrepancy Qn under the model's
+next-token distribution, averaged over reply positions.
+
+    r_t = sum_v softmax(z_t)_v * Qn_v          (per position)
+    R   = mean over reply positions of r_t     (per sequence)
+    dr_t/dz_t,v = p_v * (Qn_v - r_t)
+
+Vocabulary work runs over chunks of positions so that no [positions, vocab] float32 copy
+beyond one chunk exists, and the backward pass recomputes the softmax instead of storing it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Elements of one float32 [rows, vocab] working block (2**25 floats = 128 MiB).
+DEFAULT_CHUNK_ELEMENTS = 1 << 25
+
+
+def _rows_per_chunk(vocab_size: int, chunk_elements: int) -> int:
+    return max(1, chunk_elements // max(1, vocab_size))
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half types; float64 stays float64 (gradcheck)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _expected_q(logits_rows: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """r for a block of rows of logits: softmax in at least float32, then dot with q."""
+    dtype = _work_dtype(logits_rows.dtype)
+    return torch.softmax(logits_rows.to(dtype), dim=-1) @ q.to(dtype)
+
+
+class _PositionReward(torch.autograd.Function):
+    """r_t for the selected rows of a [rows, vocab] logits view, chunked both ways."""
+
+    @staticmethod
+    def forward(ctx, flat_logits, rows, q, chunk_rows):
+        out = torch.empty(rows.numel(), dtype=_work_dtype(flat_logits.dtype), device=flat_logits.device)
+        with torch.no_grad():
+            for start in range(0, rows.numel(), chunk_rows):
+                idx = rows[start : start + chunk_rows]
+                out[start : start + idx.numel()] = _expected_q(flat_logits.index_select(0, idx), q)
+        ctx.save_for_backward(flat_logits, rows, q, out)
+        ctx.chunk_rows = chunk_rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        flat_logits, rows, q, r = ctx.saved_tensors
+        grad_logits = torch.zeros_like(flat_logits)
+        for start in range(0, rows.numel(), ctx.chunk_rows):
+            idx = rows[start : start + ctx.chunk_rows]
+            p = torch.softmax(flat_logits.index_select(0, idx).to(r.dtype), dim=-1)
+            block = p.mul_(q.to(r.dtype).unsqueeze(0) - r[start : start + idx.numel()].unsqueeze(1))
+            block.mul_(grad_out[start : start + idx.numel()].unsqueeze(1))
+            grad_logits.index_copy_(0, idx, block.to(flat_logits.dtype))
+        return grad_logits, None, None, None
+
+
+def distribution_reward(
+    logits: torch.Tensor,
+    q: torch.Tensor,
+    prediction_mask: torch.Tensor,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """Per-sequence distribution reward R.
+
+    logits: [batch, time, vocab] as the model returns them (any float dtype).
+    q: [vocab] normalised discrepancy (float32; a shorter q, e.g. a tokenizer vocabulary
+       smaller than a padded LM head, is zero-padded).
+    prediction_mask: [batch, time] true where logits[b, t] predicts a reply token.
+    Returns [batch] float32 (float64 for float64 logits); a sequence without reply positions gets 0.
+    """
+    batch, time, vocab = logits.shape
+    q = _fit_q(q, vocab, logits.device)
+    mask = prediction_mask.reshape(-1).bool()
+    rows = mask.nonzero().squeeze(1)
+    flat = logits.reshape(batch * time, vocab)  # a view for the contiguous tensors models return
+    per_row = _PositionReward.apply(flat, rows, q, _rows_per_chunk(vocab, chunk_elements))
+    seq_of_row = rows // time
+    totals = torch.zeros(batch, dtype=per_row.dtype, device=logits.device).index_add(0, seq_of_row, per_row)
+    counts = prediction_mask.reshape(batch, time).sum(dim=1).clamp_min(1).to(per_row.dtype)
+    return totals / counts
+
+
+@torch.no_grad()
+def distribution_reward_from_hidden(
+    hidden: torch.Tensor,
+    lm_head: torch.nn.Module,
+    q: torch.Tensor,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """r_t for [rows, hidden] states of reply positions only (scoring, no gradient):
+    the LM head runs on those rows, one chunk at a time."""
+    vocab = lm_head.weight.shape[0]
+    q = _fit_q(q, vocab, hidden.device)
+    chunk = _rows_per_chunk(vocab, chunk_elements)
+    out = torch.empty(hidden.shape[0], dtype=_work_dtype(hidden.dtype), device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk):
+        out[start : start + chunk] = _expected_q(lm_head(hidden[start : start + chunk]), q)
+    return out
+
+
+def naive_distribution_reward(logits: torch.Tensor, q: torch.Tensor, prediction_mask: torch.Tensor) -> torch.Tensor:
+    """Reference implementation (full softmax, autograd through it): for tests only."""
+    q = _fit_q(q, logits.shape[-1], logits.device).to(logits.dtype)
+    r = torch.softmax(logits, dim=-1) @ q
+    m = prediction_mask.to(r.dtype)
+    return (r * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+def shift_completion_mask(completion_mask: torch.Tensor) -> torch.Tensor:
+    """Turn a mask over reply *tokens* into a mask over the positions that predict them."""
+    pred = torch.zeros_like(completion_mask, dtype=torch.bool)
+    pred[:, :-1] = completion_mask[:, 1:].bool()
+    return pred
+
+
+def _fit_q(q: torch.Tensor, vocab: int, device) -> torch.Tensor:
+    q = q.to(device=device, dtype=q.dtype if q.dtype == torch.float64 else torch.float32)
+    if q.numel() == vocab:
+        return q
+    if q.numel() > vocab:
+        raise ValueError(f"discrepancy distribution has {q.numel()} entries but the model's vocabulary is {vocab}")
+    return torch.nn.functional.pad(q, (0, vocab - q.numel()))

@@ -1,0 +1,28 @@
+"""Choosing the pairs to keep from their filtering scores."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+
+def keep_count(n: int, ratio: float | None = None, count: int | None = None) -> int:
+    """How many of n pairs to keep: `count` if given, else ceil(ratio * n), at least 1 when n > 0."""
+    if n == 0:
+        return 0
+    if count is not None:
+        return min(count, n)
+    if ratio is None:
+        raise ValueError("give deft_filter_ratio or deft_filter_count")
+    return min(n, max(1, math.ceil(ratio * n - 1e-9)))
+
+
+def select_top(scores: Sequence[float], ratio: float | None = None, count: int | None = None) -> list[int]:
+    """Indices of the highest-scoring pairs, ties broken by dataset order, returned in
+    dataset order."""
+    for i, s in enumerate(scores):
+        if s != s:  # NaN
+            raise ValueError(f"filtering score of pair {i} is NaN")
+    k = keep_count(len(scores), ratio, count)
+    ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return sorted(ranked[:k])
