@@ -1,0 +1,105 @@
+"""The plugin's YAML keys (flat `deft_*` keys merged into Axolotl's config schema) and
+their validation. Every error names the key."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from deft_plugin.qdiff import NORMS
+
+# Weight of the DEFT reward term. Provisional: to be set from the reproduction experiment.
+DEFAULT_REWARD_WEIGHT = 0.1
+DEFAULT_FILTER_RATIO = 0.05
+FORMAT_PREFIX = "deft."
+
+
+class DEFTArgs(BaseModel):
+    """DEFT: distribution-guided filtering and loss guidance."""
+
+    deft_filter: bool = Field(True, description="Score every pair with the starting model and keep the top fraction.")
+    deft_filter_ratio: float | None = Field(None, description="Fraction of pairs to keep, in (0, 1]; default 0.05.")
+    deft_filter_count: int | None = Field(None, description="Number of pairs to keep (instead of a ratio).")
+    deft_filter_score: str = Field("delta", description="Filtering score: delta (R(y+) - R(y-)) or chosen (R(y+)).")
+    deft_qdiff_norm: str = Field("maxabs", description="Normalisation of Q: maxabs, l2 or none.")
+    deft_qdiff_path: str | None = Field(None, description="Directory of a saved discrepancy distribution to use.")
+    deft_reward_weight: float = Field(DEFAULT_REWARD_WEIGHT, description="lambda, the weight of the DEFT loss term.")
+    deft_loss_form: Literal["pair", "chosen"] = Field("pair", description="DEFT term: R(y+) - R(y-), or R(y+) alone.")
+    deft_prompt_style: Literal["auto", "chat_template", "raw"] = Field(
+        "auto", description="How DEFT formats present dialogues: chat messages, raw Human/Assistant text, or "
+                            "chat messages when the tokenizer has a chat template.")
+    deft_score_batch_size: int = Field(8, description="Pairs per scoring batch.")
+    deft_score_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Scoring precision; auto = bfloat16 on a GPU that supports it, else float32.")
+    deft_cache_dir: str | None = Field(None, description="Where scores are cached (default: under dataset_prepared_path).")
+
+    @field_validator("deft_filter_ratio")
+    @classmethod
+    def _ratio(cls, v):
+        if v is not None and not 0 < v <= 1:
+            raise ValueError(f"deft_filter_ratio must be in (0, 1], got {v}")
+        return v
+
+    @field_validator("deft_filter_count")
+    @classmethod
+    def _count(cls, v):
+        if v is not None and v < 1:
+            raise ValueError(f"deft_filter_count must be at least 1, got {v}")
+        return v
+
+    @field_validator("deft_reward_weight")
+    @classmethod
+    def _weight(cls, v):
+        if v < 0:
+            raise ValueError(f"deft_reward_weight must be >= 0, got {v}")
+        return v
+
+    @field_validator("deft_score_batch_size")
+    @classmethod
+    def _batch(cls, v):
+        if v < 1:
+            raise ValueError(f"deft_score_batch_size must be at least 1, got {v}")
+        return v
+
+    @field_validator("deft_qdiff_norm")
+    @classmethod
+    def _norm(cls, v):
+        if v not in NORMS:
+            raise ValueError(f"deft_qdiff_norm must be one of {', '.join(NORMS)}, got {v!r}")
+        return v
+
+    @field_validator("deft_filter_score")
+    @classmethod
+    def _score(cls, v):
+        from deft_plugin.registry import score_variants
+
+        if v not in score_variants():
+            raise ValueError(f"deft_filter_score must be one of {', '.join(sorted(score_variants()))}, got {v!r}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _combinations(cls, data):
+        if not isinstance(data, dict):
+            return data
+        if data.get("deft_filter_ratio") is not None and data.get("deft_filter_count") is not None:
+            raise ValueError("set deft_filter_ratio or deft_filter_count, not both")
+        weight = data.get("deft_reward_weight", DEFAULT_REWARD_WEIGHT)
+        if data.get("dpo_use_liger_kernel") and (weight is None or weight > 0):
+            raise ValueError("dpo_use_liger_kernel cannot be combined with the DEFT loss term (it needs the logits): "
+                             "set dpo_use_liger_kernel: false, or deft_reward_weight: 0")
+        rl = data.get("rl")
+        rl = getattr(rl, "value", rl)
+        if rl != "dpo":
+            raise ValueError(f"rl: DEFT runs with rl: dpo (got rl: {rl!r})")
+        for i, ds in enumerate(data.get("datasets") or []):
+            ds_type = ds.get("type") if isinstance(ds, dict) else None
+            if isinstance(ds_type, str) and ds_type.startswith(FORMAT_PREFIX):
+                from deft_plugin.registry import dataset_formats
+
+                name = ds_type[len(FORMAT_PREFIX):]
+                if name not in dataset_formats():
+                    raise ValueError(f"datasets[{i}].type: unknown DEFT dataset format {ds_type!r}; known: "
+                                     + ", ".join(FORMAT_PREFIX + n for n in sorted(dataset_formats())))
+        return data

@@ -1,0 +1,55 @@
+"""Raw rows -> preference rows through a registered dataset format, with every row that
+cannot be parsed counted by reason (and the first few named by file and row)."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from deft_plugin.hookspecs import RowError
+from deft_plugin.registry import get_format
+from deft_plugin.sources import load_rows
+
+LOG = logging.getLogger(__name__)
+EXAMPLES_KEPT = 5
+
+
+@dataclass
+class ParsedRows:
+    rows: list[dict] = field(default_factory=list)
+    read: int = 0
+    unparseable: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def extend(self, other: "ParsedRows") -> None:
+        self.rows += other.rows
+        self.read += other.read
+        self.unparseable += other.unparseable
+        self.examples += other.examples[: max(0, EXAMPLES_KEPT - len(self.examples))]
+
+    def report(self) -> dict:
+        return {"read": self.read, "unparseable": sum(self.unparseable.values()),
+                "unparseable_reasons": dict(self.unparseable), "unparseable_examples": self.examples}
+
+
+def parse_rows(raw_rows, format_name: str, style: str, source: str = "") -> ParsedRows:
+    fmt = get_format(format_name)
+    out = ParsedRows()
+    for i, row in enumerate(raw_rows):
+        out.read += 1
+        try:
+            out.rows.append(fmt.parse(row, style))
+        except RowError as err:
+            out.unparseable[str(err)] += 1
+            if len(out.examples) < EXAMPLES_KEPT:
+                out.examples.append(f"{source} row {i}: {err}")
+    if out.unparseable:
+        LOG.warning("%s: %d of %d rows could not be parsed as %s: %s", source, sum(out.unparseable.values()),
+                    out.read, format_name, dict(out.unparseable))
+    return out
+
+
+def read_source(path: str, format_name: str, style: str, split: str | None = None, data_files=None,
+                revision: str | None = None) -> ParsedRows:
+    return parse_rows(load_rows(path, split, data_files, revision), format_name, style, source=path)

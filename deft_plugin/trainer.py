@@ -1,0 +1,67 @@
+"""DEFT-DPO: Axolotl's DPO trainer with the distribution-reward term added to the loss.
+
+Only the public `compute_loss` is overridden: TRL computes the DPO loss and returns the
+outputs of the same forward pass, whose logits (chosen rows, then rejected rows) give the
+distribution rewards."""
+
+from __future__ import annotations
+
+import torch
+from axolotl.core.trainers.dpo.trainer import AxolotlDPOTrainer
+
+from deft_plugin.losses import deft_dpo_term
+from deft_plugin.reward import distribution_reward, shift_completion_mask
+
+
+class DeftDPOLossMixin:
+    deft_qn: torch.Tensor | None = None
+    deft_reward_weight: float = 0.0
+    deft_loss_form: str = "pair"
+    deft_special_ids: tuple[int, ...] = ()
+
+    def configure_deft(self, qn: torch.Tensor, reward_weight: float, loss_form: str, special_ids) -> None:
+        self.deft_qn = qn.float()
+        self.deft_reward_weight = float(reward_weight)
+        self.deft_loss_form = loss_form
+        self.deft_special_ids = tuple(special_ids)
+
+    def _deft_prediction_mask(self, inputs) -> torch.Tensor:
+        pred = shift_completion_mask(inputs["completion_mask"])
+        if self.deft_special_ids:
+            targets = torch.zeros_like(inputs["input_ids"])
+            targets[:, :-1] = inputs["input_ids"][:, 1:]
+            special = torch.tensor(self.deft_special_ids, device=targets.device)
+            pred &= ~torch.isin(targets, special)
+        return pred
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.deft_qn is None:
+            raise RuntimeError("DEFT loss attached without a discrepancy distribution (configure_deft not called)")
+        pred = self._deft_prediction_mask(inputs)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        weight = self.deft_reward_weight
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
+            rewards = distribution_reward(outputs.logits, self.deft_qn, pred)
+            r_chosen, r_rejected = rewards.chunk(2)
+            term = deft_dpo_term(r_chosen, r_rejected, self.deft_loss_form)
+        if weight > 0:
+            loss = loss - weight * term.to(loss.dtype)
+        mode = "train" if self.model.training else "eval"
+        gather = self.accelerator.gather_for_metrics
+        self._metrics[mode]["deft/reward_chosen"].append(gather(r_chosen.detach()).mean().item())
+        self._metrics[mode]["deft/reward_rejected"].append(gather(r_rejected.detach()).mean().item())
+        self._metrics[mode]["deft/term"].append(gather(term.detach().reshape(1)).mean().item())
+        return (loss, outputs) if return_outputs else loss
+
+
+class DeftDPOTrainer(DeftDPOLossMixin, AxolotlDPOTrainer):
+    """Static DEFT-DPO trainer class, for scripts that build the trainer themselves."""
+
+
+def attach_deft_loss(trainer, qn: torch.Tensor, reward_weight: float, loss_form: str, special_ids) -> None:
+    """Give an already-built DPO trainer the DEFT loss by swapping in a subclass of its own
+    class: the models, datasets and arguments it was built with stay as they are."""
+    if not isinstance(trainer, DeftDPOLossMixin):
+        cls = type(trainer)
+        trainer.__class__ = type("Deft" + cls.__name__, (DeftDPOLossMixin, cls), {"__module__": __name__})
+    trainer.configure_deft(qn, reward_weight, loss_form, special_ids)

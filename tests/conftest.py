@@ -1,0 +1,45 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from builders import HH_TEST, build_llama, build_tokenizer, hh_rows, write_jsonl  # noqa: E402
+
+
+def pytest_configure(config):
+    if not HH_TEST.is_file():
+        raise pytest.UsageError(f"the real HH-RLHF test file is missing: {HH_TEST}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A random 2-layer Llama with a BPE tokenizer trained on HH-RLHF, saved as an HF directory."""
+    d = tmp_path_factory.mktemp("tiny-llama")
+    tok = build_tokenizer(d)
+    build_llama(d, tok)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.fixture(scope="session")
+def hh_file(tmp_path_factory):
+    """The first 64 real HH-RLHF pairs as a local .jsonl.gz."""
+    return write_jsonl(tmp_path_factory.mktemp("hh") / "hh-64.jsonl.gz", hh_rows(64))
