@@ -18,12 +18,14 @@ EXAMPLES_KEPT = 5
 @dataclass
 class ParsedRows:
     rows: list[dict] = field(default_factory=list)
+    raw: list[dict] = field(default_factory=list)  # the raw row each parsed row came from
     read: int = 0
     unparseable: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
 
     def extend(self, other: "ParsedRows") -> None:
         self.rows += other.rows
+        self.raw += other.raw
         self.read += other.read
         self.unparseable += other.unparseable
         self.examples += other.examples[: max(0, EXAMPLES_KEPT - len(self.examples))]
@@ -40,6 +42,7 @@ def parse_rows(raw_rows, format_name: str, style: str, source: str = "") -> Pars
         out.read += 1
         try:
             out.rows.append(fmt.parse(row, style))
+            out.raw.append(row)
         except RowError as err:
             out.unparseable[str(err)] += 1
             if len(out.examples) < EXAMPLES_KEPT:

@@ -2,16 +2,19 @@
 
 Hooks used: get_input_args (the deft_* keys), load_datasets (filtering, before step counts
 and TRL tokenisation are fixed; also runs in `axolotl preprocess`), post_trainer_create
-(the DEFT loss term). Every hook does nothing unless the config lists this plugin, since
-newer Axolotl versions register installed plugins on every run."""
+(the DEFT loss term), add_callbacks_post_trainer (a JSONL log of the metrics). Every hook
+does nothing unless the config lists this plugin, since newer Axolotl versions register
+installed plugins on every run."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 
 LOG = logging.getLogger("axolotl.integrations.deft")
+METRICS_LOG = "deft_metrics.jsonl"  # written into output_dir: one JSON record per logging step
 PLUGIN_NAMES = {"deft_plugin.DEFTPlugin", "deft_plugin:DEFTPlugin", "deft_plugin.plugin.DEFTPlugin",
                 "deft_plugin.plugin:DEFTPlugin"}
 
@@ -41,6 +44,13 @@ class DEFTPlugin(BasePlugin):
         train, evaluation, steps, self.filter_result = load_deft_datasets(cfg, tokenizer)
         self.special_ids = list(tokenizer.all_special_ids)
         return TrainDatasetMeta(train_dataset=train, eval_dataset=evaluation, total_num_steps=steps)
+
+    def add_callbacks_post_trainer(self, cfg, trainer):
+        if not deft_enabled(cfg):
+            return []
+        from deft_plugin.callbacks import MetricsLogCallback
+
+        return [MetricsLogCallback(Path(cfg.output_dir) / METRICS_LOG)]
 
     def post_trainer_create(self, cfg, trainer):
         if not deft_enabled(cfg):

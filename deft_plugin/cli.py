@@ -1,0 +1,202 @@
+"""`deft`: the DEFT filter without Axolotl.
+
+    deft qdiff   build the discrepancy distribution of a preference file and save it
+    deft inspect show a saved distribution: top tokens of each side, decoded, and a plot
+    deft score   score every pair of a preference file with a model
+    deft filter  keep the top pairs; writes kept pairs with their scores and a report
+    deft demo    the end-to-end DEFT-DPO demo on SmolLM2-135M (CPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from deft_plugin.atomic import atomic_write_text
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="a .jsonl/.jsonl.gz file, a directory of them, or a hub dataset id")
+    p.add_argument("--format", default="hh_rlhf", help="dataset format (see `deft formats`); default hh_rlhf")
+    p.add_argument("--split", default=None)
+    p.add_argument("--style", default="auto", choices=["auto", "chat_template", "raw"],
+                   help="present dialogues as chat messages or raw Human/Assistant text")
+    p.add_argument("--max-length", type=int, default=None, help="cut sequences to this many tokens (sequence_len)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N rows")
+
+
+def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, help="model directory or hub id (its tokenizer is used)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+
+
+def _read(args, tokenizer):
+    from deft_plugin.axolotl_data import resolve_prompt_style
+    from deft_plugin.loading import parse_rows
+    from deft_plugin.sources import load_rows
+
+    raw = load_rows(args.data, args.split)
+    if args.limit is not None:
+        raw = raw.select(range(min(args.limit, len(raw))))
+    parsed = parse_rows(raw, args.format, resolve_prompt_style(args.style, tokenizer), source=args.data)
+    return parsed
+
+
+def _tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
+
+
+def cmd_qdiff(args) -> int:
+    from deft_plugin.encoding import encode_pairs
+    from deft_plugin.pipeline import build_qdiff, rows_fingerprint
+
+    tokenizer = _tokenizer(args.model)
+    parsed = _read(args, tokenizer)
+    pairs, degenerate = encode_pairs(parsed.rows, tokenizer, args.max_length)
+    qdiff = build_qdiff(pairs, tokenizer, args.norm, data=rows_fingerprint(parsed.rows), source=args.data)
+    qdiff.save(args.out)
+    _show(qdiff, tokenizer, args.out, args.top)
+    print(f"{parsed.read} rows read, {sum(parsed.unparseable.values())} unparseable, "
+          f"{sum(degenerate.values())} degenerate, {len(pairs)} pairs counted -> {args.out}")
+    return 0
+
+
+def _show(qdiff, tokenizer, out: str | Path, top: int) -> None:
+    decode = (lambda i: tokenizer.decode([i])) if tokenizer is not None else None
+    sides = qdiff.top_tokens(top, decode)
+    atomic_write_text(Path(out) / "top_tokens.json", json.dumps(sides, indent=2, ensure_ascii=False))
+    qdiff.plot(Path(out) / "top_tokens.png", top, decode)
+    for name in ("chosen", "rejected"):
+        print(f"top tokens of {name} replies:")
+        for row in sides[name]:
+            print(f"  {row['token']!r:>18}  Q={row['q']:+.5f}  Qn={row['qn']:+.3f}  "
+                  f"counts {row['chosen_count']}/{row['rejected_count']}")
+
+
+def cmd_inspect(args) -> int:
+    from deft_plugin.qdiff import QDiff
+
+    qdiff = QDiff.load(args.qdiff)
+    tokenizer = _tokenizer(args.tokenizer or qdiff.meta.get("tokenizer")) if (args.tokenizer or qdiff.meta.get("tokenizer")) else None
+    print(json.dumps({k: v for k, v in qdiff.meta.items() if k != "special_ids"}, indent=2))
+    _show(qdiff, tokenizer, args.out or args.qdiff, args.top)
+    return 0
+
+
+def _filter(args, ratio, count) -> int:
+    from deft_plugin.axolotl_data import load_scoring_model
+    from deft_plugin.pipeline import FilterSettings, run_filter
+    from deft_plugin.qdiff import QDiff
+
+    tokenizer = _tokenizer(args.model)
+    parsed = _read(args, tokenizer)
+    settings = FilterSettings(ratio=ratio, count=count, score=args.score, norm=args.norm,
+                              batch_size=args.batch_size, max_length=args.max_length)
+    out = Path(args.out)
+    result = run_filter(parsed.rows, tokenizer, lambda: load_scoring_model(args.model, args.dtype), settings,
+                        cache_dir=out / "cache", qdiff=QDiff.load(args.qdiff) if args.qdiff else None,
+                        source_report=parsed.report())
+    selected = result.kept if args.command == "filter" else sorted(result.scores)
+    lines = [json.dumps({**parsed.raw[i], "deft_score": result.scores[i], "deft_reward_chosen": result.rewards[i][0],
+                         "deft_reward_rejected": result.rewards[i][1]}, ensure_ascii=False) for i in selected]
+    name = "kept.jsonl" if args.command == "filter" else "scores.jsonl"
+    atomic_write_text(out / name, "".join(line + "\n" for line in lines))
+    atomic_write_text(out / "report.json", json.dumps(result.report, indent=2))
+    from deft_plugin.plots import plot_score_distribution
+
+    plot_score_distribution(list(result.scores.values()), result.report.get("score_stats", {}).get("threshold")
+                            if args.command == "filter" else None, out / "scores.png")
+    r = result.report
+    print(f"{r['read']} rows read, {r['unparseable']} unparseable, {r['degenerate']} degenerate "
+          f"{r['degenerate_reasons'] or ''}, {r['scored']} scored, {len(lines)} written to {out / name}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    return _filter(args, ratio=1.0, count=None)
+
+
+def cmd_filter(args) -> int:
+    if args.ratio is not None and args.count is not None:
+        raise SystemExit("give --ratio or --count, not both")
+    if args.ratio is not None and not 0 < args.ratio <= 1:
+        raise SystemExit(f"--ratio must be in (0, 1], got {args.ratio}")
+    if args.count is not None and args.count < 1:
+        raise SystemExit(f"--count must be at least 1, got {args.count}")
+    ratio = args.ratio if args.ratio is not None or args.count is not None else 0.05
+    return _filter(args, ratio=ratio, count=args.count)
+
+
+def cmd_formats(args) -> int:
+    from deft_plugin.registry import dataset_formats, score_variants
+
+    for name, fmt in sorted(dataset_formats().items()):
+        print(f"deft.{name:<12} {fmt.description}")
+    print("filtering scores:", ", ".join(sorted(score_variants())))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from deft_plugin.demo import run_demo
+
+    run_demo(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("qdiff", help="build and save the discrepancy distribution")
+    _data_args(p)
+    p.add_argument("--model", required=True, help="model or tokenizer directory / hub id whose tokenizer to use")
+    p.add_argument("--norm", default="maxabs", choices=["maxabs", "l2", "none"])
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--top", type=int, default=20)
+    p.set_defaults(func=cmd_qdiff)
+
+    p = sub.add_parser("inspect", help="show a saved discrepancy distribution")
+    p.add_argument("qdiff", help="directory written by `deft qdiff` or a DEFT cache directory")
+    p.add_argument("--tokenizer", default=None, help="tokenizer to decode with (default: the one recorded)")
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--out", default=None, help="where to write top_tokens.json/png (default: the qdiff directory)")
+    p.set_defaults(func=cmd_inspect)
+
+    for name, helptext in (("score", "score every pair"), ("filter", "keep the top pairs")):
+        p = sub.add_parser(name, help=helptext)
+        _data_args(p)
+        _model_args(p)
+        p.add_argument("--out", required=True, help="output directory")
+        p.add_argument("--score", default="delta", help="filtering score variant: delta or chosen")
+        p.add_argument("--norm", default="maxabs", choices=["maxabs", "l2", "none"])
+        p.add_argument("--qdiff", default=None, help="use this saved discrepancy distribution")
+        p.add_argument("--batch-size", type=int, default=8)
+        if name == "filter":
+            p.add_argument("--ratio", type=float, default=None, help="fraction to keep (default 0.05)")
+            p.add_argument("--count", type=int, default=None, help="number of pairs to keep")
+            p.set_defaults(func=cmd_filter)
+        else:
+            p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("formats", help="list dataset formats and filtering scores")
+    p.set_defaults(func=cmd_formats)
+
+    from deft_plugin.demo import add_demo_args
+
+    p = sub.add_parser("demo", help="DEFT-DPO end to end on SmolLM2-135M-Instruct (CPU)")
+    add_demo_args(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

