@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -59,9 +60,24 @@ def load_scoring_model(name_or_path: str, requested_dtype: str | None = None, re
     from transformers import AutoModelForCausalLM
 
     device, dtype = scoring_device_and_dtype(requested_dtype)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, revision=revision,
-                                                 trust_remote_code=trust_remote_code, **kwargs)
+    with _without_zero3_init():
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, revision=revision,
+                                                     trust_remote_code=trust_remote_code, **kwargs)
     return model.to(device).eval()
+
+
+@contextmanager
+def _without_zero3_init():
+    """Under ZeRO-3, from_pretrained would partition the weights (zero.Init) and a forward
+    pass outside the DeepSpeed engine would fail; the scoring copy must be a plain model."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    saved = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = saved
 
 
 def _deft_format(entry) -> str | None:

@@ -1,0 +1,89 @@
+"""The `deft` command line on real HH-RLHF pairs with the tiny local model."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from deft_plugin.cli import main
+
+
+def test_qdiff_then_inspect(tmp_path, tiny_model_dir, hh_file, capsys):
+    out = tmp_path / "q"
+    assert main(["qdiff", "--data", str(hh_file), "--model", str(tiny_model_dir), "--out", str(out), "--top", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "64 rows read, 0 unparseable" in printed
+    meta = json.loads((out / "qdiff.json").read_text())
+    assert meta["pairs"] == 64 and meta["norm"] == "maxabs" and meta["vocab_size"] == 512
+    sides = json.loads((out / "top_tokens.json").read_text())
+    assert len(sides["chosen"]) == 5 and all(r["q"] > 0 for r in sides["chosen"])
+    assert all(r["q"] < 0 for r in sides["rejected"])
+    assert (out / "top_tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert main(["inspect", str(out), "--top", "3", "--out", str(tmp_path / "inspected")]) == 0
+    shown = json.loads((tmp_path / "inspected" / "top_tokens.json").read_text())
+    assert shown["chosen"] == sides["chosen"][:3]
+    assert "top tokens of chosen replies" in capsys.readouterr().out
+
+
+def test_score_and_filter(tmp_path, tiny_model_dir, hh_file):
+    scored = tmp_path / "scored"
+    assert main(["score", "--data", str(hh_file), "--model", str(tiny_model_dir), "--out", str(scored),
+                 "--max-length", "256"]) == 0
+    report = json.loads((scored / "report.json").read_text())
+    assert report["read"] == 64 and report["rows"] == 64
+    assert report["scored"] + report["degenerate"] == 64
+    assert sum(report["degenerate_reasons"].values()) == report["degenerate"]
+    rows = [json.loads(line) for line in (scored / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == report["scored"]
+    for row in rows:  # original HH-RLHF rows plus the scores; delta = R+ - R-
+        assert {"chosen", "rejected"} <= row.keys()
+        assert row["deft_score"] == pytest.approx(row["deft_reward_chosen"] - row["deft_reward_rejected"], abs=1e-6)
+
+    kept_dir = tmp_path / "kept"
+    assert main(["filter", "--data", str(hh_file), "--model", str(tiny_model_dir), "--out", str(kept_dir),
+                 "--max-length", "256", "--ratio", "0.25"]) == 0
+    kept = [json.loads(line) for line in (kept_dir / "kept.jsonl").read_text().splitlines()]
+    assert len(kept) == math.ceil(0.25 * report["scored"])
+    threshold = min(r["deft_score"] for r in kept)
+    dropped_scores = sorted((r["deft_score"] for r in rows), reverse=True)[len(kept):]
+    assert all(s <= threshold for s in dropped_scores)
+    assert (kept_dir / "scores.png").is_file()
+
+    by_count = tmp_path / "count"
+    assert main(["filter", "--data", str(hh_file), "--model", str(tiny_model_dir), "--out", str(by_count),
+                 "--max-length", "256", "--count", "3"]) == 0
+    assert len((by_count / "kept.jsonl").read_text().splitlines()) == 3
+
+
+def test_filter_refuses_bad_arguments(tmp_path, tiny_model_dir, hh_file):
+    base = ["filter", "--data", str(hh_file), "--model", str(tiny_model_dir), "--out", str(tmp_path)]
+    with pytest.raises(SystemExit, match="--ratio or --count"):
+        main(base + ["--ratio", "0.1", "--count", "3"])
+    with pytest.raises(SystemExit, match=r"--ratio must be in \(0, 1\]"):
+        main(base + ["--ratio", "1.5"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main(["score", "--data", str(tmp_path / "missing.jsonl"), "--model", str(tiny_model_dir), "--out", str(tmp_path)])
+
+
+def test_unparseable_rows_are_counted_not_lost(tmp_path, tiny_model_dir):
+    from builders import hh_rows, write_jsonl
+
+    rows = hh_rows(10)
+    rows[3] = {"chosen": "no dialogue markers here", "rejected": "nor here"}
+    rows[7] = {"chosen": rows[7]["chosen"]}
+    data = write_jsonl(tmp_path / "bad.jsonl", rows)
+    assert main(["score", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")]) == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["read"] == 10 and report["unparseable"] == 2
+    assert report["unparseable_reasons"] == {"no '\\n\\nAssistant:' turn": 1, "missing or non-text 'rejected'": 1}
+    assert any("row 3" in e for e in report["unparseable_examples"])
+    assert report["rows"] == 8
+
+
+def test_console_script_lists_formats():
+    out = subprocess.run([sys.executable, "-m", "deft_plugin.cli", "formats"], capture_output=True, text=True, check=True)
+    assert "deft.hh_rlhf" in out.stdout and "deft.preference" in out.stdout
+    assert "delta" in out.stdout and "chosen" in out.stdout

@@ -1,0 +1,42 @@
+"""The README's main job, `deft demo`, at a small size on the real SmolLM2-135M-Instruct."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_small(tmp_path):
+    run_dir = tmp_path / "demo"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "deft_plugin.cli", "demo", "--pairs", "16", "--heldout", "8", "--ratio", "0.25",
+         "--sequence-len", "256", "--run-dir", str(run_dir)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "DEFT demo summary" in proc.stdout
+    report = json.loads((run_dir / "report.json").read_text())
+    pairs = report["pairs"]
+    assert pairs["sampled"] == 16
+    assert pairs["scored"] + pairs["degenerate"] + pairs["unparseable"] == 16
+    assert pairs["kept"] == math.ceil(0.25 * pairs["scored"])
+    assert pairs["dropped"] == 16 - pairs["kept"]
+    training = report["training"]
+    assert training["steps"] == math.ceil(pairs["kept"] / 2)
+    assert all(math.isfinite(x) for x in training["loss"] + training["deft_term"])
+    for key in ("heldout_before", "axolotl_train", "heldout_after"):
+        assert report["seconds"][key] > 0
+    before, after = report["heldout_ranking_accuracy"]["before"], report["heldout_ranking_accuracy"]["after"]
+    assert before["pairs"] == after["pairs"] > 0
+    assert 0 <= before["accuracy"] <= 1 and 0 <= after["accuracy"] <= 1
+    assert before["mean_margin"] != after["mean_margin"]  # the trained model differs from the start
+    for png in report["plots"].values():
+        assert Path(png).read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / "model" / "deft_metrics.jsonl").is_file()
