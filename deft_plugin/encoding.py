@@ -43,26 +43,27 @@ def _truncate(prompt_ids: list[int], completion_ids: list[int], max_length: int 
     return completion_ids[: max(0, max_length - len(prompt_ids))]
 
 
-def _has_text(ids, special: set[int]) -> bool:
-    return any(t not in special for t in ids)
+def _has_text(tokenizer, ids) -> bool:
+    """Whether the reply says anything: an empty reply still carries template tokens such as
+    a newline after the end-of-turn marker, so look at the decoded text."""
+    return bool(tokenizer.decode(list(ids), skip_special_tokens=True).strip())
 
 
 def encode_pairs(rows, tokenizer, max_length: int | None = None) -> tuple[list[EncodedPair], Counter]:
     """Encode rows (dicts with prompt/chosen/rejected). Returns the usable pairs and the
     degenerate ones counted by reason (empty reply, identical replies)."""
-    special = set(tokenizer.all_special_ids)
     pairs, dropped = [], Counter()
     for i, row in enumerate(rows):
         prompt_ids, chosen = encode_completion(tokenizer, row["prompt"], row["chosen"])
         _, rejected = encode_completion(tokenizer, row["prompt"], row["rejected"], prompt_ids)
-        if not _has_text(chosen, special):
+        if not _has_text(tokenizer, chosen):
             dropped["empty chosen reply"] += 1
             continue
-        if not _has_text(rejected, special):
+        if not _has_text(tokenizer, rejected):
             dropped["empty rejected reply"] += 1
             continue
         chosen, rejected = _truncate(prompt_ids, chosen, max_length), _truncate(prompt_ids, rejected, max_length)
-        if not (_has_text(chosen, special) and _has_text(rejected, special)):
+        if not (_has_text(tokenizer, chosen) and _has_text(tokenizer, rejected)):
             dropped["reply cut off: prompt fills sequence_len"] += 1
         elif chosen == rejected:
             dropped["chosen and rejected identical"] += 1

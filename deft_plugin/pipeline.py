@@ -102,7 +102,9 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
     cache_dir = Path(cache_dir) if cache_dir else None
 
     t0 = time.perf_counter()
-    if qdiff is None and cache_dir and (cache_dir / "qdiff.safetensors").is_file():
+    # Both files, not just the tensors: QDiff.save writes qdiff.json second, so a run killed
+    # between the two (or another rank looking while rank 0 saves) sees only the first one.
+    if qdiff is None and cache_dir and all((cache_dir / f).is_file() for f in ("qdiff.safetensors", "qdiff.json")):
         qdiff = QDiff.load(cache_dir)
     if qdiff is None:
         qdiff = build_qdiff(pairs, tokenizer, settings.norm, data=rows_fingerprint(rows))

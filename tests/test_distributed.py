@@ -1,0 +1,172 @@
+"""The DEFT filter under a torch.distributed process group: two CPU processes (gloo) run
+run_filter on the same rows, each scores its own shard, and every rank ends with exactly
+the single-process selection. Also resuming across process counts through the cache."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from deft_plugin.loading import parse_rows
+from deft_plugin.pipeline import FilterSettings, run_filter
+from builders import REPO, hh_rows
+
+WORKER = Path(__file__).with_name("dist_filter_worker.py")
+SETTINGS = {"ratio": 0.25, "batch_size": 4, "max_length": 256}
+WORLD = 2
+DEADLINE_S = 60  # both ranks together, start-up included; the process group itself times out at 45 s
+
+
+
+@pytest.fixture(scope="module")
+def sharp_model_dir(tiny_model, tiny_tokenizer, tmp_path_factory):
+    """The tiny model with a scaled LM head (rewards of order 0.1 instead of 1e-4), saved."""
+    d = tmp_path_factory.mktemp("sharp-llama")
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(100.0)
+    model.save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def rows_file(tmp_path_factory):
+    rows = parse_rows(hh_rows(64), "hh_rlhf", "chat_template").rows
+    path = tmp_path_factory.mktemp("rows") / "rows.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def single(sharp_model_dir, rows_file, tiny_tokenizer):
+    """The single-process result (no process group, no cache)."""
+    from transformers import AutoModelForCausalLM
+
+    rows = json.loads(rows_file.read_text())
+    return run_filter(rows, tiny_tokenizer, lambda: AutoModelForCausalLM.from_pretrained(sharp_model_dir).eval(),
+                      FilterSettings(**SETTINGS), progress=False)
+
+
+def launch(tmp_path: Path, model_dir: Path, rows_file: Path, cache_dir: Path | None, world: int = WORLD,
+           die_after: int | None = None, expect_rc: int = 0) -> list[dict]:
+    """Start `world` worker processes, wait for all of them (killing them at the deadline),
+    check their exit status and return their outputs, rank by rank."""
+    run = tmp_path / f"run-{uuid.uuid4().hex[:8]}"
+    run.mkdir()
+    job = {"world": world, "init_method": (run / "pg-init").as_uri(), "model_dir": str(model_dir),
+           "rows": str(rows_file), "settings": SETTINGS, "cache_dir": str(cache_dir) if cache_dir else None,
+           "out_dir": str(run / "out"), "die_after": die_after}
+    (run / "job.json").write_text(json.dumps(job))
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    procs, logs = [], []
+    for rank in range(world):
+        log = open(run / f"rank-{rank}.log", "w")
+        logs.append(log)
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(run / "job.json"), str(rank)], cwd=REPO,
+                                      env=env, stdout=log, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        for p in procs:
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+        for log in logs:
+            log.close()
+    for rank, p in enumerate(procs):
+        if p.returncode != expect_rc:
+            tail = (run / f"rank-{rank}.log").read_text()[-4000:]
+            pytest.fail(f"rank {rank} exited with {p.returncode}, expected {expect_rc} "
+                        f"(-9 also when killed at the {DEADLINE_S} s deadline):\n{tail}")
+    if expect_rc != 0:
+        return []
+    return [json.loads((run / "out" / f"rank-{rank}.json").read_text()) for rank in range(world)]
+
+
+def assert_same_selection(out: dict, single) -> None:
+    assert out["world"] == WORLD
+    assert out["kept"] == single.kept
+    assert out["report"] == {"rows": 64, "degenerate": 18, "scored": 46, "kept": 12}
+    scores = {int(k): v for k, v in out["scores"].items()}
+    assert set(scores) == set(single.scores)
+    for i, s in single.scores.items():
+        assert scores[i] == pytest.approx(s, abs=1e-6)
+        rc, rr = out["rewards"][str(i)]
+        assert rc == pytest.approx(single.rewards[i][0], abs=1e-6)
+        assert rr == pytest.approx(single.rewards[i][1], abs=1e-6)
+
+
+def scored(out: dict) -> list[int]:
+    return [i for batch in out["batches"] for i in batch]
+
+
+def test_two_ranks_split_the_scoring_and_agree(tmp_path, sharp_model_dir, rows_file, single):
+    assert len(single.kept) == 12 and max(abs(s) for s in single.scores.values()) > 0.01
+    cache = tmp_path / "cache"
+    outs = launch(tmp_path, sharp_model_dir, rows_file, cache)
+    for out in outs:
+        assert_same_selection(out, single)
+        assert out["model_loads"] == 1
+    shards = [scored(out) for out in outs]
+    # each rank scored half of the pairs, none twice, together all of them
+    assert sorted(len(s) for s in shards) == [23, 23]
+    assert set(shards[0]).isdisjoint(shards[1])
+    assert set(shards[0]) | set(shards[1]) == set(single.scores)
+
+    # the cache holds every pair once, written by both processes; the outputs once, by rank 0
+    parts = sorted((cache / "parts").glob("part-*.json"))
+    writers = {p.name.split("-")[1] for p in parts}
+    assert writers == {str(out["pid"]) for out in outs}
+    indices = [int(k) for p in parts for k in json.loads(p.read_text())]
+    assert sorted(indices) == sorted(single.scores)
+    report = json.loads((cache / "report.json").read_text())
+    assert (report["rows"], report["scored"], report["kept"]) == (64, 46, 12)
+    lines = [json.loads(line) for line in (cache / "scores.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in lines if r["kept"]) == single.kept
+    assert [p for p in cache.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"] == []
+
+    # a second two-rank run finds everything cached: no model, no scoring, same selection
+    again = launch(tmp_path, sharp_model_dir, rows_file, cache)
+    for out in again:
+        assert_same_selection(out, single)
+        assert out["model_loads"] == 0 and out["batches"] == []
+
+
+def test_two_ranks_resume_a_single_process_run_killed_with_sigkill(tmp_path, sharp_model_dir, rows_file, single):
+    """A single-process run is SIGKILLed in its 4th scoring batch (no exception handler,
+    no clean-up runs); two ranks then finish the job from its cache, splitting only what
+    is missing, and agree with the uninterrupted single-process run."""
+    cache = tmp_path / "cache"
+    launch(tmp_path, sharp_model_dir, rows_file, cache, world=1, die_after=3, expect_rc=-signal.SIGKILL)
+    parts = sorted((cache / "parts").glob("part-*.json"))
+    assert len(parts) == 3
+    done = {int(k) for p in parts for k in json.loads(p.read_text())}
+    assert len(done) == 12
+    assert not (cache / "scores.jsonl").exists() and not (cache / "report.json").exists()
+    assert [p for p in cache.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"] == []
+
+    outs = launch(tmp_path, sharp_model_dir, rows_file, cache)
+    shards = [scored(out) for out in outs]
+    assert sorted(len(s) for s in shards) == [17, 17]  # (46 - 12) / 2
+    assert set(shards[0]).isdisjoint(shards[1]) and done.isdisjoint(shards[0] + shards[1])
+    assert done | set(shards[0]) | set(shards[1]) == set(single.scores)
+    for out in outs:
+        assert_same_selection(out, single)
+        assert out["model_loads"] == 1

@@ -1,0 +1,409 @@
+"""Scoring pairs with the starting model (PairScorer), the filter built on it (run_filter)
+and its resumable cache, on the tiny Llama and real HH-RLHF pairs.
+
+The reference for every reward is a naive computation: one full forward of the whole
+causal LM on the unpadded sequence, a float64 softmax over the full logits, dotted with
+Qn, averaged over the positions that predict a non-special reply token.
+
+The random tiny model's next-token distributions are nearly uniform, which makes every
+reward about 1e-4; its LM head is scaled up here ("sharp" model) so that rewards are of
+order 0.1 and a tolerance of 1e-6 says something."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from deft_plugin.encoding import encode_pairs
+from deft_plugin.loading import parse_rows
+from deft_plugin.pipeline import FilterSettings, build_qdiff, run_filter
+from deft_plugin.scoring import PairScorer
+from deft_plugin.selection import keep_count, select_top
+from builders import hh_rows
+
+MAX_LEN = 256
+RATIO = 0.25
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def rows():
+    """The 64 real HH-RLHF pairs as chat-message preference rows."""
+    parsed = parse_rows(hh_rows(64), "hh_rlhf", "chat_template")
+    assert parsed.read == 64 and len(parsed.rows) == 64
+    return parsed.rows
+
+
+@pytest.fixture(scope="module")
+def pairs(rows, tiny_tokenizer):
+    pairs, _ = encode_pairs(rows, tiny_tokenizer, MAX_LEN)
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def qdiff(pairs, tiny_tokenizer):
+    return build_qdiff(pairs, tiny_tokenizer, "maxabs")
+
+
+@pytest.fixture(scope="module")
+def sharp_model(tiny_model):
+    model = copy.deepcopy(tiny_model).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(100.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def special(tiny_tokenizer):
+    return set(tiny_tokenizer.all_special_ids)
+
+
+def naive_reward(model, qn: torch.Tensor, special: set[int], prompt, reply) -> float:
+    seq = list(prompt) + list(reply)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([seq])).logits[0].double()
+    positions = [t - 1 for t in range(len(prompt), len(seq)) if seq[t] not in special]
+    assert positions, "a scored reply has no non-special token"
+    r = torch.softmax(logits[positions], dim=-1) @ qn.double()
+    return float(r.mean())
+
+
+@pytest.fixture(scope="module")
+def naive(pairs, qdiff, sharp_model, special):
+    """index -> (R chosen, R rejected), computed naively for every usable pair."""
+    return {p.index: (naive_reward(sharp_model, qdiff.qn, special, p.prompt_ids, p.chosen_ids),
+                      naive_reward(sharp_model, qdiff.qn, special, p.prompt_ids, p.rejected_ids))
+            for p in pairs}
+
+
+def make_scorer(model, qdiff, tokenizer, batch_size):
+    return PairScorer(model, qdiff.qn, tokenizer.all_special_ids, tokenizer.pad_token_id, batch_size)
+
+
+class NeverLoad:
+    """A model loader that fails the test when called."""
+
+    calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        raise AssertionError("the model loader must not be called")
+
+
+class CountingLoader:
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def __call__(self):
+        self.calls += 1
+        return self.model
+
+
+@pytest.fixture
+def count_batches(monkeypatch):
+    """Wraps PairScorer.score_batch: records the pair indices of every batch scored."""
+    original = PairScorer.score_batch
+    seen: list[list[int]] = []
+
+    def counting(self, batch):
+        seen.append([p.index for p in batch])
+        return original(self, batch)
+
+    monkeypatch.setattr(PairScorer, "score_batch", counting)
+    return seen
+
+
+# --------------------------------------------------------------------------- PairScorer
+
+
+def test_fixture_pairs_are_varied(pairs):
+    """The pairs used below differ in prompt and reply lengths, so batches are padded."""
+    assert len(pairs) == 46
+    lengths = {len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs}
+    assert len(lengths) > 20
+    assert any(len(p.chosen_ids) != len(p.rejected_ids) for p in pairs)
+
+
+def test_rewards_equal_naive_computation(pairs, qdiff, sharp_model, tiny_tokenizer, special, naive):
+    """A handful of real pairs of very different lengths, scored together in one padded
+    batch and one by one, against full-model full-softmax rewards."""
+    chosen = sorted(pairs, key=lambda p: len(p.prompt_ids) + len(p.chosen_ids))
+    handful = [chosen[0], chosen[1], chosen[len(chosen) // 2], chosen[-2], chosen[-1]]
+    handful += [p for p in pairs[:4] if p not in handful][:1]
+    assert len({p.index for p in handful}) == 6
+    widths = {len(p.prompt_ids) + len(p.rejected_ids) for p in handful} | \
+             {len(p.prompt_ids) + len(p.chosen_ids) for p in handful}
+    assert max(widths) - min(widths) > 100  # real padding inside the batch
+    scorer = make_scorer(sharp_model, qdiff, tiny_tokenizer, batch_size=len(handful))
+    together = scorer.score_batch(handful)
+    for p in handful:
+        alone = scorer.score_batch([p])[p.index]
+        for got in (together[p.index], alone):
+            assert got[0] == pytest.approx(naive[p.index][0], abs=1e-6)
+            assert got[1] == pytest.approx(naive[p.index][1], abs=1e-6)
+    # the rewards are not trivially equal: chosen and rejected differ, pairs differ
+    values = [v for p in handful for v in naive[p.index]]
+    assert len({round(v, 6) for v in values}) == len(values)
+    assert max(abs(v) for v in values) > 0.01
+    assert all(-1.0 <= v <= 1.0 for v in values)  # expectation of Qn, |Qn| <= 1
+
+
+def test_all_pairs_match_naive(pairs, qdiff, sharp_model, tiny_tokenizer, naive):
+    rewards = make_scorer(sharp_model, qdiff, tiny_tokenizer, batch_size=8).score(pairs, progress=False)
+    assert set(rewards) == {p.index for p in pairs}
+    for i, (rc, rr) in rewards.items():
+        assert rc == pytest.approx(naive[i][0], abs=1e-6)
+        assert rr == pytest.approx(naive[i][1], abs=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 16, 64])
+def test_batch_size_does_not_change_rewards(pairs, qdiff, sharp_model, tiny_tokenizer, batch_size):
+    reference = make_scorer(sharp_model, qdiff, tiny_tokenizer, batch_size=8).score(pairs, progress=False)
+    got = make_scorer(sharp_model, qdiff, tiny_tokenizer, batch_size=batch_size).score(pairs, progress=False)
+    assert set(got) == set(reference)
+    for i in reference:
+        assert got[i][0] == pytest.approx(reference[i][0], abs=1e-6)
+        assert got[i][1] == pytest.approx(reference[i][1], abs=1e-6)
+
+
+def test_lm_head_runs_on_reply_positions_only(pairs, qdiff, sharp_model, tiny_tokenizer, special):
+    """The full causal-LM forward (which would run the LM head on every position) is never
+    called; the decoder runs once per batch and the LM head sees exactly one row per
+    non-special reply token."""
+    batch = pairs[:6]
+    calls = {"model": 0, "decoder": 0, "head_rows": 0}
+
+    def on_model(*_):
+        calls["model"] += 1
+
+    def on_decoder(*_):
+        calls["decoder"] += 1
+
+    def on_head(_module, args, _out):
+        calls["head_rows"] += args[0].shape[0]
+        assert args[0].dim() == 2  # [rows, hidden]: gathered positions, not [batch, time, hidden]
+
+    handles = [sharp_model.register_forward_hook(on_model), sharp_model.get_decoder().register_forward_hook(on_decoder),
+               sharp_model.get_output_embeddings().register_forward_hook(on_head)]
+    try:
+        make_scorer(sharp_model, qdiff, tiny_tokenizer, batch_size=len(batch)).score_batch(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    expected = sum(t not in special for p in batch for t in p.chosen_ids + p.rejected_ids)
+    total_positions = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in batch)
+    assert calls == {"model": 0, "decoder": 1, "head_rows": expected}
+    assert expected < total_positions / 2
+
+
+# --------------------------------------------------------------------------- run_filter
+
+
+def test_run_filter_counts_and_selection(rows, tiny_tokenizer, sharp_model, naive):
+    degenerate_rows = [
+        {**rows[9], "rejected": rows[9]["chosen"]},  # identical replies
+        {"prompt": rows[9]["prompt"], "chosen": rows[12]["chosen"], "rejected": rows[12]["chosen"]},
+    ]
+    all_rows = rows + degenerate_rows
+    loader = CountingLoader(sharp_model)
+    result = run_filter(all_rows, tiny_tokenizer, loader, FilterSettings(ratio=RATIO, batch_size=8, max_length=MAX_LEN),
+                        progress=False)
+    report = result.report
+    assert loader.calls == 1
+    assert report["rows"] == 66
+    assert report["degenerate_reasons"] == {"reply cut off: prompt fills sequence_len": 18,
+                                            "chosen and rejected identical": 2}
+    assert report["degenerate"] == 20 == sum(report["degenerate_reasons"].values())
+    assert report["scored"] == 46 == len(result.scores) == len(result.rewards)
+    assert report["rows"] == report["degenerate"] + report["scored"]
+    assert report["kept"] == len(result.kept) == keep_count(46, RATIO) == math.ceil(RATIO * 46) == 12
+    assert set(result.scores) == set(naive)  # the degenerate rows were not scored
+
+    # scores are R(y+) - R(y-), equal to the naive rewards' difference
+    for i, s in result.scores.items():
+        assert s == pytest.approx(result.rewards[i][0] - result.rewards[i][1], abs=1e-6)
+        assert s == pytest.approx(naive[i][0] - naive[i][1], abs=1e-6)
+    # kept equals select_top of the scores, mapped back to dataset order
+    order = sorted(result.scores)
+    assert result.kept == [order[j] for j in select_top([result.scores[i] for i in order], RATIO)]
+    assert result.kept == sorted(result.kept)
+    # ... and is the top 12 by the naive scores too (the threshold is not a near tie)
+    ranked = sorted(naive, key=lambda i: -(naive[i][0] - naive[i][1]))
+    margin = (naive[ranked[11]][0] - naive[ranked[11]][1]) - (naive[ranked[12]][0] - naive[ranked[12]][1])
+    assert margin > 1e-3
+    assert result.kept == sorted(ranked[:12])
+    assert report["score_stats"]["threshold"] == pytest.approx(min(result.scores[i] for i in result.kept))
+    assert report["score_stats"]["max"] == pytest.approx(max(result.scores.values()))
+
+
+def test_run_filter_count_and_chosen_variant(rows, tiny_tokenizer, sharp_model, naive):
+    result = run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model),
+                        FilterSettings(ratio=None, count=5, score="chosen", max_length=MAX_LEN), progress=False)
+    assert len(result.kept) == result.report["kept"] == 5
+    by_chosen = sorted(naive, key=lambda i: -naive[i][0])
+    assert result.kept == sorted(by_chosen[:5])
+    for i, s in result.scores.items():
+        assert s == pytest.approx(result.rewards[i][0], abs=1e-6)
+
+
+def test_filter_off_keeps_every_usable_pair_without_a_model(rows, tiny_tokenizer, pairs, tmp_path):
+    loader = NeverLoad()
+    result = run_filter(rows, tiny_tokenizer, loader, FilterSettings(filter=False, max_length=MAX_LEN),
+                        cache_dir=tmp_path / "c", progress=False)
+    assert loader.calls == 0
+    assert result.kept == [p.index for p in pairs]
+    assert result.scores == {} and result.rewards == {}
+    assert result.report["kept"] == 46 and result.report["scored"] == 0 and result.report["degenerate"] == 18
+    assert not (tmp_path / "c" / "parts").exists()
+
+
+# --------------------------------------------------------------------------- cache / resume
+
+
+def _tree(directory):
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _assert_no_temp_files(directory):
+    leftovers = [p for p in directory.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+    assert leftovers == []
+
+
+def _settings(batch_size=4):
+    return FilterSettings(ratio=RATIO, batch_size=batch_size, max_length=MAX_LEN)
+
+
+def test_cache_artifacts_and_full_reuse(rows, tiny_tokenizer, sharp_model, tmp_path, count_batches):
+    cache = tmp_path / "cache"
+    first = run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model), _settings(), cache, progress=False)
+    assert len(count_batches) == math.ceil(46 / 4)
+
+    names = {p.name for p in cache.iterdir()}
+    assert {"parts", "scores.jsonl", "report.json", "qdiff.safetensors", "qdiff.json"} <= names
+    parts = sorted((cache / "parts").glob("part-*.json"))
+    assert len(parts) == len(count_batches)
+    cached = {int(k): v for part in parts for k, v in json.loads(part.read_text()).items()}
+    assert set(cached) == set(first.rewards)
+    for i, (rc, rr) in first.rewards.items():
+        assert cached[i] == [rc, rr]
+
+    lines = [json.loads(line) for line in (cache / "scores.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in lines] == sorted(first.scores)
+    assert sorted(r["index"] for r in lines if r["kept"]) == first.kept
+    for r in lines:
+        assert r["score"] == first.scores[r["index"]]
+        assert (r["reward_chosen"], r["reward_rejected"]) == first.rewards[r["index"]]
+    report = json.loads((cache / "report.json").read_text())
+    assert report == json.loads(json.dumps(first.report))
+    assert report["rows"] == 64 and report["scored"] == 46 and report["kept"] == 12
+    meta = json.loads((cache / "qdiff.json").read_text())
+    assert meta["pairs"] == 46 and meta["norm"] == "maxabs" and meta["vocab_size"] == len(tiny_tokenizer)
+    _assert_no_temp_files(cache)
+
+    # second run: everything cached, the model is never loaded, nothing is scored again
+    before = _tree(cache / "parts")
+    count_batches.clear()
+    loader = NeverLoad()
+    second = run_filter(rows, tiny_tokenizer, loader, _settings(), cache, progress=False)
+    assert loader.calls == 0 and count_batches == []
+    assert second.kept == first.kept and second.scores == first.scores and second.rewards == first.rewards
+    assert torch.equal(second.qdiff.qn, first.qdiff.qn)
+    assert _tree(cache / "parts") == before
+
+    # another ratio chooses among the cached rewards, still without a model
+    third = run_filter(rows, tiny_tokenizer, loader, FilterSettings(ratio=0.5, max_length=MAX_LEN), cache,
+                       progress=False)
+    assert loader.calls == 0 and len(third.kept) == 23
+    assert set(first.kept) < set(third.kept)
+    assert json.loads((cache / "report.json").read_text())["kept"] == 23
+    _assert_no_temp_files(cache)
+
+
+class Killed(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("finished", [1, 5])
+def test_killed_run_resumes_without_recomputing(rows, tiny_tokenizer, sharp_model, tmp_path, monkeypatch, finished):
+    """The scorer dies in its (finished+1)-th batch; the rerun scores only what is missing
+    and ends with the same scores and selection as an uninterrupted run."""
+    uninterrupted = run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model), _settings(), tmp_path / "clean",
+                               progress=False)
+
+    original = PairScorer.score_batch
+    first_run: list[list[int]] = []
+
+    def dying(self, batch):
+        if len(first_run) == finished:
+            raise Killed("scorer killed")
+        first_run.append([p.index for p in batch])
+        return original(self, batch)
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(PairScorer, "score_batch", dying)
+    with pytest.raises(Killed):
+        run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model), _settings(), cache, progress=False)
+    assert len(first_run) == finished
+    assert len(list((cache / "parts").glob("part-*.json"))) == finished
+    assert not (cache / "scores.jsonl").exists() and not (cache / "report.json").exists()
+    _assert_no_temp_files(cache)
+
+    second_run: list[list[int]] = []
+
+    def counting(self, batch):
+        second_run.append([p.index for p in batch])
+        return original(self, batch)
+
+    monkeypatch.setattr(PairScorer, "score_batch", counting)
+    loader = CountingLoader(sharp_model)
+    resumed = run_filter(rows, tiny_tokenizer, loader, _settings(), cache, progress=False)
+    done_before = {i for batch in first_run for i in batch}
+    done_after = [i for batch in second_run for i in batch]
+    assert loader.calls == 1
+    assert len(done_before) == 4 * finished
+    assert len(done_after) == len(set(done_after)) == 46 - 4 * finished  # nothing scored twice
+    assert done_before.isdisjoint(done_after)
+    assert len(second_run) == math.ceil((46 - 4 * finished) / 4)
+    assert done_before | set(done_after) == set(uninterrupted.scores)
+
+    assert resumed.kept == uninterrupted.kept
+    assert resumed.report["scored"] == 46 and resumed.report["kept"] == 12
+    for i, s in uninterrupted.scores.items():
+        assert resumed.scores[i] == pytest.approx(s, abs=1e-6)
+        assert resumed.rewards[i][0] == pytest.approx(uninterrupted.rewards[i][0], abs=1e-6)
+        assert resumed.rewards[i][1] == pytest.approx(uninterrupted.rewards[i][1], abs=1e-6)
+    _assert_no_temp_files(cache)
+    assert json.loads((cache / "report.json").read_text())["kept"] == 12
+
+
+def test_part_files_are_atomic_and_unique(tmp_path):
+    from deft_plugin.score_cache import ScoreCache
+
+    cache = ScoreCache(tmp_path)
+    assert cache.done() == {}
+    cache.write_part({3: (0.25, -0.5)})
+    cache.write_part({4: (1.0, 2.0), 5: (0.125, 0.0)})
+    cache.write_part({})
+    assert len(list((tmp_path / "parts").iterdir())) == 2
+    assert cache.done() == {3: (0.25, -0.5), 4: (1.0, 2.0), 5: (0.125, 0.0)}
+    _assert_no_temp_files(tmp_path)
+
+
+
+def test_run_killed_between_the_two_qdiff_files_resumes(rows, tiny_tokenizer, sharp_model, tmp_path, count_batches):
+    """qdiff.safetensors is written before qdiff.json: a run killed (or a second rank looking)
+    between the two must not make the cache unusable."""
+    cache = tmp_path / "cache"
+    first = run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model), _settings(), cache, progress=False)
+    (cache / "qdiff.json").unlink()
+    count_batches.clear()
+    again = run_filter(rows, tiny_tokenizer, NeverLoad(), _settings(), cache, progress=False)
+    assert count_batches == [] and again.kept == first.kept
+    assert torch.equal(again.qdiff.qn, first.qdiff.qn)
+    assert (cache / "qdiff.json").is_file()
