@@ -94,7 +94,7 @@ class DEFTArgs(BaseModel):
         if rl != "dpo":
             raise ValueError(f"rl: DEFT runs with rl: dpo (got rl: {rl!r})")
         for i, ds in enumerate(data.get("datasets") or []):
-            ds_type = ds.get("type") if isinstance(ds, dict) else None
+            ds_type = ds.get("type") if isinstance(ds, dict) else getattr(ds, "type", None)
             if isinstance(ds_type, str) and ds_type.startswith(FORMAT_PREFIX):
                 from deft_plugin.registry import dataset_formats
 
