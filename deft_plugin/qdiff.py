@@ -19,11 +19,17 @@ NORMS = ("maxabs", "l2", "none")
 
 
 def token_counts(sequences: Iterable[Sequence[int]], vocab_size: int, exclude: Iterable[int] = ()) -> torch.Tensor:
-    """Counts of each token id over all sequences, special tokens (exclude) zeroed."""
+    """Counts of each token id over all sequences, special tokens (exclude) zeroed.
+    An id outside [0, vocab_size) is an error (a tokenizer/vocabulary mismatch), never dropped."""
     counts = torch.zeros(vocab_size, dtype=torch.int64)
     for seq in sequences:
         if len(seq):
-            counts += torch.bincount(torch.as_tensor(seq, dtype=torch.int64), minlength=vocab_size)[:vocab_size]
+            ids = torch.as_tensor(seq, dtype=torch.int64)
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= vocab_size:
+                bad = hi if hi >= vocab_size else lo
+                raise ValueError(f"token id {bad} is outside the vocabulary of size {vocab_size}")
+            counts += torch.bincount(ids, minlength=vocab_size)
     excluded = [i for i in exclude if 0 <= i < vocab_size]
     if excluded:
         counts[excluded] = 0

@@ -8,12 +8,16 @@ from typing import Sequence
 
 def keep_count(n: int, ratio: float | None = None, count: int | None = None) -> int:
     """How many of n pairs to keep: `count` if given, else ceil(ratio * n), at least 1 when n > 0."""
+    if count is not None and count < 1:
+        raise ValueError(f"deft_filter_count must be at least 1, got {count}")
+    if count is None and ratio is not None and not 0 < ratio <= 1:
+        raise ValueError(f"deft_filter_ratio must be in (0, 1], got {ratio}")
+    if count is None and ratio is None:
+        raise ValueError("give deft_filter_ratio or deft_filter_count")
     if n == 0:
         return 0
     if count is not None:
         return min(count, n)
-    if ratio is None:
-        raise ValueError("give deft_filter_ratio or deft_filter_count")
     return min(n, max(1, math.ceil(ratio * n - 1e-9)))
 
 

@@ -1,0 +1,189 @@
+"""encode_pairs against TRL's own DPO tokenization (DPOTrainer._prepare_dataset: add EOS to
+text replies, tokenize prompt and prompt + reply) and truncation (DataCollatorForPreference,
+keep_start), plus the degenerate pairs it drops and counts."""
+
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+from builders import hh_rows
+
+from deft_plugin.encoding import EncodedPair, encode_completion, encode_pairs
+from deft_plugin.formats import hh_rlhf
+from deft_plugin.hookspecs import RowError
+
+
+def _parsed(n: int, style: str) -> list[dict]:
+    out = []
+    for row in hh_rows(n):
+        try:
+            out.append(hh_rlhf.parse(row, style))
+        except RowError:
+            pass
+    return out
+
+
+def _trl_tokenized(rows: list[dict], tokenizer) -> list[dict]:
+    """TRL's DPO dataset preparation, run for real (no max_length: nothing dropped)."""
+    from datasets import Dataset
+    from trl.trainer.dpo_trainer import DPOTrainer
+
+    args = SimpleNamespace(dataset_num_proc=None, max_length=None, truncation_mode="keep_start")
+    ds = DPOTrainer._prepare_dataset(SimpleNamespace(_tokenizer=tokenizer), Dataset.from_list(rows), tokenizer,
+                                     args, "train")
+    return [{k: ex[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for ex in ds]
+
+
+def _assert_same_as_trl(rows, pairs, trl_rows):
+    assert pairs, "nothing to compare"
+    for p in pairs:
+        assert isinstance(p, EncodedPair)
+        ref = trl_rows[p.index]
+        assert list(p.prompt_ids) == ref["prompt_ids"], p.index
+        assert list(p.chosen_ids) == ref["chosen_ids"], p.index
+        assert list(p.rejected_ids) == ref["rejected_ids"], p.index
+
+
+# ----------------------------------------------------------------------------- TRL parity
+
+
+def test_text_rows_match_trl_and_get_eos(tiny_tokenizer):
+    tok = tiny_tokenizer
+    rows = _parsed(40, "raw")
+    rows.append({"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": " hello" + tok.eos_token, "rejected": " go away"})
+    rows.append({"prompt": "Plain text prompt.", "chosen": "No leading space", "rejected": "\nnewline first"})
+    pairs, dropped = encode_pairs(rows, tok)
+    assert dropped == Counter()
+    assert [p.index for p in pairs] == list(range(len(rows)))
+    _assert_same_as_trl(rows, pairs, _trl_tokenized(rows, tok))
+    eos = tok.eos_token_id
+    for p in pairs:
+        assert p.chosen_ids[-1] == eos and p.rejected_ids[-1] == eos  # EOS appended to text replies
+        assert eos not in p.chosen_ids[:-1]  # once: not doubled when the reply already ends with it
+        assert list(p.prompt_ids) == tok(text=rows[p.index]["prompt"])["input_ids"]
+        assert tok.decode(list(p.prompt_ids + p.chosen_ids)) == rows[p.index]["prompt"] + rows[p.index]["chosen"] \
+            + ("" if rows[p.index]["chosen"].endswith(tok.eos_token) else tok.eos_token)
+    assert tok.decode(list(pairs[-2].chosen_ids)) == " hello" + tok.eos_token
+
+
+def test_message_rows_match_trl_and_use_chat_template(tiny_tokenizer):
+    tok = tiny_tokenizer
+    rows = _parsed(40, "chat_template")
+    rows.append({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+                 "chosen": [{"role": "assistant", "content": "4"}],
+                 "rejected": [{"role": "assistant", "content": "5, I think"}]})
+    pairs, dropped = encode_pairs(rows, tok)
+    assert dropped == Counter() and len(pairs) == len(rows)
+    _assert_same_as_trl(rows, pairs, _trl_tokenized(rows, tok))
+    last = pairs[-1]
+    assert tok.decode(list(last.prompt_ids)) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n")
+    assert tok.decode(list(last.chosen_ids)) == "4<|im_end|>\n"  # the template's end of turn, no extra EOS
+    assert tok.decode(list(last.rejected_ids)) == "5, I think<|im_end|>\n"
+    for p in pairs:
+        assert p.chosen_ids.count(tok.eos_token_id) == 1
+
+
+def test_encode_completion_reuses_prompt_ids(tiny_tokenizer):
+    tok = tiny_tokenizer
+    prompt = [{"role": "user", "content": "Hi"}]
+    prompt_ids, completion = encode_completion(tok, prompt, [{"role": "assistant", "content": "Hello"}])
+    again, completion2 = encode_completion(tok, prompt, [{"role": "assistant", "content": "Hello"}], prompt_ids)
+    assert again is prompt_ids and completion2 == completion
+    full = tok.apply_chat_template(prompt + [{"role": "assistant", "content": "Hello"}], tokenize=True,
+                                   return_dict=True)["input_ids"]
+    assert list(prompt_ids) + completion == list(full)
+
+
+# ----------------------------------------------------------------------------- truncation
+
+
+@pytest.mark.parametrize("style", ["raw", "chat_template"])
+def test_truncation_keeps_start_like_trl_collator(tiny_tokenizer, style):
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    tok, max_length = tiny_tokenizer, 96
+    rows = _parsed(40, style)
+    full, _ = encode_pairs(rows, tok)
+    cut, dropped = encode_pairs(rows, tok, max_length=max_length)
+    full = {p.index: p for p in full}
+    trl_rows = _trl_tokenized(rows, tok)
+    # the prompt-only rows TRL drops (keep_start would remove every reply token)
+    trl_dropped = {i for i, r in enumerate(trl_rows) if len(r["prompt_ids"]) >= max_length}
+    assert trl_dropped, "choose a max_length that cuts some prompts off"
+    assert sum(len(full[p.index].chosen_ids) > len(p.chosen_ids) for p in cut) > 0, "and some replies"
+    collated = DataCollatorForPreference(pad_token_id=tok.pad_token_id, max_length=max_length)(
+        [trl_rows[p.index] for p in cut])
+    n = len(cut)
+    for j, p in enumerate(cut):
+        assert p.index not in trl_dropped
+        assert p.prompt_ids == full[p.index].prompt_ids  # the prompt itself is not cut here
+        keep = max_length - len(p.prompt_ids)
+        assert p.chosen_ids == full[p.index].chosen_ids[:keep]
+        assert p.rejected_ids == full[p.index].rejected_ids[:keep]
+        mask = collated["completion_mask"]
+        assert collated["input_ids"][j][mask[j].bool()].tolist() == list(p.chosen_ids)
+        assert collated["input_ids"][n + j][mask[n + j].bool()].tolist() == list(p.rejected_ids)
+    # every row TRL drops is counted here as cut off, and nothing vanishes without a reason
+    assert dropped["reply cut off: prompt fills sequence_len"] >= len(trl_dropped)
+    assert len(cut) + sum(dropped.values()) == len(rows)
+
+
+# ----------------------------------------------------------------------------- degenerate pairs
+
+
+def test_degenerate_reasons_text(tiny_tokenizer):
+    tok = tiny_tokenizer
+    p = "\n\nHuman: Tell me about bread.\n\nAssistant:"
+    long_prompt = "\n\nHuman: " + "Tell me about bread and butter, please. " * 20 + "\n\nAssistant:"
+    shared = " Bread is made from flour, water, salt and yeast, and it is baked in an oven"
+    rows = [
+        {"prompt": p, "chosen": " Bread is baked.", "rejected": " No."},  # 0 kept
+        {"prompt": p, "chosen": " ", "rejected": " No."},  # 1 empty chosen (only EOS)
+        {"prompt": p, "chosen": " Bread is baked.", "rejected": ""},  # 2 empty rejected
+        {"prompt": p, "chosen": " Same reply.", "rejected": " Same reply."},  # 3 identical
+        {"prompt": long_prompt, "chosen": " Yes.", "rejected": " No."},  # 4 prompt fills max_length
+        {"prompt": p, "chosen": shared + " for an hour.", "rejected": shared + " until golden."},  # 5 same once cut
+        {"prompt": p, "chosen": " " + tok.eos_token, "rejected": " No."},  # 6 empty: EOS only
+        {"prompt": p, "chosen": " Yes.", "rejected": " No."},  # 7 kept
+    ]
+    prompt_len = len(tok(text=p)["input_ids"])
+    assert len(tok(text=long_prompt)["input_ids"]) > 64 > prompt_len + 8
+    pairs, dropped = encode_pairs(rows, tok, max_length=prompt_len + 8)
+    assert [q.index for q in pairs] == [0, 7]
+    assert dropped == Counter({"empty chosen reply": 2, "empty rejected reply": 1,
+                               "chosen and rejected identical": 2,
+                               "reply cut off: prompt fills sequence_len": 1})
+    # without max_length only the replies that differ at the end survive
+    pairs, dropped = encode_pairs(rows, tok)
+    assert [q.index for q in pairs] == [0, 4, 5, 7]
+    assert dropped == Counter({"empty chosen reply": 2, "empty rejected reply": 1,
+                               "chosen and rejected identical": 1})
+
+
+def test_degenerate_reasons_messages(tiny_tokenizer):
+    user = [{"role": "user", "content": "Hi"}]
+
+    def reply(text):
+        return [{"role": "assistant", "content": text}]
+
+    rows = [
+        {"prompt": user, "chosen": reply(""), "rejected": reply("Hello")},  # template tokens only
+        {"prompt": user, "chosen": reply("Hello"), "rejected": reply("  \n ")},  # whitespace only
+        {"prompt": user, "chosen": reply("Hello"), "rejected": reply("Hello")},
+        {"prompt": user, "chosen": reply("Hello"), "rejected": reply("Go away")},
+    ]
+    pairs, dropped = encode_pairs(rows, tiny_tokenizer)
+    assert [p.index for p in pairs] == [3]
+    assert dropped == Counter({"empty chosen reply": 1, "empty rejected reply": 1,
+                               "chosen and rejected identical": 1})
+
+
+def test_real_hh_rlhf_rows_encode(tiny_tokenizer):
+    """All 2,307 parseable real pairs: the 4 with an empty chosen reply are the only drops."""
+    rows = _parsed(None, "raw")
+    assert len(rows) == 2307
+    pairs, dropped = encode_pairs(rows, tiny_tokenizer)
+    assert dropped == Counter({"empty chosen reply": 4})
+    assert len(pairs) == 2303
+    assert len({p.index for p in pairs}) == 2303 and [p.index for p in pairs] == sorted(p.index for p in pairs)
