@@ -3,6 +3,7 @@ their validation. Every error names the key."""
 
 from __future__ import annotations
 
+import difflib
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -83,12 +84,20 @@ class DEFTArgs(BaseModel):
     def _combinations(cls, data):
         if not isinstance(data, dict):
             return data
+        # Axolotl drops unknown keys without a word: a misspelt deft_* key would silently run the default.
+        known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+        for key in data:
+            if isinstance(key, str) and key.startswith("deft_") and key not in known:
+                close = difflib.get_close_matches(key, sorted(k for k in known if k.startswith("deft_")), n=1)
+                raise ValueError(f"{key}: unknown DEFT key" + (f"; did you mean {close[0]}?" if close else ""))
         if data.get("deft_filter_ratio") is not None and data.get("deft_filter_count") is not None:
             raise ValueError("set deft_filter_ratio or deft_filter_count, not both")
-        weight = data.get("deft_reward_weight", DEFAULT_REWARD_WEIGHT)
-        if data.get("dpo_use_liger_kernel") and (weight is None or weight > 0):
-            raise ValueError("dpo_use_liger_kernel cannot be combined with the DEFT loss term (it needs the logits): "
-                             "set dpo_use_liger_kernel: false, or deft_reward_weight: 0")
+        # The DEFT trainer reads the logits of TRL's forward at every step (the loss term, and the
+        # deft/* metrics even at deft_reward_weight: 0); TRL's Liger DPO loss never materialises them.
+        if data.get("dpo_use_liger_kernel"):
+            raise ValueError("dpo_use_liger_kernel cannot be combined with the DEFT plugin: its DPO trainer needs the "
+                             "logits (the DEFT term and its metrics, even at deft_reward_weight: 0), which the Liger "
+                             "DPO loss never materialises; set dpo_use_liger_kernel: false")
         rl = data.get("rl")
         rl = getattr(rl, "value", rl)
         if rl != "dpo":
