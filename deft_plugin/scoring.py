@@ -26,22 +26,25 @@ def _batches(pairs: list[EncodedPair], batch_size: int) -> Iterable[list[Encoded
 
 def _collate(batch: list[EncodedPair], special: set[int], pad_id: int, device):
     """Rows: chosen sequences of the batch, then rejected ones. The prediction mask marks
-    positions whose next token is a non-special reply token."""
-    seqs, reply_starts = [], []
+    positions whose next token is a non-special reply token. Built with tensor operations:
+    a per-token Python loop here left a GPU idle for a noticeable share of scoring."""
+    seqs, starts = [], []
     for side in ("chosen_ids", "rejected_ids"):
         for p in batch:
-            seqs.append(list(p.prompt_ids) + list(getattr(p, side)))
-            reply_starts.append(len(p.prompt_ids))
+            seqs.append(tuple(p.prompt_ids) + tuple(getattr(p, side)))
+            starts.append(len(p.prompt_ids))
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    pred = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for row, (seq, start) in enumerate(zip(seqs, reply_starts)):
-        ids[row, :len(seq)] = torch.tensor(seq)
-        attn[row, :len(seq)] = 1
-        for pos in range(max(start, 1), len(seq)):
-            if seq[pos] not in special:
-                pred[row, pos - 1] = True
+    ids = torch.tensor([s + (pad_id,) * (width - len(s)) for s in seqs], dtype=torch.long)
+    lengths = torch.tensor([len(s) for s in seqs])
+    next_pos = torch.arange(1, width + 1)  # position t predicts the token at t + 1
+    attn = (next_pos - 1 < lengths[:, None]).long()
+    next_ids = torch.full_like(ids, pad_id)
+    next_ids[:, :-1] = ids[:, 1:]
+    pred = (next_pos >= torch.tensor(starts).clamp_min(1)[:, None]) & (next_pos < lengths[:, None])
+    if special:
+        pred &= ~torch.isin(next_ids, torch.tensor(sorted(special), dtype=torch.long))
+    if torch.device(device).type == "cuda":
+        return tuple(t.pin_memory().to(device, non_blocking=True) for t in (ids, attn, pred))
     return ids.to(device), attn.to(device), pred.to(device)
 
 
