@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from deft_plugin.qdiff import NORMS
 
@@ -42,11 +42,11 @@ class DEFTArgs(BaseModel):
             raise ValueError(f"deft_filter_ratio must be in (0, 1], got {v}")
         return v
 
-    @field_validator("deft_filter_count")
+    @field_validator("deft_filter_count", "deft_score_batch_size")
     @classmethod
-    def _count(cls, v):
+    def _positive(cls, v, info: ValidationInfo):
         if v is not None and v < 1:
-            raise ValueError(f"deft_filter_count must be at least 1, got {v}")
+            raise ValueError(f"{info.field_name} must be at least 1, got {v}")
         return v
 
     @field_validator("deft_reward_weight")
@@ -54,13 +54,6 @@ class DEFTArgs(BaseModel):
     def _weight(cls, v):
         if v < 0:
             raise ValueError(f"deft_reward_weight must be >= 0, got {v}")
-        return v
-
-    @field_validator("deft_score_batch_size")
-    @classmethod
-    def _batch(cls, v):
-        if v < 1:
-            raise ValueError(f"deft_score_batch_size must be at least 1, got {v}")
         return v
 
     @field_validator("deft_qdiff_norm")

@@ -100,7 +100,6 @@ def axolotl_config(args, model_dir: Path, train_file: Path, run_dir: Path) -> di
         "logging_steps": 1,
         "save_strategy": "no",
         "bf16": False,
-        "fp32": True,
         "device_map": "cpu",
         "dataloader_num_workers": 0,
     }

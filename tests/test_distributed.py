@@ -4,7 +4,6 @@ the single-process selection. Also resuming across process counts through the ca
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -19,7 +18,7 @@ import torch
 
 from deft_plugin.loading import parse_rows
 from deft_plugin.pipeline import FilterSettings, run_filter
-from builders import REPO, hh_rows
+from builders import REPO, hh_rows, sharpened
 
 WORKER = Path(__file__).with_name("dist_filter_worker.py")
 SETTINGS = {"ratio": 0.25, "batch_size": 4, "max_length": 256}
@@ -32,10 +31,7 @@ DEADLINE_S = 60  # both ranks together, start-up included; the process group its
 def sharp_model_dir(tiny_model, tiny_tokenizer, tmp_path_factory):
     """The tiny model with a scaled LM head (rewards of order 0.1 instead of 1e-4), saved."""
     d = tmp_path_factory.mktemp("sharp-llama")
-    model = copy.deepcopy(tiny_model)
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(100.0)
-    model.save_pretrained(d)
+    sharpened(tiny_model, 100.0).save_pretrained(d)
     tiny_tokenizer.save_pretrained(d)
     return d
 

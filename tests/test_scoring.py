@@ -11,7 +11,6 @@ order 0.1 and a tolerance of 1e-6 says something."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 
@@ -23,7 +22,7 @@ from deft_plugin.loading import parse_rows
 from deft_plugin.pipeline import FilterSettings, build_qdiff, run_filter
 from deft_plugin.scoring import PairScorer
 from deft_plugin.selection import keep_count, select_top
-from builders import hh_rows
+from builders import hh_rows, sharpened
 
 MAX_LEN = 256
 RATIO = 0.25
@@ -53,10 +52,7 @@ def qdiff(pairs, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def sharp_model(tiny_model):
-    model = copy.deepcopy(tiny_model).eval()
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(100.0)
-    return model
+    return sharpened(tiny_model, 100.0).eval()
 
 
 @pytest.fixture(scope="module")

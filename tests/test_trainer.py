@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from builders import sharpened
 from deft_plugin.reward import naive_distribution_reward
 from deft_plugin.trainer import DeftDPOLossMixin, attach_deft_loss
 
@@ -25,10 +26,7 @@ def sharp_model_dir(tiny_model, tiny_tokenizer, tmp_path_factory):
     """The tiny model with its LM head scaled up: next-token distributions far from uniform,
     so the DEFT term is of order 0.01-0.1 rather than 1e-4."""
     d = tmp_path_factory.mktemp("sharp-llama-trainer")
-    model = copy.deepcopy(tiny_model)
-    with torch.no_grad():
-        model.get_output_embeddings().weight.mul_(30.0)
-    model.save_pretrained(d)
+    sharpened(tiny_model, 30.0).save_pretrained(d)
     tiny_tokenizer.save_pretrained(d)
     return d
 
