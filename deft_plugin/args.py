@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
+from deft_plugin.losses import DEFAULT_PRO_SFT_WEIGHT
 from deft_plugin.qdiff import NORMS
 
 # Weight of the DEFT reward term. Provisional: to be set from the reproduction experiment.
@@ -19,6 +20,9 @@ FORMAT_PREFIX = "deft."
 class DEFTArgs(BaseModel):
     """DEFT: distribution-guided filtering and loss guidance."""
 
+    deft_method: Literal["dpo", "pro"] = Field(
+        "dpo", description="dpo: DEFT-DPO on Axolotl's DPO trainer (rl: dpo); pro: DEFT-PRO, the PRO listwise "
+                           "ranking loss on Axolotl's causal trainer (no rl:).")
     deft_filter: bool = Field(True, description="Score every pair with the starting model and keep the top fraction.")
     deft_filter_ratio: float | None = Field(None, description="Fraction of pairs to keep, in (0, 1]; default 0.05.")
     deft_filter_count: int | None = Field(None, description="Number of pairs to keep (instead of a ratio).")
@@ -27,6 +31,8 @@ class DEFTArgs(BaseModel):
     deft_qdiff_path: str | None = Field(None, description="Directory of a saved discrepancy distribution to use.")
     deft_reward_weight: float = Field(DEFAULT_REWARD_WEIGHT, description="lambda, the weight of the DEFT loss term.")
     deft_loss_form: Literal["pair", "chosen"] = Field("pair", description="DEFT term: R(y+) - R(y-), or R(y+) alone.")
+    deft_pro_sft_weight: float = Field(
+        DEFAULT_PRO_SFT_WEIGHT, description="PRO: weight w of the SFT term, w * (n-1)^2 * summed NLL of the best response.")
     deft_prompt_style: Literal["auto", "chat_template", "raw"] = Field(
         "auto", description="How DEFT formats present dialogues: chat messages, raw Human/Assistant text, or "
                             "chat messages when the tokenizer has a chat template.")
@@ -49,11 +55,11 @@ class DEFTArgs(BaseModel):
             raise ValueError(f"{info.field_name} must be at least 1, got {v}")
         return v
 
-    @field_validator("deft_reward_weight")
+    @field_validator("deft_reward_weight", "deft_pro_sft_weight")
     @classmethod
-    def _weight(cls, v):
+    def _weight(cls, v, info: ValidationInfo):
         if v < 0:
-            raise ValueError(f"deft_reward_weight must be >= 0, got {v}")
+            raise ValueError(f"{info.field_name} must be >= 0, got {v}")
         return v
 
     @field_validator("deft_qdiff_norm")
@@ -85,18 +91,14 @@ class DEFTArgs(BaseModel):
                 raise ValueError(f"{key}: unknown DEFT key" + (f"; did you mean {close[0]}?" if close else ""))
         if data.get("deft_filter_ratio") is not None and data.get("deft_filter_count") is not None:
             raise ValueError("set deft_filter_ratio or deft_filter_count, not both")
-        # The DEFT trainer reads the logits of TRL's forward at every step (the loss term, and the
-        # deft/* metrics even at deft_reward_weight: 0); TRL's Liger DPO loss never materialises them.
-        if data.get("dpo_use_liger_kernel"):
-            raise ValueError("dpo_use_liger_kernel cannot be combined with the DEFT plugin: its DPO trainer needs the "
-                             "logits (the DEFT term and its metrics, even at deft_reward_weight: 0), which the Liger "
-                             "DPO loss never materialises; set dpo_use_liger_kernel: false")
+        method = data.get("deft_method") or "dpo"
         rl = data.get("rl")
         rl = getattr(rl, "value", rl)
-        if rl != "dpo":
-            raise ValueError(f"rl: DEFT runs with rl: dpo (got rl: {rl!r})")
-        for i, ds in enumerate(data.get("datasets") or []):
-            ds_type = ds.get("type") if isinstance(ds, dict) else getattr(ds, "type", None)
+        if method == "pro":
+            _check_pro(data, rl)
+        else:
+            _check_dpo(data, rl)
+        for i, ds_type in enumerate(_dataset_types(data)):
             if isinstance(ds_type, str) and ds_type.startswith(FORMAT_PREFIX):
                 from deft_plugin.registry import dataset_formats
 
@@ -104,4 +106,39 @@ class DEFTArgs(BaseModel):
                 if name not in dataset_formats():
                     raise ValueError(f"datasets[{i}].type: unknown DEFT dataset format {ds_type!r}; known: "
                                      + ", ".join(FORMAT_PREFIX + n for n in sorted(dataset_formats())))
+                if method == "dpo" and name in RANKED_ONLY_FORMATS:
+                    raise ValueError(f"datasets[{i}].type: {ds_type} holds ranked lists, which DPO cannot train on; "
+                                     "use deft_method: pro")
         return data
+
+
+RANKED_ONLY_FORMATS = ("listwise",)
+
+
+def _dataset_types(data: dict) -> list:
+    return [ds.get("type") if isinstance(ds, dict) else getattr(ds, "type", None) for ds in data.get("datasets") or []]
+
+
+def _check_dpo(data: dict, rl) -> None:
+    # The DEFT trainer reads the logits of TRL's forward at every step (the loss term, and the
+    # deft/* metrics even at deft_reward_weight: 0); TRL's Liger DPO loss never materialises them.
+    if data.get("dpo_use_liger_kernel"):
+        raise ValueError("dpo_use_liger_kernel cannot be combined with the DEFT plugin: its DPO trainer needs the "
+                         "logits (the DEFT term and its metrics, even at deft_reward_weight: 0), which the Liger "
+                         "DPO loss never materialises; set dpo_use_liger_kernel: false")
+    if rl != "dpo":
+        raise ValueError(f"rl: DEFT-DPO runs with rl: dpo (got rl: {rl!r}); for DEFT-PRO set deft_method: pro "
+                         "and leave rl unset")
+
+
+def _check_pro(data: dict, rl) -> None:
+    if rl:
+        raise ValueError(f"rl: deft_method: pro runs PRO on Axolotl's causal trainer; remove rl: {rl!r} "
+                         "(or use deft_method: dpo)")
+    if data.get("sample_packing"):
+        raise ValueError("sample_packing: deft_method: pro compares whole candidate sequences of one prompt and "
+                         "cannot pack them; set sample_packing: false")
+    for i, ds_type in enumerate(_dataset_types(data)):
+        if not (isinstance(ds_type, str) and ds_type.startswith(FORMAT_PREFIX)):
+            raise ValueError(f"datasets[{i}].type: deft_method: pro reads its data through a DEFT format "
+                             f"(deft.hh_rlhf, deft.listwise, deft.preference), got {ds_type!r}")

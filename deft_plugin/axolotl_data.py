@@ -13,6 +13,7 @@ import torch
 from datasets import Dataset
 
 from deft_plugin.args import DEFAULT_FILTER_RATIO, FORMAT_PREFIX
+from deft_plugin.encoding import EncodedRow, as_ranked, encode_rows
 from deft_plugin.loading import ParsedRows, read_source
 from deft_plugin.pipeline import (FilterResult, FilterSettings, fingerprint, model_fingerprint, rows_fingerprint,
                                   run_filter, tokenizer_fingerprint)
@@ -90,7 +91,8 @@ def _load_deft_rows(cfg, style: str) -> tuple[Dataset, Dataset | None, dict]:
     for entry in cfg.datasets:
         parsed.extend(read_source(entry["path"], _deft_format(entry), style, entry.get("split"),
                                   entry.get("data_files"), entry.get("revision")))
-    train = Dataset.from_list(parsed.rows)
+    # PRO may mix pair and list formats: one schema for all (from_list takes the first row's keys)
+    train = Dataset.from_list([as_ranked(r) for r in parsed.rows] if cfg.deft_method == "pro" else parsed.rows)
     evaluation = None
     if cfg.val_set_size:
         split = train.train_test_split(test_size=cfg.val_set_size, seed=cfg.seed or 42)
@@ -113,6 +115,23 @@ def cache_dir_for(cfg, rows: list[dict], tokenizer) -> Path:
     return root / key
 
 
+def listwise_dataset(indices: list[int], encoded: dict[int, EncodedRow], rows: list[dict]) -> Dataset:
+    """The PRO trainer's dataset: token ids of each kept row's prompt and candidates (best
+    first, as scored) and its reward scores (empty when the data has none)."""
+    return Dataset.from_list([{"prompt_ids": list(encoded[i].prompt_ids),
+                               "completion_ids": [list(c) for c in encoded[i].completions],
+                               "rewards": list(rows[i].get("rewards") or [])} for i in indices])
+
+
+def _encoded_eval(evaluation: Dataset, tokenizer, max_length: int | None) -> Dataset:
+    rows = [dict(r) for r in evaluation]
+    encoded, degenerate = encode_rows(rows, tokenizer, max_length)
+    if degenerate:
+        LOG.warning("DEFT: %d of %d evaluation rows are degenerate and not evaluated: %s", sum(degenerate.values()),
+                    len(rows), dict(degenerate))
+    return listwise_dataset([e.index for e in encoded], {e.index: e for e in encoded}, rows)
+
+
 def load_deft_datasets(cfg, tokenizer=None) -> tuple[Dataset, Dataset | None, int, FilterResult]:
     """(train, eval, total_num_steps, filter result) for a DEFT-enabled config."""
     if tokenizer is None:
@@ -124,7 +143,8 @@ def load_deft_datasets(cfg, tokenizer=None) -> tuple[Dataset, Dataset | None, in
         raise ValueError("datasets: either every entry uses a DEFT format (type: deft.<format>) or none does")
     style = resolve_prompt_style(cfg.deft_prompt_style, tokenizer)
     train, evaluation, source_report = _load_deft_rows(cfg, style) if any(formats) else _load_axolotl_rows(cfg)
-    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in train]
+    pro = cfg.deft_method == "pro"
+    rows = [dict(r) for r in train] if pro else [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in train]
     cache_dir = cache_dir_for(cfg, rows, tokenizer)
     qdiff = QDiff.load(cfg.deft_qdiff_path) if cfg.deft_qdiff_path else None
     result = run_filter(
@@ -132,7 +152,11 @@ def load_deft_datasets(cfg, tokenizer=None) -> tuple[Dataset, Dataset | None, in
         lambda: load_scoring_model(cfg.base_model, cfg.deft_score_dtype, cfg.revision_of_model,
                                    bool(cfg.trust_remote_code)),
         filter_settings(cfg), cache_dir, qdiff, source_report={**source_report, "prompt_style": style})
-    kept = train.select(result.kept)
+    if pro:
+        kept = listwise_dataset(result.kept, result.encoded, rows)
+        evaluation = _encoded_eval(evaluation, tokenizer, cfg.sequence_len) if evaluation is not None else None
+    else:
+        kept = train.select(result.kept)
     batch_size = cfg.batch_size or (cfg.micro_batch_size or 1) * (cfg.gradient_accumulation_steps or 1)
     total_num_steps = int(math.ceil(len(kept) * (cfg.num_epochs or 1) / batch_size))
     LOG.info("DEFT: %d rows read, %d unparseable, %d degenerate, %d scored, %d kept -> %d steps (cache %s)",

@@ -51,12 +51,12 @@ def _tokenizer(name: str):
 
 
 def cmd_qdiff(args) -> int:
-    from deft_plugin.encoding import encode_pairs
+    from deft_plugin.encoding import encode_rows
     from deft_plugin.pipeline import build_qdiff, rows_fingerprint
 
     tokenizer = _tokenizer(args.model)
     parsed = _read(args, tokenizer)
-    pairs, degenerate = encode_pairs(parsed.rows, tokenizer, args.max_length)
+    pairs, degenerate = encode_rows(parsed.rows, tokenizer, args.max_length)
     qdiff = build_qdiff(pairs, tokenizer, args.norm, data=rows_fingerprint(parsed.rows), source=args.data)
     qdiff.save(args.out)
     _show(qdiff, tokenizer, args.out, args.top)
@@ -89,7 +89,7 @@ def cmd_inspect(args) -> int:
 
 def _filter(args, ratio, count) -> int:
     from deft_plugin.axolotl_data import load_scoring_model
-    from deft_plugin.pipeline import FilterSettings, run_filter
+    from deft_plugin.pipeline import FilterSettings, best_and_rest, run_filter
     from deft_plugin.qdiff import QDiff
 
     tokenizer = _tokenizer(args.model)
@@ -101,8 +101,12 @@ def _filter(args, ratio, count) -> int:
                         cache_dir=out / "cache", qdiff=QDiff.load(args.qdiff) if args.qdiff else None,
                         source_report=parsed.report())
     selected = result.kept if args.command == "filter" else sorted(result.scores)
-    lines = [json.dumps({**parsed.raw[i], "deft_score": result.scores[i], "deft_reward_chosen": result.rewards[i][0],
-                         "deft_reward_rejected": result.rewards[i][1]}, ensure_ascii=False) for i in selected]
+    lines = []
+    for i in selected:
+        best, rest = best_and_rest(result.rewards[i])
+        extra = {"deft_rewards": list(result.rewards[i])} if len(result.rewards[i]) > 2 else {}
+        lines.append(json.dumps({**parsed.raw[i], "deft_score": result.scores[i], "deft_reward_chosen": best,
+                                 "deft_reward_rejected": rest, **extra}, ensure_ascii=False))
     name = "kept.jsonl" if args.command == "filter" else "scores.jsonl"
     atomic_write_text(out / name, "".join(line + "\n" for line in lines))
     atomic_write_text(out / "report.json", json.dumps(result.report, indent=2))

@@ -128,14 +128,14 @@ def heldout_accuracy(model_dir: Path, rows: list[dict], args, desc: str) -> dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from deft_plugin.axolotl_data import resolve_prompt_style
-    from deft_plugin.encoding import encode_pairs
+    from deft_plugin.encoding import encode_rows
     from deft_plugin.loading import parse_rows
     from deft_plugin.ranking import ranking_accuracy
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
     parsed = parse_rows(rows, "hh_rlhf", resolve_prompt_style("auto", tokenizer), source="held-out")
-    pairs, _ = encode_pairs(parsed.rows, tokenizer, args.sequence_len)
+    pairs, _ = encode_rows(parsed.rows, tokenizer, args.sequence_len)
     return ranking_accuracy(model, pairs, tokenizer.all_special_ids, tokenizer.pad_token_id or 0,
                             args.score_batch_size, desc=desc)
 

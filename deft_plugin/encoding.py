@@ -1,5 +1,5 @@
-"""Tokenising preference rows the way TRL's DPO trainer does, so that the pairs scored
-here are the sequences trained on: the prompt alone (with the generation prompt for chat
+"""Tokenising preference and ranked rows the way TRL's DPO trainer does, so that the
+sequences scored here are the sequences trained on (by TRL's DPO and by the PRO trainer): the prompt alone (with the generation prompt for chat
 messages), then prompt + reply, the reply being the tail. Text replies get EOS appended.
 Sequences longer than max_length are cut at the end (TRL's keep_start)."""
 
@@ -10,11 +10,33 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class EncodedPair:
+class EncodedRow:
+    """One prompt with its candidate replies, best first: a preference pair (chosen,
+    rejected) or a ranked list of n >= 2 replies."""
+
     index: int  # position of the row in the input
     prompt_ids: tuple[int, ...]
-    chosen_ids: tuple[int, ...]
-    rejected_ids: tuple[int, ...]
+    completions: tuple[tuple[int, ...], ...]
+
+    @property
+    def chosen_ids(self) -> tuple[int, ...]:
+        return self.completions[0]
+
+    @property
+    def rejected_ids(self) -> tuple[int, ...]:
+        """The second reply: the rejected one of a pair."""
+        return self.completions[1]
+
+
+def completions_of(row: dict) -> list:
+    """The candidate replies of a parsed row, best first: `responses` of a ranked row, or
+    `chosen` and `rejected` of a preference row."""
+    return list(row["responses"]) if "responses" in row else [row["chosen"], row["rejected"]]
+
+
+def as_ranked(row: dict) -> dict:
+    """Any parsed row as a ranked row, so that rows of different formats share one schema."""
+    return {"prompt": row["prompt"], "responses": completions_of(row), "rewards": row.get("rewards")}
 
 
 def _ids(tokenizer, value, **kwargs) -> list[int]:
@@ -49,24 +71,28 @@ def _has_text(tokenizer, ids) -> bool:
     return bool(tokenizer.decode(list(ids), skip_special_tokens=True).strip())
 
 
-def encode_pairs(rows, tokenizer, max_length: int | None = None) -> tuple[list[EncodedPair], Counter]:
-    """Encode rows (dicts with prompt/chosen/rejected). Returns the usable pairs and the
-    degenerate ones counted by reason (empty reply, identical replies)."""
-    pairs, dropped = [], Counter()
+def _reply_label(rank: int, n: int) -> str:
+    return ("chosen", "rejected")[rank] if n == 2 else f"rank-{rank + 1}"
+
+
+def encode_rows(rows, tokenizer, max_length: int | None = None) -> tuple[list[EncodedRow], Counter]:
+    """Encode parsed rows (preference or ranked). Returns the usable rows and the degenerate
+    ones counted by reason (an empty reply, a reply cut off by max_length, identical
+    replies); a degenerate row is dropped whole, never shortened to fewer replies."""
+    out, dropped = [], Counter()
     for i, row in enumerate(rows):
-        prompt_ids, chosen = encode_completion(tokenizer, row["prompt"], row["chosen"])
-        _, rejected = encode_completion(tokenizer, row["prompt"], row["rejected"], prompt_ids)
-        if not _has_text(tokenizer, chosen):
-            dropped["empty chosen reply"] += 1
+        replies = completions_of(row)
+        prompt_ids, first = encode_completion(tokenizer, row["prompt"], replies[0])
+        encoded = [first] + [encode_completion(tokenizer, row["prompt"], reply, prompt_ids)[1] for reply in replies[1:]]
+        empty = next((k for k, ids in enumerate(encoded) if not _has_text(tokenizer, ids)), None)
+        if empty is not None:
+            dropped[f"empty {_reply_label(empty, len(replies))} reply"] += 1
             continue
-        if not _has_text(tokenizer, rejected):
-            dropped["empty rejected reply"] += 1
-            continue
-        chosen, rejected = _truncate(prompt_ids, chosen, max_length), _truncate(prompt_ids, rejected, max_length)
-        if not (_has_text(tokenizer, chosen) and _has_text(tokenizer, rejected)):
+        encoded = [tuple(_truncate(prompt_ids, ids, max_length)) for ids in encoded]
+        if not all(_has_text(tokenizer, ids) for ids in encoded):
             dropped["reply cut off: prompt fills sequence_len"] += 1
-        elif chosen == rejected:
-            dropped["chosen and rejected identical"] += 1
+        elif len(set(encoded)) < len(encoded):
+            dropped["chosen and rejected identical" if len(encoded) == 2 else "two replies identical"] += 1
         else:
-            pairs.append(EncodedPair(i, tuple(prompt_ids), tuple(chosen), tuple(rejected)))
-    return pairs, dropped
+            out.append(EncodedRow(i, tuple(prompt_ids), tuple(encoded)))
+    return out, dropped

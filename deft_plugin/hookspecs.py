@@ -3,8 +3,10 @@
 Built-in dataset formats and filtering-score variants are registered through the
 `deft_plugin` entry-point group exactly like third-party plugins.
 
-A dataset format turns one raw row into a TRL preference row: `prompt`, `chosen`,
-`rejected`, either as text or as chat messages, depending on the prompt style.
+A dataset format turns one raw row into either a TRL preference row (`prompt`, `chosen`,
+`rejected`) or a ranked row (`prompt`, `responses` best first, optional `rewards`), as
+text or as chat messages depending on the prompt style. DPO trains on preference rows;
+PRO trains on both (a preference row is a ranking of two).
 """
 
 from __future__ import annotations

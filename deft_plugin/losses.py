@@ -1,10 +1,11 @@
-"""The DEFT loss term (pure tensor functions)."""
+"""The losses (pure tensor functions): the DEFT term for pairs and ranked lists, and PRO."""
 
 from __future__ import annotations
 
 import torch
 
 LOSS_FORMS = ("pair", "chosen")
+DEFAULT_PRO_SFT_WEIGHT = 0.05
 
 
 def deft_dpo_term(r_chosen: torch.Tensor, r_rejected: torch.Tensor, form: str = "pair") -> torch.Tensor:
@@ -15,3 +16,46 @@ def deft_dpo_term(r_chosen: torch.Tensor, r_rejected: torch.Tensor, form: str = 
     if form == "chosen":
         return r_chosen.mean()
     raise ValueError(f"deft_loss_form must be one of {LOSS_FORMS}, got {form!r}")
+
+
+def deft_ranking_term(rewards: torch.Tensor, mask: torch.Tensor, form: str = "pair") -> torch.Tensor:
+    """The DEFT term for ranked candidates: mean_batch[R(y1) - mean_{k>1} R(yk)] (pair) or
+    mean_batch[R(y1)] (chosen). rewards, mask: [batch, n_max], best first, mask marking the
+    candidates each row has (rows may differ in n). For n = 2 this is deft_dpo_term."""
+    mask = mask.to(rewards.dtype)
+    best = rewards[:, 0]
+    rest = (rewards[:, 1:] * mask[:, 1:]).sum(1) / mask[:, 1:].sum(1).clamp_min(1)
+    return deft_dpo_term(best, rest, form)
+
+
+def pro_rank_loss(scores: torch.Tensor, mask: torch.Tensor, rewards: torch.Tensor | None = None) -> torch.Tensor:
+    """PRO's listwise ranking loss, sum over ranks k of the batch mean of
+
+        loss_k = -log( exp(s_k tau_kk) / sum_{i>=k} exp(s_i tau_ki) )
+
+    scores: [batch, n_max] candidate scores, best first; mask: [batch, n_max] the candidates
+    each row has (a prefix). rewards: [batch, n_max] or None; a row whose rewards are NaN (or
+    no rewards at all) uses tau = 1, otherwise tau_ki = r_k - r_i and tau_kk = max_{i>k} tau_ki.
+    A rank k enters the mean only for rows that have a candidate after it."""
+    mask = mask.bool()
+    if rewards is None:
+        rewards = torch.full_like(scores, float("nan"))
+    has_rewards = ~torch.isnan(rewards[:, 0])
+    rewards = torch.nan_to_num(rewards)  # padding: any finite value, it is masked below
+    total = scores.new_zeros(())
+    for k in range(scores.shape[1] - 1):
+        rows = mask[:, k + 1]  # rows with a candidate after rank k
+        if not rows.any():
+            break
+        s, r, present, tau_on = scores[rows, k:], rewards[rows, k:], mask[rows, k:], has_rewards[rows, None]
+        tau = torch.where(tau_on, r[:, :1] - r, torch.ones_like(r))  # tau_ki for i >= k (i = k: placeholder)
+        tau_k = tau[:, 1:].masked_fill(~present[:, 1:], float("-inf")).amax(1, keepdim=True)
+        tau = torch.cat([torch.where(tau_on, tau_k, torch.ones_like(tau_k)), tau[:, 1:]], dim=1)
+        logits = (s * tau).masked_fill(~present, float("-inf"))
+        total = total + (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+    return total
+
+
+def pro_sft_loss(nll_best: torch.Tensor, n: torch.Tensor, weight: float) -> torch.Tensor:
+    """PRO's SFT term: mean_batch[ weight * (n - 1)^2 * NLL(y1) ], NLL summed over tokens."""
+    return (weight * (n.to(nll_best.dtype) - 1) ** 2 * nll_best).mean()

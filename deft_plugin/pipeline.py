@@ -1,7 +1,12 @@
-"""The DEFT filter from preference rows to the kept subset:
-encode -> drop degenerate pairs -> discrepancy distribution Q -> score every pair with the
-starting model -> keep the top fraction. Shared by the Axolotl plugin, the `deft` command
-line and the demo."""
+"""The DEFT filter from preference or ranked rows to the kept subset:
+encode -> drop degenerate rows -> discrepancy distribution Q -> score every reply with the
+starting model -> keep the top fraction. Shared by the Axolotl plugin (DPO and PRO), the
+`deft` command line and the demo.
+
+A ranked row (replies y1 > ... > yn) enters Q and the filtering score as its best reply
+against the rest: y1 counts on the chosen side of Q and y2..yn on the rejected side; the
+score variant receives R(x, y1) and the mean of R(x, yk) over k > 1. For a pair these are
+exactly R(x, y+) and R(x, y-)."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from deft_plugin.atomic import atomic_write_text
-from deft_plugin.encoding import EncodedPair, encode_pairs
+from deft_plugin.encoding import EncodedRow, completions_of, encode_rows
 from deft_plugin.qdiff import QDiff
 from deft_plugin.registry import score_variants
 from deft_plugin.score_cache import ScoreCache
@@ -40,9 +45,15 @@ class FilterSettings:
 class FilterResult:
     kept: list[int]  # indices into the input rows, in dataset order
     scores: dict[int, float]  # row index -> filtering score (degenerate rows absent)
-    rewards: dict[int, tuple[float, float]]  # row index -> (R chosen, R rejected)
+    rewards: dict[int, tuple[float, ...]]  # row index -> R of each reply, best first
     qdiff: QDiff
     report: dict = field(default_factory=dict)
+    encoded: dict[int, EncodedRow] = field(default_factory=dict)  # row index -> token ids (usable rows)
+
+
+def best_and_rest(rewards: tuple[float, ...]) -> tuple[float, float]:
+    """(R of the best reply, mean R of the others): (R chosen, R rejected) for a pair."""
+    return rewards[0], sum(rewards[1:]) / len(rewards[1:])
 
 
 def fingerprint(obj) -> str:
@@ -52,7 +63,7 @@ def fingerprint(obj) -> str:
 def rows_fingerprint(rows: list[dict]) -> str:
     h = hashlib.sha256()
     for row in rows:
-        h.update(json.dumps([row["prompt"], row["chosen"], row["rejected"]], sort_keys=True).encode())
+        h.update(json.dumps([row["prompt"], completions_of(row), row.get("rewards")], sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -80,9 +91,9 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def build_qdiff(pairs: list[EncodedPair], tokenizer, norm: str, **meta) -> QDiff:
+def build_qdiff(pairs: list[EncodedRow], tokenizer, norm: str, **meta) -> QDiff:
     vocab = max(len(tokenizer), getattr(tokenizer, "vocab_size", 0))
-    return QDiff.build((p.chosen_ids for p in pairs), (p.rejected_ids for p in pairs), vocab,
+    return QDiff.build((p.completions[0] for p in pairs), (c for p in pairs for c in p.completions[1:]), vocab,
                        tokenizer.all_special_ids, norm, tokenizer=getattr(tokenizer, "name_or_path", ""),
                        pairs=len(pairs), **meta)
 
@@ -90,12 +101,13 @@ def build_qdiff(pairs: list[EncodedPair], tokenizer, norm: str, **meta) -> QDiff
 def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Module], settings: FilterSettings,
                cache_dir: str | Path | None = None, qdiff: QDiff | None = None, progress: bool = True,
                source_report: dict | None = None) -> FilterResult:
-    """Filter preference rows (prompt/chosen/rejected, text or chat messages)."""
+    """Filter parsed rows: preference (prompt/chosen/rejected) or ranked (prompt/responses),
+    text or chat messages."""
     if settings.score not in score_variants():
         raise ValueError(f"deft_filter_score: unknown variant {settings.score!r}; known: {sorted(score_variants())}")
     timings = {}
     t0 = time.perf_counter()
-    pairs, degenerate = encode_pairs(rows, tokenizer, settings.max_length)
+    pairs, degenerate = encode_rows(rows, tokenizer, settings.max_length)
     timings["encode_s"] = time.perf_counter() - t0
     if not pairs:
         raise ValueError(f"no usable preference pairs among {len(rows)} rows (degenerate: {dict(degenerate)})")
@@ -112,7 +124,7 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
             qdiff.save(cache_dir)
     timings["qdiff_s"] = time.perf_counter() - t0
 
-    rewards: dict[int, tuple[float, float]] = {}
+    rewards: dict[int, tuple[float, ...]] = {}
     scores: dict[int, float] = {}
     kept = [p.index for p in pairs]
     if settings.filter:
@@ -129,7 +141,7 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
             del model, scorer
         timings["score_s"] = time.perf_counter() - t0
         variant = score_variants()[settings.score]
-        scores = {i: float(variant(torch.tensor(rc), torch.tensor(rr))) for i, (rc, rr) in rewards.items()}
+        scores = {i: float(variant(*map(torch.tensor, best_and_rest(r)))) for i, r in rewards.items()}
         order = [p.index for p in pairs]
         chosen = select_top([scores[i] for i in order], settings.ratio, settings.count)
         kept = [order[j] for j in chosen]
@@ -150,7 +162,7 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
         report["score_stats"] = {"mean": float(values.mean()), "std": float(values.std()) if len(values) > 1 else 0.0,
                                  "min": float(values.min()), "max": float(values.max()),
                                  "threshold": min(scores[i] for i in kept)}
-    result = FilterResult(kept, scores, {i: rewards[i] for i in rewards}, qdiff, report)
+    result = FilterResult(kept, scores, rewards, qdiff, report, {p.index: p for p in pairs})
     if cache_dir and _is_main():
         write_outputs(result, cache_dir)
     _barrier()
@@ -159,8 +171,12 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
 
 def write_outputs(result: FilterResult, directory: Path) -> None:
     kept = set(result.kept)
-    lines = [json.dumps({"index": i, "score": s, "reward_chosen": result.rewards[i][0],
-                         "reward_rejected": result.rewards[i][1], "kept": i in kept})
-             for i, s in sorted(result.scores.items())]
+    lines = []
+    for i, s in sorted(result.scores.items()):
+        best, rest = best_and_rest(result.rewards[i])
+        record = {"index": i, "score": s, "reward_chosen": best, "reward_rejected": rest, "kept": i in kept}
+        if len(result.rewards[i]) > 2:
+            record["rewards"] = list(result.rewards[i])
+        lines.append(json.dumps(record))
     atomic_write_text(directory / "scores.jsonl", "".join(line + "\n" for line in lines))
     atomic_write_text(directory / "report.json", json.dumps(result.report, indent=2))

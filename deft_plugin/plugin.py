@@ -2,9 +2,10 @@
 
 Hooks used: get_input_args (the deft_* keys), load_datasets (filtering, before step counts
 and TRL tokenisation are fixed; also runs in `axolotl preprocess`), post_trainer_create
-(the DEFT loss term), add_callbacks_post_trainer (a JSONL log of the metrics). Every hook
-does nothing unless the config lists this plugin, since newer Axolotl versions register
-installed plugins on every run."""
+(the DEFT loss term), add_callbacks_post_trainer (a JSONL log of the metrics), and for
+`deft_method: pro` (Axolotl's causal trainer path) get_trainer_cls and
+get_collator_cls_and_kwargs. Every hook does nothing unless the config lists this plugin,
+since newer Axolotl versions register installed plugins on every run."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ PLUGIN_NAMES = {"deft_plugin.DEFTPlugin", "deft_plugin:DEFTPlugin", "deft_plugin
 
 def deft_enabled(cfg) -> bool:
     return any(name in PLUGIN_NAMES for name in (cfg.get("plugins") or []))
+
+
+def pro_enabled(cfg) -> bool:
+    return deft_enabled(cfg) and cfg.get("deft_method") == "pro"
 
 
 class DEFTPlugin(BasePlugin):
@@ -45,6 +50,20 @@ class DEFTPlugin(BasePlugin):
         self.special_ids = list(tokenizer.all_special_ids)
         return TrainDatasetMeta(train_dataset=train, eval_dataset=evaluation, total_num_steps=steps)
 
+    def get_trainer_cls(self, cfg):
+        if not pro_enabled(cfg):
+            return None
+        from deft_plugin.pro_trainer import DeftPROTrainer
+
+        return DeftPROTrainer
+
+    def get_collator_cls_and_kwargs(self, cfg, is_eval=False):
+        if not pro_enabled(cfg):
+            return None
+        from deft_plugin.listwise_collator import ListwiseCollator
+
+        return ListwiseCollator, {}
+
     def add_callbacks_post_trainer(self, cfg, trainer):
         if not deft_enabled(cfg):
             return []
@@ -57,9 +76,20 @@ class DEFTPlugin(BasePlugin):
             return
         if self.filter_result is None:
             raise RuntimeError("DEFT: no discrepancy distribution; load_datasets did not run for this config")
-        from deft_plugin.trainer import attach_deft_loss
+        qn, weight, form = self.filter_result.qdiff.qn, cfg.deft_reward_weight, cfg.deft_loss_form or "pair"
+        if pro_enabled(cfg):
+            from deft_plugin.pro_trainer import DeftPROTrainer
 
-        attach_deft_loss(trainer, self.filter_result.qdiff.qn, cfg.deft_reward_weight, cfg.deft_loss_form or "pair",
-                         self.special_ids)
+            if not isinstance(trainer, DeftPROTrainer):
+                raise RuntimeError(f"deft_method: pro needs the DEFT-PRO trainer, but Axolotl built {type(trainer).__name__} "
+                                   "(another plugin's get_trainer_cls or trainer_cls took precedence)")
+            from deft_plugin.losses import DEFAULT_PRO_SFT_WEIGHT
+
+            sft = cfg.deft_pro_sft_weight if cfg.deft_pro_sft_weight is not None else DEFAULT_PRO_SFT_WEIGHT
+            trainer.configure_deft(qn, weight, form, self.special_ids, sft)
+        else:
+            from deft_plugin.trainer import attach_deft_loss
+
+            attach_deft_loss(trainer, qn, weight, form, self.special_ids)
         LOG.info("DEFT: loss term attached to %s (weight %s, form %s)", type(trainer).__name__,
                  trainer.deft_reward_weight, trainer.deft_loss_form)

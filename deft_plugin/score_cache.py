@@ -1,4 +1,4 @@
-"""Resumable store of per-pair distribution rewards.
+"""Resumable store of per-row distribution rewards (one per reply, best first).
 
 Each finished scoring batch is written as one small JSON part file (atomically), so a
 killed run loses at most the batch in flight and a restart skips what is done, whatever
@@ -19,15 +19,15 @@ class ScoreCache:
         self.dir = Path(directory)
         self.parts = self.dir / "parts"
 
-    def done(self) -> dict[int, tuple[float, float]]:
-        results: dict[int, tuple[float, float]] = {}
+    def done(self) -> dict[int, tuple[float, ...]]:
+        results: dict[int, tuple[float, ...]] = {}
         if self.parts.is_dir():
             for part in sorted(self.parts.glob("part-*.json")):
                 for key, value in json.loads(part.read_text()).items():
-                    results[int(key)] = (float(value[0]), float(value[1]))
+                    results[int(key)] = tuple(float(v) for v in value)
         return results
 
-    def write_part(self, results: dict[int, tuple[float, float]]) -> None:
+    def write_part(self, results: dict[int, tuple[float, ...]]) -> None:
         if results:
             name = f"part-{os.getpid()}-{uuid.uuid4().hex[:12]}.json"
             atomic_write_text(self.parts / name, json.dumps({str(k): list(v) for k, v in results.items()}))

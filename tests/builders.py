@@ -84,3 +84,27 @@ def sharpened(model, scale: float):
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(scale)
     return model
+
+
+def listwise_rows(n: int, with_rewards_every: int = 2) -> list[dict]:
+    """Ranked rows built from real HH-RLHF pairs: the prompt text, then chosen, rejected and
+    (for rows i % 4 != 0) the rejected reply of the next dialogue as the worst, and (for
+    rows i % 4 == 3) a fourth, the chosen reply of the one after; so n is 2, 3 or 4.
+    Every `with_rewards_every`-th row carries falling reward scores."""
+    from deft_plugin.formats.hh_rlhf import split_transcript
+
+    pairs = hh_rows(n + 2)
+    out = []
+    for i in range(n):
+        prompt, chosen = split_transcript(pairs[i]["chosen"])
+        _, rejected = split_transcript(pairs[i]["rejected"])
+        responses = [" " + chosen, " " + rejected]
+        if i % 4:
+            responses.append(" " + split_transcript(pairs[i + 1]["rejected"])[1])
+        if i % 4 == 3:
+            responses.append(" " + split_transcript(pairs[i + 2]["chosen"])[1])
+        row = {"prompt": prompt, "responses": responses}
+        if with_rewards_every and i % with_rewards_every == 0:
+            row["rewards"] = [2.0 - k for k in range(len(responses))]
+        out.append(row)
+    return out

@@ -1,4 +1,4 @@
-"""encode_pairs against TRL's own DPO tokenization (DPOTrainer._prepare_dataset: add EOS to
+"""encode_rows against TRL's own DPO tokenization (DPOTrainer._prepare_dataset: add EOS to
 text replies, tokenize prompt and prompt + reply) and truncation (DataCollatorForPreference,
 keep_start), plus the degenerate pairs it drops and counts."""
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from builders import hh_rows
 
-from deft_plugin.encoding import EncodedPair, encode_completion, encode_pairs
+from deft_plugin.encoding import EncodedRow, encode_completion, encode_rows
 from deft_plugin.formats import hh_rlhf
 from deft_plugin.hookspecs import RowError
 
@@ -37,7 +37,7 @@ def _trl_tokenized(rows: list[dict], tokenizer) -> list[dict]:
 def _assert_same_as_trl(rows, pairs, trl_rows):
     assert pairs, "nothing to compare"
     for p in pairs:
-        assert isinstance(p, EncodedPair)
+        assert isinstance(p, EncodedRow)
         ref = trl_rows[p.index]
         assert list(p.prompt_ids) == ref["prompt_ids"], p.index
         assert list(p.chosen_ids) == ref["chosen_ids"], p.index
@@ -52,7 +52,7 @@ def test_text_rows_match_trl_and_get_eos(tiny_tokenizer):
     rows = _parsed(40, "raw")
     rows.append({"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": " hello" + tok.eos_token, "rejected": " go away"})
     rows.append({"prompt": "Plain text prompt.", "chosen": "No leading space", "rejected": "\nnewline first"})
-    pairs, dropped = encode_pairs(rows, tok)
+    pairs, dropped = encode_rows(rows, tok)
     assert dropped == Counter()
     assert [p.index for p in pairs] == list(range(len(rows)))
     _assert_same_as_trl(rows, pairs, _trl_tokenized(rows, tok))
@@ -72,7 +72,7 @@ def test_message_rows_match_trl_and_use_chat_template(tiny_tokenizer):
     rows.append({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
                  "chosen": [{"role": "assistant", "content": "4"}],
                  "rejected": [{"role": "assistant", "content": "5, I think"}]})
-    pairs, dropped = encode_pairs(rows, tok)
+    pairs, dropped = encode_rows(rows, tok)
     assert dropped == Counter() and len(pairs) == len(rows)
     _assert_same_as_trl(rows, pairs, _trl_tokenized(rows, tok))
     last = pairs[-1]
@@ -104,8 +104,8 @@ def test_truncation_keeps_start_like_trl_collator(tiny_tokenizer, style):
 
     tok, max_length = tiny_tokenizer, 96
     rows = _parsed(40, style)
-    full, _ = encode_pairs(rows, tok)
-    cut, dropped = encode_pairs(rows, tok, max_length=max_length)
+    full, _ = encode_rows(rows, tok)
+    cut, dropped = encode_rows(rows, tok, max_length=max_length)
     full = {p.index: p for p in full}
     trl_rows = _trl_tokenized(rows, tok)
     # the prompt-only rows TRL drops (keep_start would remove every reply token)
@@ -149,13 +149,13 @@ def test_degenerate_reasons_text(tiny_tokenizer):
     ]
     prompt_len = len(tok(text=p)["input_ids"])
     assert len(tok(text=long_prompt)["input_ids"]) > 64 > prompt_len + 8
-    pairs, dropped = encode_pairs(rows, tok, max_length=prompt_len + 8)
+    pairs, dropped = encode_rows(rows, tok, max_length=prompt_len + 8)
     assert [q.index for q in pairs] == [0, 7]
     assert dropped == Counter({"empty chosen reply": 2, "empty rejected reply": 1,
                                "chosen and rejected identical": 2,
                                "reply cut off: prompt fills sequence_len": 1})
     # without max_length only the replies that differ at the end survive
-    pairs, dropped = encode_pairs(rows, tok)
+    pairs, dropped = encode_rows(rows, tok)
     assert [q.index for q in pairs] == [0, 4, 5, 7]
     assert dropped == Counter({"empty chosen reply": 2, "empty rejected reply": 1,
                                "chosen and rejected identical": 1})
@@ -173,7 +173,7 @@ def test_degenerate_reasons_messages(tiny_tokenizer):
         {"prompt": user, "chosen": reply("Hello"), "rejected": reply("Hello")},
         {"prompt": user, "chosen": reply("Hello"), "rejected": reply("Go away")},
     ]
-    pairs, dropped = encode_pairs(rows, tiny_tokenizer)
+    pairs, dropped = encode_rows(rows, tiny_tokenizer)
     assert [p.index for p in pairs] == [3]
     assert dropped == Counter({"empty chosen reply": 1, "empty rejected reply": 1,
                                "chosen and rejected identical": 1})
@@ -183,7 +183,7 @@ def test_real_hh_rlhf_rows_encode(tiny_tokenizer):
     """All 2,307 parseable real pairs: the 4 with an empty chosen reply are the only drops."""
     rows = _parsed(None, "raw")
     assert len(rows) == 2307
-    pairs, dropped = encode_pairs(rows, tiny_tokenizer)
+    pairs, dropped = encode_rows(rows, tiny_tokenizer)
     assert dropped == Counter({"empty chosen reply": 4})
     assert len(pairs) == 2303
     assert len({p.index for p in pairs}) == 2303 and [p.index for p in pairs] == sorted(p.index for p in pairs)

@@ -161,10 +161,10 @@ def test_built_from_real_replies_with_tiny_tokenizer(tiny_tokenizer):
     """Q over the tiny tokenizer's encoding of real HH-RLHF replies."""
     from builders import hh_rows
 
-    from deft_plugin.encoding import encode_pairs
+    from deft_plugin.encoding import encode_rows
     from deft_plugin.formats.hh_rlhf import parse
 
-    pairs, _ = encode_pairs([parse(r, "chat_template") for r in hh_rows(64)], tiny_tokenizer)
+    pairs, _ = encode_rows([parse(r, "chat_template") for r in hh_rows(64)], tiny_tokenizer)
     special = tiny_tokenizer.all_special_ids
     qd = QDiff.build([p.chosen_ids for p in pairs], [p.rejected_ids for p in pairs], len(tiny_tokenizer), special)
     assert all(int(qd.chosen_counts[i]) == 0 and int(qd.rejected_counts[i]) == 0 for i in special)

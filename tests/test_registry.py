@@ -65,7 +65,7 @@ def test_source_tree_fallback_without_entry_points(monkeypatch):
     assert pm is not registry.plugin_manager()
     assert sorted(name for name, _ in pm.list_name_plugin()) == sorted(registry.BUILTIN_MODULES)
     names = [f.name for group in pm.hook.deft_dataset_formats() for f in group]
-    assert sorted(names) == ["hh_rlhf", "preference"]
+    assert sorted(names) == ["hh_rlhf", "listwise", "preference"]
     variants = [n for group in pm.hook.deft_score_variants() for n in group]
     assert sorted(variants) == ["chosen", "delta"]
 
@@ -102,14 +102,14 @@ def registered():
     yield add
     for plugin in added:
         pm.unregister(plugin)
-    assert set(registry.dataset_formats()) == {"hh_rlhf", "preference"}
+    assert set(registry.dataset_formats()) == {"hh_rlhf", "listwise", "preference"}
     assert set(registry.score_variants()) == {"delta", "chosen"}
 
 
 def test_third_party_plugin_adds_format_and_variant(registered):
     registered(ThirdPartyPlugin(), "third-party-test")
     formats = registry.dataset_formats()
-    assert set(formats) == {"hh_rlhf", "preference", "qa_pairs"}
+    assert set(formats) == {"hh_rlhf", "listwise", "preference", "qa_pairs"}
     fmt = registry.get_format("qa_pairs")
     assert fmt.parse({"q": "2+2?", "good": "4", "bad": "5"}, "raw") == {"prompt": "2+2?", "chosen": " 4",
                                                                        "rejected": " 5"}
@@ -143,7 +143,7 @@ def test_duplicate_variant_name_raises(registered):
     registered(Clash(), "clash-variant-test")
     with pytest.raises(ValueError, match="filtering-score variant 'delta' is registered twice"):
         registry.score_variants()
-    assert set(registry.dataset_formats()) == {"hh_rlhf", "preference"}
+    assert set(registry.dataset_formats()) == {"hh_rlhf", "listwise", "preference"}
 
 
 def test_duplicate_within_one_plugin_raises(registered):

@@ -17,7 +17,7 @@ import math
 import pytest
 import torch
 
-from deft_plugin.encoding import encode_pairs
+from deft_plugin.encoding import encode_rows
 from deft_plugin.loading import parse_rows
 from deft_plugin.pipeline import FilterSettings, build_qdiff, run_filter
 from deft_plugin.scoring import PairScorer
@@ -41,7 +41,7 @@ def rows():
 
 @pytest.fixture(scope="module")
 def pairs(rows, tiny_tokenizer):
-    pairs, _ = encode_pairs(rows, tiny_tokenizer, MAX_LEN)
+    pairs, _ = encode_rows(rows, tiny_tokenizer, MAX_LEN)
     return pairs
 
 

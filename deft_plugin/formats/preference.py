@@ -6,7 +6,7 @@ from __future__ import annotations
 from deft_plugin.hookspecs import DatasetFormat, RowError, hookimpl
 
 
-def _is_messages(value) -> bool:
+def is_messages(value) -> bool:
     return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
 
 
@@ -14,10 +14,10 @@ def parse(row: dict, style: str) -> dict:
     values = {}
     for key in ("prompt", "chosen", "rejected"):
         value = row.get(key)
-        if not (isinstance(value, str) or _is_messages(value)):
+        if not (isinstance(value, str) or is_messages(value)):
             raise RowError(f"missing '{key}' or it is neither text nor chat messages")
         values[key] = value
-    conversational = [_is_messages(v) for v in values.values()]
+    conversational = [is_messages(v) for v in values.values()]
     if any(conversational) and not all(conversational):
         raise RowError("'prompt', 'chosen' and 'rejected' mix text and chat messages")
     if all(conversational) and style == "raw":

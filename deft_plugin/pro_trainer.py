@@ -1,0 +1,93 @@
+"""DEFT-PRO: the PRO listwise ranking loss with the DEFT term, on Axolotl's causal trainer.
+
+One forward pass over the flattened (prompt, candidate) sequences gives, per candidate,
+the length-normalised log-probability s (PRO's score), the summed NLL of the best
+candidate (PRO's SFT term) and the distribution reward R (the DEFT term):
+
+    L = L_rank(s) + mean_batch[w (n-1)^2 NLL(y1)] - lambda * mean_batch[R(y1) - mean_{k>1} R(yk)]
+"""
+
+from __future__ import annotations
+
+import torch
+from axolotl.core.trainers.base import AxolotlTrainer
+
+from deft_plugin.listwise_collator import IGNORE_INDEX, PRO_COLUMNS
+from deft_plugin.logprobs import sequence_logprobs
+from deft_plugin.losses import DEFAULT_PRO_SFT_WEIGHT, deft_ranking_term, pro_rank_loss, pro_sft_loss
+from deft_plugin.reward import distribution_reward
+
+
+def _by_row(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence values (row by row, candidates best first) -> [batch, n_max], 0 as padding."""
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
+
+
+class DeftPROTrainer(AxolotlTrainer):
+    deft_qn: torch.Tensor | None = None
+    deft_reward_weight: float = 0.0
+    deft_loss_form: str = "pair"
+    deft_special_ids: tuple[int, ...] = ()
+    pro_sft_weight: float = DEFAULT_PRO_SFT_WEIGHT
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The loss is a batch mean, not a sum over tokens: the Trainer must divide it by the
+        # gradient-accumulation steps itself.
+        self.model_accepts_loss_kwargs = False
+
+    def configure_deft(self, qn: torch.Tensor, reward_weight: float, loss_form: str, special_ids,
+                       sft_weight: float = DEFAULT_PRO_SFT_WEIGHT) -> None:
+        self.deft_qn = qn.float()
+        self.deft_reward_weight = float(reward_weight)
+        self.deft_loss_form = loss_form
+        self.deft_special_ids = tuple(special_ids)
+        self.pro_sft_weight = float(sft_weight)
+
+    def _set_signature_columns_if_needed(self):
+        # The model's forward signature would drop the listwise columns the collator needs.
+        self._signature_columns = list(PRO_COLUMNS)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.deft_qn is None:
+            raise RuntimeError("DEFT-PRO trainer without a discrepancy distribution (configure_deft not called)")
+        labels, sizes = inputs["labels"], inputs["group_sizes"]
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        logits = outputs.logits
+        targets = torch.zeros_like(labels)
+        targets[:, :-1] = labels[:, 1:].clamp_min(0)
+        pred = torch.zeros_like(labels, dtype=torch.bool)
+        pred[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+
+        logp_sums = sequence_logprobs(logits, targets, pred)
+        scores = logp_sums / pred.sum(1).clamp_min(1)
+        mask = torch.arange(int(sizes.max()), device=sizes.device)[None, :] < sizes[:, None]
+        first = torch.cumsum(sizes, 0) - sizes
+        rank_loss = pro_rank_loss(_by_row(scores, mask), mask, inputs["rewards"].to(scores.dtype))
+        sft_loss = pro_sft_loss(-logp_sums[first], sizes, self.pro_sft_weight)
+
+        weight = self.deft_reward_weight
+        reward_mask = pred & ~torch.isin(targets, torch.tensor(self.deft_special_ids, device=targets.device, dtype=targets.dtype))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
+            rewards = _by_row(distribution_reward(logits, self.deft_qn, reward_mask), mask)
+            term = deft_ranking_term(rewards, mask, self.deft_loss_form)
+        loss = rank_loss + sft_loss
+        if weight > 0:
+            loss = loss - weight * term
+        self._log_metrics(rank_loss, sft_loss, term, rewards, mask)
+        return (loss, outputs) if return_outputs else loss
+
+    def _log_metrics(self, rank_loss, sft_loss, term, rewards, mask) -> None:
+        gather = self.accelerator.gather_for_metrics
+        rest = (rewards[:, 1:] * mask[:, 1:]).sum(1) / mask[:, 1:].sum(1).clamp_min(1)
+        values = {"pro/rank_loss": rank_loss.reshape(1), "pro/sft_loss": sft_loss.reshape(1), "deft/term": term.reshape(1),
+                  "deft/reward_chosen": rewards[:, 0], "deft/reward_rejected": rest}
+        self.store_metrics({k: gather(v.detach().float()).mean().item() for k, v in values.items()},
+                           train_eval="train" if self.model.training else "eval")
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # Only the loss: the flattened candidates' logits are no use as predictions.
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
