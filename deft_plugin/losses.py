@@ -22,10 +22,9 @@ def deft_ranking_term(rewards: torch.Tensor, mask: torch.Tensor, form: str = "pa
     """The DEFT term for ranked candidates: mean_batch[R(y1) - mean_{k>1} R(yk)] (pair) or
     mean_batch[R(y1)] (chosen). rewards, mask: [batch, n_max], best first, mask marking the
     candidates each row has (rows may differ in n). For n = 2 this is deft_dpo_term."""
-    mask = mask.to(rewards.dtype)
-    best = rewards[:, 0]
-    rest = (rewards[:, 1:] * mask[:, 1:]).sum(1) / mask[:, 1:].sum(1).clamp_min(1)
-    return deft_dpo_term(best, rest, form)
+    mask = mask.bool()
+    rest = torch.where(mask[:, 1:], rewards[:, 1:], 0).sum(1) / mask[:, 1:].sum(1).clamp_min(1)  # NaN padding safe
+    return deft_dpo_term(rewards[:, 0], rest, form)
 
 
 def pro_rank_loss(scores: torch.Tensor, mask: torch.Tensor, rewards: torch.Tensor | None = None) -> torch.Tensor:

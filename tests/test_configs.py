@@ -24,6 +24,7 @@ CONFIG_DIR = REPO / "configs"
 CONFIGS = sorted([*CONFIG_DIR.rglob("*.yaml"), *CONFIG_DIR.rglob("*.yml")])
 DEEPSPEED_JSONS = sorted((CONFIG_DIR / "deepspeed").glob("*.json"))
 CPU_CONFIG = CONFIG_DIR / "smollm2" / "deft-dpo-cpu.yaml"
+PRO_CPU_CONFIG = CONFIG_DIR / "smollm2" / "deft-pro-cpu.yaml"
 N_GPU = 8
 GPU_NODE = {"bf16": True, "fp8": True, "tf32": True, "n_gpu": N_GPU, "compute_capability": "sm_90"}  # H100 x8
 LLAMA3_8B_HIDDEN = 4096
@@ -116,7 +117,8 @@ def _load(raw: dict, tmp_path: Path, monkeypatch):
 
 def test_expected_configs_exist():
     names = {str(p.relative_to(CONFIG_DIR)) for p in CONFIGS}
-    assert {"llama3-8b/deft-dpo.yaml", "llama3-8b/dpo.yaml", "smollm2/deft-dpo-cpu.yaml"} <= names
+    assert {"llama3-8b/deft-dpo.yaml", "llama3-8b/dpo.yaml", "smollm2/deft-dpo-cpu.yaml",
+            "llama3-8b/deft-pro.yaml", "llama3-8b/pro.yaml", "smollm2/deft-pro-cpu.yaml"} <= names
     assert {p.name for p in DEEPSPEED_JSONS} >= {"zero2.json", "zero3_bf16.json"}
 
 
@@ -126,7 +128,11 @@ def test_config_loads_through_axolotl(path, tiny_model_dir, hh_file, tmp_path, a
     raw = _localised(path, tiny_model_dir, hh_file, tmp_path)
     cfg = _load(raw, tmp_path, axolotl_process)
 
-    assert cfg.rl == "dpo"
+    if written.get("deft_method") == "pro":  # PRO on the causal trainer: no rl, no packing
+        assert not cfg.rl and cfg.sample_packing is False
+        assert "rl" not in written
+    else:
+        assert cfg.rl == "dpo"
     assert "deft_plugin.DEFTPlugin" in cfg.plugins
     # No key is dropped: Axolotl silently drops keys that are not in its schema (0.19 has no `fp32`)
     # and the keys of a plugin that is not loaded.
@@ -170,9 +176,10 @@ def test_config_loads_through_axolotl(path, tiny_model_dir, hh_file, tmp_path, a
         assert os.environ["ACCELERATE_MIXED_PRECISION"] == "bf16"
 
 
-def test_llama3_configs():
-    deft = yaml.safe_load((CONFIG_DIR / "llama3-8b/deft-dpo.yaml").read_text())
-    base = yaml.safe_load((CONFIG_DIR / "llama3-8b/dpo.yaml").read_text())
+@pytest.mark.parametrize("method", ["dpo", "pro"])
+def test_llama3_configs(method):
+    deft = yaml.safe_load((CONFIG_DIR / f"llama3-8b/deft-{method}.yaml").read_text())
+    base = yaml.safe_load((CONFIG_DIR / f"llama3-8b/{method}.yaml").read_text())
     assert deft["base_model"] == base["base_model"] == "meta-llama/Meta-Llama-3-8B-Instruct"
     assert deft["datasets"] == base["datasets"] == [{"path": "Anthropic/hh-rlhf", "split": "train",
                                                      "type": "deft.hh_rlhf"}]
@@ -182,12 +189,16 @@ def test_llama3_configs():
     assert deft["micro_batch_size"] * deft["gradient_accumulation_steps"] * N_GPU == 64
 
 
-def test_baseline_is_the_deft_config_without_deft():
-    deft = yaml.safe_load((CONFIG_DIR / "llama3-8b/deft-dpo.yaml").read_text())
-    base = yaml.safe_load((CONFIG_DIR / "llama3-8b/dpo.yaml").read_text())
-    # Plain DPO on every pair: no filtering, no DEFT term; the plugin only parses HH-RLHF.
+@pytest.mark.parametrize("method", ["dpo", "pro"])
+def test_baseline_is_the_deft_config_without_deft(method):
+    deft = yaml.safe_load((CONFIG_DIR / f"llama3-8b/deft-{method}.yaml").read_text())
+    base = yaml.safe_load((CONFIG_DIR / f"llama3-8b/{method}.yaml").read_text())
+    # Plain DPO / PRO on every pair: no filtering, no DEFT term; for DPO the plugin only parses
+    # HH-RLHF, for PRO it also provides the trainer (and PRO's own SFT weight stays the same).
+    pro_keys = {"deft_method": "pro", "deft_pro_sft_weight": 0.05} if method == "pro" else {}
     assert {k: v for k, v in base.items() if k.startswith("deft_")} == {"deft_filter": False,
-                                                                        "deft_reward_weight": 0}
+                                                                        "deft_reward_weight": 0, **pro_keys}
+    assert {k: deft[k] for k in pro_keys} == pro_keys
     ignore = {"output_dir", "dataset_prepared_path"}
     shared = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("deft_") and k not in ignore}  # noqa: E731
     assert shared(base) == shared(deft)
@@ -288,13 +299,26 @@ BAD = [
                  id="unknown-format"),
     pytest.param({"rl": "kto"}, "rl", id="rl-kto"),
     pytest.param({"deft_filter_rato": 0.5}, "deft_filter_rato", id="misspelt-key"),
+    pytest.param({"deft_method": "ppo"}, "deft_method", id="method-ppo"),
+    pytest.param({"datasets": [{"path": "x.jsonl", "type": "deft.listwise"}]}, "datasets[0].type",
+                 id="listwise-with-dpo"),
+]
+
+# (change to the PRO CPU config, text the error must contain)
+BAD_PRO = [
+    pytest.param({"rl": "dpo"}, "rl", id="rl-with-pro"),
+    pytest.param({"sample_packing": True}, "sample_packing", id="packing"),
+    pytest.param({"deft_pro_sft_weight": -0.1}, "deft_pro_sft_weight", id="sft-weight-negative"),
+    pytest.param({"datasets": [{"path": "x.jsonl", "type": "chatml.intel"}]}, "datasets[0].type",
+                 id="non-deft-format"),
 ]
 
 
-@pytest.mark.parametrize("change,key", BAD)
-def test_bad_values_fail_validation_naming_the_key(change, key, tiny_model_dir, hh_file, tmp_path,
+@pytest.mark.parametrize("config,change,key", [pytest.param(CPU_CONFIG, *p.values, id=p.id) for p in BAD]
+                         + [pytest.param(PRO_CPU_CONFIG, *p.values, id="pro-" + p.id) for p in BAD_PRO])
+def test_bad_values_fail_validation_naming_the_key(config, change, key, tiny_model_dir, hh_file, tmp_path,
                                                    axolotl_process):
-    raw = _localised(CPU_CONFIG, tiny_model_dir, hh_file, tmp_path, change)
+    raw = _localised(config, tiny_model_dir, hh_file, tmp_path, change)
     raw = {k: v for k, v in raw.items() if v is not None}
     # Axolotl's validate_config raises pydantic's ValidationError (a ValueError) carrying the plugin's
     # message; the key must be named in an error's location or message (not just in the echoed input).
