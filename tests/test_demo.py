@@ -13,15 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_demo_small(tmp_path):
+@pytest.mark.parametrize("method", ["dpo", "pro"])
+def test_demo_small(tmp_path, method):
     run_dir = tmp_path / "demo"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "deft_plugin.cli", "demo", "--pairs", "16", "--heldout", "8", "--ratio", "0.25",
-         "--sequence-len", "256", "--run-dir", str(run_dir)],
+         "--sequence-len", "256", "--run-dir", str(run_dir), "--method", method],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "DEFT demo summary" in proc.stdout
+    assert f"DEFT demo summary (DEFT-{method.upper()})" in proc.stdout
     report = json.loads((run_dir / "report.json").read_text())
     pairs = report["pairs"]
     assert pairs["sampled"] == 16
@@ -31,6 +32,13 @@ def test_demo_small(tmp_path):
     training = report["training"]
     assert training["steps"] == math.ceil(pairs["kept"] / 2)
     assert all(math.isfinite(x) for x in training["loss"] + training["deft_term"])
+    config = (run_dir / "axolotl.yaml").read_text()
+    if method == "pro":  # PRO on the causal trainer: its own losses logged, no rl key
+        assert "deft_method: pro" in config and "rl:" not in config
+        assert all(math.isfinite(x) and x > 0 for x in training["pro_rank_loss"] + training["pro_sft_loss"])
+        assert "(rank " in proc.stdout
+    else:
+        assert "rl: dpo" in config and "pro_rank_loss" not in training
     for key in ("heldout_before", "axolotl_train", "heldout_after"):
         assert report["seconds"][key] > 0
     before, after = report["heldout_ranking_accuracy"]["before"], report["heldout_ranking_accuracy"]["after"]

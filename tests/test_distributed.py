@@ -18,7 +18,7 @@ import torch
 
 from deft_plugin.loading import parse_rows
 from deft_plugin.pipeline import FilterSettings, run_filter
-from builders import REPO, hh_rows, sharpened
+from builders import REPO, hh_rows, listwise_rows, sharpened
 
 WORKER = Path(__file__).with_name("dist_filter_worker.py")
 SETTINGS = {"ratio": 0.25, "batch_size": 4, "max_length": 256}
@@ -166,3 +166,29 @@ def test_two_ranks_resume_a_single_process_run_killed_with_sigkill(tmp_path, sha
     for out in outs:
         assert_same_selection(out, single)
         assert out["model_loads"] == 1
+
+
+def test_two_ranks_on_ranked_lists_match_one_process_and_resume(tmp_path, sharp_model_dir, tiny_tokenizer):
+    """Ranked rows (n = 2..4, some with rewards) under the same guarantees: a one-process run
+    killed mid-way is finished by two ranks, each scoring a shard, and the selection and every
+    reply's reward equal an uninterrupted single-process run."""
+    from transformers import AutoModelForCausalLM
+
+    rows = parse_rows(listwise_rows(40), "listwise", "raw").rows
+    path = tmp_path / "ranked.json"
+    path.write_text(json.dumps(rows))
+    single = run_filter(rows, tiny_tokenizer, lambda: AutoModelForCausalLM.from_pretrained(sharp_model_dir).eval(),
+                        FilterSettings(**SETTINGS), progress=False)
+    assert {len(r) for r in single.rewards.values()} == {2, 3, 4}
+    cache = tmp_path / "cache"
+    launch(tmp_path, sharp_model_dir, path, cache, world=1, die_after=2, expect_rc=-signal.SIGKILL)
+    done_before = {int(k) for p in (cache / "parts").glob("part-*.json") for k in json.loads(p.read_text())}
+    assert len(done_before) == 2 * SETTINGS["batch_size"]
+    outs = launch(tmp_path, sharp_model_dir, path, cache)
+    shards = [set(scored(out)) for out in outs]
+    assert shards[0].isdisjoint(shards[1]) and not (shards[0] | shards[1]) & done_before
+    assert shards[0] | shards[1] | done_before == set(single.scores)
+    for out in outs:
+        assert out["kept"] == single.kept
+        for i, values in single.rewards.items():
+            assert out["rewards"][str(i)] == pytest.approx(list(values), abs=1e-6)
