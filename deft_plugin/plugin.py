@@ -88,7 +88,7 @@ class DEFTPlugin(BasePlugin):
             sft = cfg.deft_pro_sft_weight if cfg.deft_pro_sft_weight is not None else DEFAULT_PRO_SFT_WEIGHT
             trainer.configure_deft(qn, weight, form, self.special_ids, sft)
         else:
-            from deft_plugin.trainer import attach_deft_loss
+            from deft_plugin.dpo_trainer import attach_deft_loss
 
             attach_deft_loss(trainer, qn, weight, form, self.special_ids)
         LOG.info("DEFT: loss term attached to %s (weight %s, form %s)", type(trainer).__name__,

@@ -9,6 +9,8 @@ candidate (PRO's SFT term) and the distribution reward R (the DEFT term):
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 
@@ -32,6 +34,7 @@ class DeftPROTrainer(AxolotlTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._deft_metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         # The loss is a batch mean, not a sum over tokens: the Trainer must divide it by the
         # gradient-accumulation steps itself.
         self.model_accepts_loss_kwargs = False
@@ -82,8 +85,17 @@ class DeftPROTrainer(AxolotlTrainer):
         rest = (rewards[:, 1:] * mask[:, 1:]).sum(1) / mask[:, 1:].sum(1).clamp_min(1)
         values = {"pro/rank_loss": rank_loss.reshape(1), "pro/sft_loss": sft_loss.reshape(1), "deft/term": term.reshape(1),
                   "deft/reward_chosen": rewards[:, 0], "deft/reward_rejected": rest}
-        self.store_metrics({k: gather(v.detach().float()).mean().item() for k, v in values.items()},
-                           train_eval="train" if self.model.training else "eval")
+        mode = "train" if self.model.training else "eval"
+        for key, value in values.items():
+            self._deft_metrics[mode][key].append(gather(value.detach().float()).mean().item())
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        # The means over the steps since the last log, evaluation ones prefixed like eval_loss.
+        mode = "train" if "loss" in logs else "eval"
+        prefix = "" if mode == "train" else "eval_"
+        logs.update({prefix + k: sum(v) / len(v) for k, v in self._deft_metrics[mode].items() if v})
+        self._deft_metrics[mode].clear()
+        return super().log(logs, *args, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # Only the loss: the flattened candidates' logits are no use as predictions.

@@ -85,5 +85,25 @@ def test_unparseable_rows_are_counted_not_lost(tmp_path, tiny_model_dir):
 
 def test_console_script_lists_formats():
     out = subprocess.run([sys.executable, "-m", "deft_plugin.cli", "formats"], capture_output=True, text=True, check=True)
-    assert "deft.hh_rlhf" in out.stdout and "deft.preference" in out.stdout
+    assert "deft.hh_rlhf" in out.stdout and "deft.preference" in out.stdout and "deft.listwise" in out.stdout
     assert "delta" in out.stdout and "chosen" in out.stdout
+
+
+def test_filter_ranked_lists(tmp_path, tiny_model_dir):
+    """Ranked rows keep their n replies and rewards; the score is R(y1) - mean R(yk>1)."""
+    from builders import listwise_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "ranked.jsonl", listwise_rows(24))
+    out = tmp_path / "kept"
+    assert main(["filter", "--data", str(data), "--format", "listwise", "--model", str(tiny_model_dir),
+                 "--out", str(out), "--count", "6", "--max-length", "512"]) == 0
+    kept = [json.loads(line) for line in (out / "kept.jsonl").read_text().splitlines()]
+    report = json.loads((out / "report.json").read_text())
+    assert len(kept) == 6 and report["read"] == 24 and report["scored"] + report["degenerate"] == 24
+    for row in kept:
+        n = len(row["responses"])
+        rest = sum(row["deft_rewards"][1:]) / (n - 1) if n > 2 else row["deft_reward_rejected"]
+        assert row["deft_score"] == pytest.approx(row["deft_reward_chosen"] - rest, abs=1e-9)
+        assert row["deft_reward_rejected"] == pytest.approx(rest, abs=1e-9)
+        assert len(row.get("deft_rewards", [0, 0])) == n
+    assert any(len(r["responses"]) > 2 for r in kept)

@@ -99,6 +99,10 @@ def test_pro_ragged_lists_with_rewards_lora_and_eval(tmp_path, tiny_model_dir):
     assert state["global_step"] == math.ceil(report["kept"] / MICRO_BATCH)
     evals = [h for h in state["log_history"] if "eval_loss" in h]
     assert evals and math.isfinite(evals[-1]["eval_loss"])
-    assert math.isfinite(evals[-1]["pro/rank_loss"]) and "deft/term" in evals[-1]
+    for h in evals:  # evaluation at the start, half way and at the end, with the PRO and DEFT metrics
+        assert math.isfinite(h["eval_pro/rank_loss"]) and math.isfinite(h["eval_deft/term"])
+        assert h["eval_loss"] == pytest.approx(h["eval_pro/rank_loss"] + h["eval_pro/sft_loss"]
+                                               - 0.5 * h["eval_deft/term"], rel=1e-4)
+    assert len(evals) == 3
     adapter = load_file(tmp_path / "out" / "adapter_model.safetensors")
     assert all(t.abs().max() > 0 for n, t in adapter.items() if "lora_B" in n)
