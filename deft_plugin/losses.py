@@ -22,9 +22,13 @@ def deft_ranking_term(rewards: torch.Tensor, mask: torch.Tensor, form: str = "pa
     """The DEFT term for ranked candidates: mean_batch[R(y1) - mean_{k>1} R(yk)] (pair) or
     mean_batch[R(y1)] (chosen). rewards, mask: [batch, n_max], best first, mask marking the
     candidates each row has (rows may differ in n). For n = 2 this is deft_dpo_term."""
-    mask = mask.bool()
-    rest = torch.where(mask[:, 1:], rewards[:, 1:], 0).sum(1) / mask[:, 1:].sum(1).clamp_min(1)  # NaN padding safe
-    return deft_dpo_term(rewards[:, 0], rest, form)
+    return deft_dpo_term(rewards[:, 0], mean_of_rest(rewards, mask), form)
+
+
+def mean_of_rest(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the mean of values[:, 1:] over the candidates the row has (NaN padding safe)."""
+    mask = mask.bool()[:, 1:]
+    return torch.where(mask, values[:, 1:], 0).sum(1) / mask.sum(1).clamp_min(1)
 
 
 def pro_rank_loss(scores: torch.Tensor, mask: torch.Tensor, rewards: torch.Tensor | None = None) -> torch.Tensor:

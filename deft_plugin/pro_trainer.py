@@ -16,7 +16,7 @@ from axolotl.core.trainers.base import AxolotlTrainer
 
 from deft_plugin.listwise_collator import IGNORE_INDEX, PRO_COLUMNS
 from deft_plugin.logprobs import sequence_logprobs
-from deft_plugin.losses import DEFAULT_PRO_SFT_WEIGHT, deft_ranking_term, pro_rank_loss, pro_sft_loss
+from deft_plugin.losses import DEFAULT_PRO_SFT_WEIGHT, deft_ranking_term, mean_of_rest, pro_rank_loss, pro_sft_loss
 from deft_plugin.reward import distribution_reward
 
 
@@ -81,13 +81,12 @@ class DeftPROTrainer(AxolotlTrainer):
         return (loss, outputs) if return_outputs else loss
 
     def _log_metrics(self, rank_loss, sft_loss, term, rewards, mask) -> None:
-        gather = self.accelerator.gather_for_metrics
-        rest = (rewards[:, 1:] * mask[:, 1:]).sum(1) / mask[:, 1:].sum(1).clamp_min(1)
-        values = {"pro/rank_loss": rank_loss.reshape(1), "pro/sft_loss": sft_loss.reshape(1), "deft/term": term.reshape(1),
-                  "deft/reward_chosen": rewards[:, 0], "deft/reward_rejected": rest}
+        values = {"pro/rank_loss": rank_loss, "pro/sft_loss": sft_loss, "deft/term": term,
+                  "deft/reward_chosen": rewards[:, 0], "deft/reward_rejected": mean_of_rest(rewards, mask)}
         mode = "train" if self.model.training else "eval"
         for key, value in values.items():
-            self._deft_metrics[mode][key].append(gather(value.detach().float()).mean().item())
+            # one scalar per rank: the same shape everywhere, whatever each rank's batch holds
+            self._deft_metrics[mode][key].append(self.accelerator.gather(value.detach().float().mean().reshape(1)).mean().item())
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         # The means over the steps since the last log, evaluation ones prefixed like eval_loss.
