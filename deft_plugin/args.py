@@ -11,8 +11,9 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_va
 from deft_plugin.losses import DEFAULT_PRO_SFT_WEIGHT
 from deft_plugin.qdiff import NORMS
 
-# Weight of the DEFT reward term. Provisional: to be set from the reproduction experiment.
-DEFAULT_REWARD_WEIGHT = 0.1
+# Weight of the DEFT reward term, chosen from benchmarks/reward_weight_sweep.py (README, "lambda"):
+# the largest swept weight that left the held-out log-probability margin unchanged.
+DEFAULT_REWARD_WEIGHT = 1.0
 DEFAULT_FILTER_RATIO = 0.05
 FORMAT_PREFIX = "deft."
 
