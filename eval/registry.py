@@ -10,7 +10,7 @@ import pluggy
 from deft_eval.hookspecs import PROJECT, EvalSpecs, Scorer
 
 # Registered from entry points when installed; imported directly from a source tree.
-BUILTIN_MODULES = ("deft_eval.scorers.bleu", "deft_eval.scorers.bartscore")
+BUILTIN_MODULES = ("deft_eval.scorers.reward", "deft_eval.scorers.bleu", "deft_eval.scorers.bartscore")
 
 
 @functools.lru_cache(maxsize=1)
