@@ -27,6 +27,21 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from deft_eval.report import read_answers, score_answers
+
+    records = read_answers(args.answers)
+    names = [n.strip() for n in args.scorers.split(",") if n.strip()]
+    options = {"reward_model": args.reward_model, "bart_model": args.bart_model, "batch_size": args.batch_size,
+               "device": args.device}
+    report = score_answers(records, names, options, args.out, title=args.title or args.answers)
+    from deft_eval.report import markdown
+
+    print(markdown(report["table"], report["title"]))
+    print(f"written: {args.out}/report.md, report.json, report.png, scores.jsonl")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deft-eval", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("score", help="score a generate file: reward model, BLEU, BARTScore; tables and plots")
+    s.add_argument("answers", help="answers JSONL from deft-eval generate")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--scorers", default="reward,bleu,bartscore", help="comma-separated scorer names")
+    s.add_argument("--reward-model", default=None, help="reward model directory or hub id")
+    s.add_argument("--bart-model", default=None, help="BART model for BARTScore (default facebook/bart-large-cnn)")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--title", default=None)
+    s.set_defaults(func=cmd_score)
     return parser
 
 
