@@ -44,7 +44,22 @@ def prompt_ids(tokenizer, prompt: str, style: str, max_tokens: int) -> list[int]
     return list(ids)[-max_tokens:]
 
 
-def read_done(path: Path) -> dict[str, dict]:
+@torch.inference_mode()
+def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0) -> list[str]:
+    """Continuations of token-id prompts, left padded into one batch: greedy at temperature 0
+    (below 1e-4, as FastChat decides), sampled otherwise; special tokens removed."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    width = max(map(len, prompts))
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in prompts], device=device)
+    attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
+    sampling = {"do_sample": True, "temperature": temperature} if temperature >= 1e-4 else {"do_sample": False}
+    output = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                            pad_token_id=pad_id, **sampling)
+    return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+
+
+def read_done(path: Path, key: str = "id") -> dict:
     """Records already in an output file. A last line cut off by a killed run is removed
     from the file (it is regenerated); any other bad line is an error naming it."""
     if not path.is_file():
@@ -64,12 +79,13 @@ def read_done(path: Path) -> dict[str, dict]:
                     f.truncate(good_bytes)
                 break
             raise ValueError(f"{path}: line {n + 1} is not valid JSON") from None
-        done[record["id"]] = record
+        done[record[key]] = record
         good_bytes += len(line.encode()) + 1
     return done
 
 
-def _append(path: Path, records: list[dict]) -> None:
+def append_lines(path: Path, records: list[dict]) -> None:
+    """Whole lines in one write, flushed to disk: a killed run leaves at most one torn last line."""
     with path.open("a") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         f.flush()
@@ -86,8 +102,6 @@ def generate_answers(model, tokenizer, prompts: list[dict], out_path: str | Path
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = read_done(out_path)
     style = resolve_prompt_style(settings.prompt_style, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
     todo = [(p, prompt_ids(tokenizer, p["prompt"], style, settings.max_prompt_tokens))
             for p in prompts if p["id"] not in done]
     todo.sort(key=lambda item: -len(item[1]))
@@ -96,16 +110,11 @@ def generate_answers(model, tokenizer, prompts: list[dict], out_path: str | Path
               disable=not progress) as bar:
         for start in range(0, len(todo), settings.batch_size):
             batch = todo[start:start + settings.batch_size]
-            width = max(len(ids) for _, ids in batch)
-            input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for _, ids in batch], device=device)
-            attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in batch], device=device)
-            output = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=False,
-                                    max_new_tokens=settings.max_new_tokens, pad_token_id=pad_id)
-            texts = tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+            texts = generate_batch(model, tokenizer, [ids for _, ids in batch], settings.max_new_tokens)
             records = [{**p, "answer": cut_answer(text), "model": model_name,
                         "generation": {**asdict(settings), "prompt_style": style}}
                        for (p, _), text in zip(batch, texts)]
-            _append(out_path, records)
+            append_lines(out_path, records)
             done.update((r["id"], r) for r in records)
             bar.update(len(batch))
     return [done[p["id"]] for p in prompts]
