@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def cmd_generate(args) -> int:
@@ -42,6 +43,39 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_mt_bench(args) -> int:
+    import json
+
+    from deft_plugin.atomic import atomic_write_text
+
+    from deft_eval.mt_bench import (JudgeEndpoint, answer_questions, judge_single, load_mt_questions,
+                                    results_markdown, summarise_judgments)
+
+    questions = load_mt_questions(args.mt_bench_dir)
+    out = Path(args.out)
+    name = args.name or Path(args.model).name
+    answer_file = out / "model_answer" / f"{name}.jsonl"
+    from deft_eval.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(args.model, args.device, args.dtype)
+    answers = answer_questions(model, tokenizer, questions, answer_file, name, args.max_new_tokens, args.batch_size,
+                               args.seed)
+    print(f"{len(answers)} answers in {answer_file}")
+    if not args.judge_url:
+        print("no --judge-url: answers only")
+        return 0
+    endpoint = JudgeEndpoint(args.judge_url, args.judge_model, args.judge_key or os.environ.get("OPENAI_API_KEY", "EMPTY"),
+                             args.judge_timeout, args.judge_retries, parallel=args.parallel)
+    judgment_file = out / "model_judgment" / f"{args.judge_model}_single.jsonl"
+    judgments = judge_single(questions, {name: {a["question_id"]: a for a in answers}}, args.mt_bench_dir, endpoint,
+                             judgment_file)
+    summary = summarise_judgments(judgments, questions)
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "results.md", results_markdown(summary))
+    print(results_markdown(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deft-eval", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--title", default=None)
     s.set_defaults(func=cmd_score)
+
+    m = sub.add_parser("mt-bench", help="MT-Bench: answers in FastChat's format, judged by an OpenAI-compatible endpoint")
+    m.add_argument("--model", required=True, help="local model directory or hub id (a chat model)")
+    m.add_argument("--name", default=None, help="model id in the answer files (default: the directory name)")
+    m.add_argument("--mt-bench-dir", required=True, help="folder with question.jsonl, judge_prompts.jsonl, reference_answer/")
+    m.add_argument("--out", required=True, help="output directory (model_answer/, model_judgment/, results.*)")
+    m.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    m.add_argument("--judge-model", default="gpt-4", help="the judge's model name at that endpoint")
+    m.add_argument("--judge-key", default=None, help="API key (default: $OPENAI_API_KEY)")
+    m.add_argument("--judge-timeout", type=float, default=120.0)
+    m.add_argument("--judge-retries", type=int, default=3)
+    m.add_argument("--parallel", type=int, default=4, help="concurrent judge calls")
+    m.add_argument("--max-new-tokens", type=int, default=1024)
+    m.add_argument("--batch-size", type=int, default=8)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--device", default="auto")
+    m.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    m.set_defaults(func=cmd_mt_bench)
     return parser
 
 
@@ -77,7 +129,7 @@ def main(argv=None) -> int:
     # Offline unless the caller says otherwise (HF_HUB_OFFLINE=0): a missing model must fail fast, not hang.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
-    for name in ("batch_size", "max_new_tokens", "max_prompt_tokens", "sample"):
+    for name in ("batch_size", "max_new_tokens", "max_prompt_tokens", "sample", "parallel", "judge_retries"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {value}")

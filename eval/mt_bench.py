@@ -7,8 +7,10 @@ does not ship it). The dialogue is written with the model's own chat template: F
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +18,7 @@ from tqdm.auto import tqdm
 
 from deft_eval.generate import append_lines, generate_batch, read_done
 
+LOG = logging.getLogger(__name__)
 DEFAULT_TEMPERATURE = 0.7  # FastChat's value for a category it has no entry for
 
 
@@ -81,3 +84,119 @@ def answer_questions(model, tokenizer, questions: list[dict], out_path: str | Pa
                 done.update((r["question_id"], r) for r in records)
                 bar.update(len(batch))
     return [done[q["question_id"]] for q in questions]
+
+
+# ----------------------------------------------------------------------------- judging
+
+
+@dataclass(frozen=True)
+class JudgeEndpoint:
+    """Any OpenAI-compatible chat endpoint used as the MT-Bench judge."""
+
+    base_url: str
+    model: str
+    api_key: str = "EMPTY"
+    timeout_s: float = 120.0
+    retries: int = 3
+    retry_sleep_s: float = 2.0
+    parallel: int = 4
+
+
+def install_openai_judge(endpoint: JudgeEndpoint) -> None:
+    """FastChat's judge calls `openai.ChatCompletion` (openai < 1). Give its common module a
+    chat_completion_openai that uses an openai >= 1 client on the endpoint, and let the
+    judge's model name through FastChat's OpenAI model list (which also gives the judge the
+    plain chatgpt conversation template)."""
+    import openai
+    from fastchat.llm_judge import common
+    from fastchat.model import model_adapter
+
+    client = openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, timeout=endpoint.timeout_s,
+                           max_retries=0)
+
+    def chat_completion_openai(model, conv, temperature, max_tokens, api_dict=None):
+        messages = conv.to_openai_api_messages()
+        for attempt in range(endpoint.retries):
+            try:
+                response = client.chat.completions.create(model=model, messages=messages, n=1,
+                                                          temperature=temperature, max_tokens=max_tokens)
+                return response.choices[0].message.content or ""
+            except openai.OpenAIError as err:
+                LOG.warning("judge call failed (attempt %d of %d): %s", attempt + 1, endpoint.retries, err)
+                if attempt + 1 < endpoint.retries:
+                    time.sleep(endpoint.retry_sleep_s * 2 ** attempt)
+        return common.API_ERROR_OUTPUT
+
+    common.chat_completion_openai = chat_completion_openai
+    for module in (common, model_adapter):
+        if endpoint.model not in module.OPENAI_MODEL_LIST:
+            module.OPENAI_MODEL_LIST = tuple(module.OPENAI_MODEL_LIST) + (endpoint.model,)
+
+
+def _reference_answers(data_dir: Path, judge_model: str) -> dict:
+    """FastChat keys reference answers by the judge's name; the shipped ones are GPT-4's."""
+    from fastchat.llm_judge.common import load_model_answers
+
+    refs = load_model_answers(str(data_dir / "reference_answer"))
+    if not refs:
+        raise FileNotFoundError(f"{data_dir / 'reference_answer'}: no reference answers (math, reasoning, coding)")
+    return {judge_model: refs.get(judge_model) or refs.get("gpt-4") or next(iter(refs.values()))}
+
+
+def judge_single(questions: list[dict], model_answers: dict[str, dict], data_dir: str | Path,
+                 endpoint: JudgeEndpoint, out_file: str | Path) -> list[dict]:
+    """FastChat's single-answer grading (1-10) of every model's two turns; math, reasoning and
+    coding with reference answers. Returns FastChat's judgment records (score -1: unparseable)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastchat.llm_judge.common import NEED_REF_CATS, load_judge_prompts, play_a_match_single
+    from fastchat.llm_judge.gen_judgment import make_judge_single, make_match_single
+
+    data_dir = Path(data_dir)
+    install_openai_judge(endpoint)
+    judges = make_judge_single(endpoint.model, load_judge_prompts(str(data_dir / "judge_prompts.jsonl")))
+    refs = _reference_answers(data_dir, endpoint.model)
+    models = sorted(model_answers)
+    plain = [q for q in questions if q["category"] not in NEED_REF_CATS]
+    with_ref = [q for q in questions if q["category"] in NEED_REF_CATS]
+    matches = (make_match_single(plain, models, model_answers, judges["default"])
+               + make_match_single(with_ref, models, model_answers, judges["math"], ref_answers=refs)
+               + make_match_single(plain, models, model_answers, judges["default-mt"], multi_turn=True)
+               + make_match_single(with_ref, models, model_answers, judges["math-mt"], ref_answers=refs,
+                                   multi_turn=True))
+    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=endpoint.parallel) as pool:
+        return list(pool.map(lambda m: play_a_match_single(m, output_file=str(out_file)), matches))
+
+
+def summarise_judgments(judgments: list[dict], questions: list[dict]) -> dict:
+    """Mean scores per model: overall, per turn and per category, over parseable judgments;
+    unparseable ones (score -1) counted, never averaged in."""
+    category = {q["question_id"]: q["category"] for q in questions}
+    out: dict[str, dict] = {}
+    for j in judgments:
+        row = out.setdefault(j["model"], {"scores": [], "turn": {}, "category": {}, "unparseable": 0})
+        if j["score"] == -1:
+            row["unparseable"] += 1
+            continue
+        row["scores"].append(j["score"])
+        row["turn"].setdefault(j["turn"], []).append(j["score"])
+        row["category"].setdefault(category[j["question_id"]], []).append(j["score"])
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return {model: {"score": mean(r["scores"]), "judged": len(r["scores"]), "unparseable": r["unparseable"],
+                    "turn": {t: mean(v) for t, v in sorted(r["turn"].items())},
+                    "category": {c: mean(v) for c, v in sorted(r["category"].items())}}
+            for model, r in out.items()}
+
+
+def results_markdown(summary: dict) -> str:
+    """Per model: overall, per turn and per category means, and the unparseable count."""
+    categories = sorted({c for r in summary.values() for c in r["category"]})
+    lines = ["| model | score | turn 1 | turn 2 | judged | unparseable | " + " | ".join(categories) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(categories)]
+    for model, r in sorted(summary.items()):
+        turns = [r["turn"].get(t, float("nan")) for t in (1, 2)]
+        lines.append(f"| {model} | {r['score']:.3f} | {turns[0]:.3f} | {turns[1]:.3f} | {r['judged']} | "
+                     f"{r['unparseable']} | " + " | ".join(f"{r['category'].get(c, float('nan')):.2f}" for c in categories)
+                     + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,95 @@
+"""MT-Bench judging through FastChat's own judge functions and the real openai client against
+a real HTTP OpenAI-compatible server on 127.0.0.1 (tests/judge_server.py): all 80 questions x
+2 turns, reference answers routed to math/reasoning/coding, malformed judgments counted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from builders import SHARED_DATA
+from judge_server import JudgeServer
+
+from deft_eval.mt_bench import JudgeEndpoint, judge_single, load_mt_questions, summarise_judgments
+
+MT_BENCH = SHARED_DATA / "mt_bench"
+NEED_REF = {"math", "reasoning", "coding"}
+
+
+def fake_answers(questions, model="tiny"):
+    return {model: {q["question_id"]: {"question_id": q["question_id"], "model_id": model,
+                                       "choices": [{"index": 0, "turns": [f"first answer {q['question_id']}",
+                                                                           f"second answer {q['question_id']}"]}]}
+                    for q in questions}}
+
+
+@pytest.mark.slow
+def test_eighty_questions_two_turns_judged(tmp_path):
+    questions = load_mt_questions(MT_BENCH)
+    with JudgeServer(malformed_marker="first answer 81") as server:  # both of 81's judgments: no rating
+        endpoint = JudgeEndpoint(server.base_url, "local-judge", api_key="sk-test", parallel=8)
+        judgments = judge_single(questions, fake_answers(questions), MT_BENCH, endpoint, tmp_path / "judgment.jsonl")
+    assert len(judgments) == 160 and len(server.requests) == 160
+    assert all(r["path"] == "/v1/chat/completions" and r["model"] == "local-judge" for r in server.requests)
+    assert {r["auth"] for r in server.requests} == {"Bearer sk-test"}
+    category = {q["question_id"]: q["category"] for q in questions}
+    for j in judgments:
+        if j["question_id"] == 81:
+            assert j["score"] == -1
+            continue
+        with_ref = category[j["question_id"]] in NEED_REF
+        assert ("Reference Answer" in j["user_prompt"]) == with_ref
+        assert j["score"] == (4 if with_ref else 6 if j["turn"] == 2 else 8), j
+    # the reference answers are GPT-4's, routed to the judge's name
+    refs = {json.loads(line)["question_id"]: json.loads(line) for line in
+            (MT_BENCH / "reference_answer" / "gpt-4.jsonl").read_text().splitlines()}
+    math_q = next(q for q in questions if q["category"] == "math")
+    prompt = next(j["user_prompt"] for j in judgments if j["question_id"] == math_q["question_id"] and j["turn"] == 1)
+    assert refs[math_q["question_id"]]["choices"][0]["turns"][0] in prompt
+    # the judge gets only the system prompt and the judging prompt, no example turns
+    assert all([m["role"] for m in r["messages"]] == ["system", "user"] for r in server.requests)
+
+    summary = summarise_judgments(judgments, questions)["tiny"]
+    assert summary["unparseable"] == 2 and summary["judged"] == 158
+    n_ref = sum(category[q] in NEED_REF for q in category)  # 30
+    assert summary["turn"][1] == pytest.approx((4 * n_ref + 8 * (80 - n_ref - 1)) / 79)
+    assert summary["turn"][2] == pytest.approx((4 * n_ref + 6 * (80 - n_ref - 1)) / 79)
+    assert summary["category"]["math"] == 4 and summary["category"]["writing"] == pytest.approx(7.0)
+    assert set(summary["category"]) == set(category.values())
+    lines = (tmp_path / "judgment.jsonl").read_text().splitlines()
+    assert len(lines) == 160
+
+
+def test_unreachable_judge_gives_error_judgments_not_a_hang(tmp_path):
+    questions = [q for q in load_mt_questions(MT_BENCH) if q["category"] == "writing"][:1]
+    endpoint = JudgeEndpoint("http://127.0.0.1:9/v1", "local-judge", timeout_s=2, retries=2, retry_sleep_s=0.01)
+    judgments = judge_single(questions, fake_answers(questions), MT_BENCH, endpoint, tmp_path / "j.jsonl")
+    assert [j["score"] for j in judgments] == [-1, -1]
+    assert all(j["judgment"] == "$ERROR$" for j in judgments)
+    assert summarise_judgments(judgments, questions)["tiny"]["unparseable"] == 2
+
+
+def test_cli_answers_and_judges_a_small_fixture(tiny_model_dir, tmp_path):
+    """`deft-eval mt-bench` end to end on a three-question fixture (writing, math, coding)."""
+    import shutil
+
+    from deft_eval.cli import main
+
+    data = tmp_path / "mt_bench"
+    (data / "reference_answer").mkdir(parents=True)
+    picked = [q for q in load_mt_questions(MT_BENCH) if q["question_id"] in (81, 111, 121)]
+    (data / "question.jsonl").write_text("".join(json.dumps(q) + "\n" for q in picked))
+    shutil.copy(MT_BENCH / "judge_prompts.jsonl", data)
+    shutil.copy(MT_BENCH / "reference_answer" / "gpt-4.jsonl", data / "reference_answer")
+    out = tmp_path / "out"
+    with JudgeServer() as server:
+        assert main(["mt-bench", "--model", str(tiny_model_dir), "--name", "tiny", "--mt-bench-dir", str(data),
+                     "--out", str(out), "--judge-url", server.base_url, "--judge-model", "local-judge",
+                     "--max-new-tokens", "3", "--parallel", "2"]) == 0
+    assert len(server.requests) == 6
+    answers = (out / "model_answer" / "tiny.jsonl").read_text().splitlines()
+    assert len(answers) == 3
+    results = json.loads((out / "results.json").read_text())["tiny"]
+    assert results["judged"] == 6 and results["unparseable"] == 0
+    assert results["category"] == {"writing": 7.0, "math": 4.0, "coding": 4.0}
+    assert "| tiny | 5.000 |" in (out / "results.md").read_text()
