@@ -70,9 +70,26 @@ def cmd_mt_bench(args) -> int:
     judgments = judge_single(questions, {name: {a["question_id"]: a for a in answers}}, args.mt_bench_dir, endpoint,
                              judgment_file)
     summary = summarise_judgments(judgments, questions)
-    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
-    atomic_write_text(out / "results.md", results_markdown(summary))
-    print(results_markdown(summary))
+    report = results_markdown(summary)
+    results = {"single": summary}
+    if args.baseline_answers:
+        from deft_eval.generate import read_done
+        from deft_eval.mt_bench import judge_pairwise, summarise_pairwise
+
+        baseline = read_done(Path(args.baseline_answers), key="question_id")
+        if not baseline:
+            raise SystemExit(f"--baseline-answers {args.baseline_answers}: no answers in it")
+        baseline_name = next(iter(baseline.values())).get("model_id") or Path(args.baseline_answers).stem
+        pairs = judge_pairwise(questions, {name: {a["question_id"]: a for a in answers}, baseline_name: baseline},
+                               baseline_name, args.mt_bench_dir, endpoint,
+                               out / "model_judgment" / f"{args.judge_model}_pair.jsonl")
+        results["pairwise"] = summarise_pairwise(pairs)
+        report += "\n| model | baseline | win | loss | tie | inconsistent | unparseable | win rate |\n|---|---|---|---|---|---|---|---|\n"
+        report += "".join(f"| {m} | {r['baseline']} | {r['win']} | {r['loss']} | {r['tie']} | {r['inconsistent']} | "
+                          f"{r['unparseable']} | {r['win_rate']:.3f} |\n" for m, r in results["pairwise"].items())
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+    atomic_write_text(out / "results.md", report)
+    print(report)
     return 0
 
 
@@ -116,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--judge-timeout", type=float, default=120.0)
     m.add_argument("--judge-retries", type=int, default=3)
     m.add_argument("--parallel", type=int, default=4, help="concurrent judge calls")
+    m.add_argument("--baseline-answers", default=None,
+                   help="FastChat answer JSONL of a baseline model: also judge pairwise against it (both orders)")
     m.add_argument("--max-new-tokens", type=int, default=1024)
     m.add_argument("--batch-size", type=int, default=8)
     m.add_argument("--seed", type=int, default=0)

@@ -169,6 +169,57 @@ def judge_single(questions: list[dict], model_answers: dict[str, dict], data_dir
         return list(pool.map(lambda m: play_a_match_single(m, output_file=str(out_file)), matches))
 
 
+def judge_pairwise(questions: list[dict], model_answers: dict[str, dict], baseline: str, data_dir: str | Path,
+                   endpoint: JudgeEndpoint, out_file: str | Path) -> list[dict]:
+    """FastChat's pairwise judging of every model against `baseline`, each pair judged in both
+    orders (g1, g2); math, reasoning and coding with reference answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastchat.llm_judge.common import NEED_REF_CATS, load_judge_prompts, play_a_match_pair
+    from fastchat.llm_judge.gen_judgment import make_judge_pairwise, make_match
+
+    if baseline not in model_answers:
+        raise ValueError(f"baseline {baseline!r} has no answers; models with answers: {sorted(model_answers)}")
+    data_dir = Path(data_dir)
+    install_openai_judge(endpoint)
+    judges = make_judge_pairwise(endpoint.model, load_judge_prompts(str(data_dir / "judge_prompts.jsonl")))
+    refs = _reference_answers(data_dir, endpoint.model)
+    models = sorted(m for m in model_answers if m != baseline)
+    plain = [q for q in questions if q["category"] not in NEED_REF_CATS]
+    with_ref = [q for q in questions if q["category"] in NEED_REF_CATS]
+    matches = (make_match(plain, models, model_answers, judges["default"], baseline)
+               + make_match(with_ref, models, model_answers, judges["math"], baseline, ref_answers=refs)
+               + make_match(plain, models, model_answers, judges["default-mt"], baseline, multi_turn=True)
+               + make_match(with_ref, models, model_answers, judges["math-mt"], baseline, ref_answers=refs,
+                            multi_turn=True))
+    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=endpoint.parallel) as pool:
+        return list(pool.map(lambda m: play_a_match_pair(m, output_file=str(out_file)), matches))
+
+
+def summarise_pairwise(judgments: list[dict]) -> dict:
+    """Per model against the baseline: wins, losses, ties and win rate. As in FastChat, a pair
+    whose two orders disagree counts as a tie (and is reported as inconsistent); a pair with an
+    unparseable verdict in either order is counted, not scored."""
+    out: dict[str, dict] = {}
+    for j in judgments:
+        row = out.setdefault(j["model_1"], {"baseline": j["model_2"], "win": 0, "loss": 0, "tie": 0,
+                                            "inconsistent": 0, "unparseable": 0})
+        g1, g2 = j["g1_winner"], j["g2_winner"]
+        if "error" in (g1, g2):
+            row["unparseable"] += 1
+        elif g1 != g2:
+            row["tie"] += 1
+            row["inconsistent"] += 1
+        else:
+            row[{"model_1": "win", "model_2": "loss", "tie": "tie"}[g1]] += 1
+    for row in out.values():
+        n = row["win"] + row["loss"] + row["tie"]
+        row["win_rate"] = row["win"] / n if n else float("nan")
+        row["win_rate_ties_half"] = (row["win"] + row["tie"] / 2) / n if n else float("nan")
+    return out
+
+
 def summarise_judgments(judgments: list[dict], questions: list[dict]) -> dict:
     """Mean scores per model: overall, per turn and per category, over parseable judgments;
     unparseable ones (score -1) counted, never averaged in."""

@@ -1,7 +1,8 @@
 """A small OpenAI-compatible chat-completions server on 127.0.0.1 for judge tests (stdlib
 only). Its verdicts depend only on the request's content, so parallel calls stay
-deterministic: with a reference answer "[[4]]", multi-turn "[[6]]", otherwise "[[8]]", and no
-rating at all when the prompt contains `malformed_marker`. Every request is recorded."""
+deterministic: single grading gives "[[4]]" with a reference answer, "[[6]]" for two turns,
+otherwise "[[8]]"; pairwise gives the verdict for the side whose answer contains "GOOD" ("[[C]]"
+for both or neither); no verdict at all when the prompt contains `malformed_marker`. Every request is recorded."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ class JudgeServer:
                 text = "\n".join(m["content"] for m in body["messages"])
                 if server.malformed_marker and server.malformed_marker in text:
                     verdict = "I would rather not give a number."
+                elif "Start of Assistant B" in text:  # pairwise: the side whose answer says GOOD wins
+                    side_a, side_b = text.split("Start of Assistant A", 1)[1].split("Start of Assistant B", 1)
+                    a_good, b_good = "GOOD" in side_a, "GOOD" in side_b
+                    verdict = "[[A]]" if a_good and not b_good else "[[B]]" if b_good and not a_good else "[[C]]"
                 elif "Reference Answer" in text:
                     verdict = "Compared with the reference: Rating: [[4]]"
                 elif "Conversation with User" in text:

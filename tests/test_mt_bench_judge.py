@@ -10,7 +10,8 @@ import pytest
 from builders import SHARED_DATA
 from judge_server import JudgeServer
 
-from deft_eval.mt_bench import JudgeEndpoint, judge_single, load_mt_questions, summarise_judgments
+from deft_eval.mt_bench import (JudgeEndpoint, judge_pairwise, judge_single, load_mt_questions, summarise_judgments,
+                                summarise_pairwise)
 
 MT_BENCH = SHARED_DATA / "mt_bench"
 NEED_REF = {"math", "reasoning", "coding"}
@@ -82,14 +83,52 @@ def test_cli_answers_and_judges_a_small_fixture(tiny_model_dir, tmp_path):
     shutil.copy(MT_BENCH / "judge_prompts.jsonl", data)
     shutil.copy(MT_BENCH / "reference_answer" / "gpt-4.jsonl", data / "reference_answer")
     out = tmp_path / "out"
+    baseline = tmp_path / "gpt-3.5-turbo.jsonl"
+    baseline.write_text("".join(json.dumps(a) + "\n" for a in fake_answers(picked, "gpt-3.5-turbo")["gpt-3.5-turbo"].values()))
     with JudgeServer() as server:
         assert main(["mt-bench", "--model", str(tiny_model_dir), "--name", "tiny", "--mt-bench-dir", str(data),
                      "--out", str(out), "--judge-url", server.base_url, "--judge-model", "local-judge",
-                     "--max-new-tokens", "3", "--parallel", "2"]) == 0
-    assert len(server.requests) == 6
+                     "--max-new-tokens", "3", "--parallel", "2", "--baseline-answers", str(baseline)]) == 0
+    assert len(server.requests) == 6 + 12  # single: 3 x 2 turns; pairwise: 3 x 2 turns x 2 orders
     answers = (out / "model_answer" / "tiny.jsonl").read_text().splitlines()
     assert len(answers) == 3
-    results = json.loads((out / "results.json").read_text())["tiny"]
+    pairwise = json.loads((out / "results.json").read_text())["pairwise"]["tiny"]
+    assert pairwise["baseline"] == "gpt-3.5-turbo" and pairwise["tie"] == 6  # neither side says GOOD
+    assert "| tiny | gpt-3.5-turbo | 0 | 0 | 6 |" in (out / "results.md").read_text()
+    results = json.loads((out / "results.json").read_text())["single"]["tiny"]
     assert results["judged"] == 6 and results["unparseable"] == 0
     assert results["category"] == {"writing": 7.0, "math": 4.0, "coding": 4.0}
     assert "| tiny | 5.000 |" in (out / "results.md").read_text()
+
+
+def test_pairwise_against_a_baseline_judged_in_both_orders(tmp_path):
+    """Model "good" says GOOD on writing questions only: it wins those, ties the rest against
+    the baseline; question 81's verdicts are malformed and counted apart."""
+    questions = [q for q in load_mt_questions(MT_BENCH) if q["category"] in ("writing", "math")]
+    good = fake_answers(questions, "good")["good"]
+    for q in questions:
+        if q["category"] == "writing":
+            good[q["question_id"]]["choices"][0]["turns"] = ["GOOD first", "GOOD second"]
+    answers = {"good": good, **fake_answers(questions, "base")}
+    with JudgeServer(malformed_marker="first answer 81") as server:
+        endpoint = JudgeEndpoint(server.base_url, "local-judge", parallel=4)
+        judgments = judge_pairwise(questions, answers, "base", MT_BENCH, endpoint, tmp_path / "pair.jsonl")
+    assert len(judgments) == 40  # 20 questions x 2 turns, each judged in two orders
+    assert len(server.requests) == 80
+    summary = summarise_pairwise(judgments)["good"]
+    assert summary["baseline"] == "base"
+    # 10 writing questions x 2 turns won, less question 81's two; 10 math questions x 2 turns tied
+    assert (summary["win"], summary["loss"], summary["tie"], summary["unparseable"]) == (18, 0, 20, 2)
+    assert summary["win_rate"] == pytest.approx(18 / 38) and summary["win_rate_ties_half"] == pytest.approx(28 / 38)
+    with pytest.raises(ValueError, match="baseline 'gpt-3.5'"):
+        judge_pairwise(questions, answers, "gpt-3.5", MT_BENCH, endpoint, tmp_path / "x.jsonl")
+
+
+def test_pairwise_summary_counts_inconsistent_and_unparseable():
+    rows = [{"model_1": "m", "model_2": "b", "g1_winner": "model_1", "g2_winner": "model_1"},
+            {"model_1": "m", "model_2": "b", "g1_winner": "model_1", "g2_winner": "model_2"},
+            {"model_1": "m", "model_2": "b", "g1_winner": "error", "g2_winner": "model_2"},
+            {"model_1": "m", "model_2": "b", "g1_winner": "model_2", "g2_winner": "model_2"}]
+    s = summarise_pairwise(rows)["m"]
+    assert (s["win"], s["loss"], s["tie"], s["inconsistent"], s["unparseable"]) == (1, 1, 1, 1, 1)
+    assert s["win_rate"] == pytest.approx(1 / 3) and s["win_rate_ties_half"] == pytest.approx(0.5)
