@@ -48,7 +48,7 @@ def cmd_mt_bench(args) -> int:
 
     from deft_plugin.atomic import atomic_write_text
 
-    from deft_eval.mt_bench import (JudgeEndpoint, answer_questions, judge_single, load_mt_questions,
+    from deft_eval.mt_bench import (JudgeEndpoint, answer_questions, judge_single, load_mt_questions, plot_results,
                                     results_markdown, summarise_judgments)
 
     questions = load_mt_questions(args.mt_bench_dir)
@@ -89,7 +89,26 @@ def cmd_mt_bench(args) -> int:
                           f"{r['unparseable']} | {r['win_rate']:.3f} |\n" for m, r in results["pairwise"].items())
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     atomic_write_text(out / "results.md", report)
+    plot_results(summary, out / "results.png")
     print(report)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    import json
+
+    from deft_plugin.atomic import atomic_write_text
+
+    from deft_eval.compare import compare_runs, comparison_markdown, plot_comparison
+
+    name_a, name_b = args.name_a or Path(args.run_a).name, args.name_b or Path(args.run_b).name
+    rows = compare_runs(args.run_a, args.run_b)
+    out = Path(args.out)
+    atomic_write_text(out / "comparison.json", json.dumps({"a": name_a, "b": name_b, "rows": rows}, indent=2))
+    table = comparison_markdown(rows, name_a, name_b)
+    atomic_write_text(out / "comparison.md", table)
+    plot_comparison(rows, name_a, name_b, out / "comparison.png")
+    print(table)
     return 0
 
 
@@ -141,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="auto")
     m.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     m.set_defaults(func=cmd_mt_bench)
+
+    c = sub.add_parser("compare", help="two runs side by side: every metric with its delta, and a plot")
+    c.add_argument("run_a", help="a deft-eval score and/or mt-bench output directory")
+    c.add_argument("run_b")
+    c.add_argument("--out", required=True)
+    c.add_argument("--name-a", default=None)
+    c.add_argument("--name-b", default=None)
+    c.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -251,3 +251,20 @@ def results_markdown(summary: dict) -> str:
                      f"{r['unparseable']} | " + " | ".join(f"{r['category'].get(c, float('nan')):.2f}" for c in categories)
                      + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot_results(summary: dict, path: str | Path) -> Path:
+    """MT-Bench score per category, one bar group per model."""
+    from deft_plugin.plots import _save, plt
+
+    categories = sorted({c for r in summary.values() for c in r["category"]})
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(categories) + 2), 3.6))
+    width = 0.8 / max(1, len(summary))
+    for k, (model, r) in enumerate(sorted(summary.items())):
+        ax.bar([i + k * width for i in range(len(categories))], [r["category"].get(c, 0.0) for c in categories],
+               width, label=f"{model} ({r['score']:.2f})")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(categories))], categories, rotation=30, ha="right")
+    ax.set_ylim(0, 10)
+    ax.set_ylabel("MT-Bench score (1-10)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)

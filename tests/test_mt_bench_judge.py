@@ -99,6 +99,7 @@ def test_cli_answers_and_judges_a_small_fixture(tiny_model_dir, tmp_path):
     assert results["judged"] == 6 and results["unparseable"] == 0
     assert results["category"] == {"writing": 7.0, "math": 4.0, "coding": 4.0}
     assert "| tiny | 5.000 |" in (out / "results.md").read_text()
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_pairwise_against_a_baseline_judged_in_both_orders(tmp_path):

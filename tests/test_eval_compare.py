@@ -1,0 +1,45 @@
+"""`deft-eval compare`: score and MT-Bench runs side by side with deltas."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deft_eval.cli import main
+from deft_eval.compare import compare_runs, run_metrics
+
+
+def write_run(directory, bleu, reward, mt=None):
+    directory.mkdir(parents=True)
+    table = {"harmless-base": {"n": 2, "bleu_char": bleu, "reward": reward, "sacrebleu_signature": "nrefs:1"},
+             "total": {"n": 2, "bleu_char": bleu, "reward": reward}}
+    (directory / "report.json").write_text(json.dumps({"table": table}))
+    if mt is not None:
+        single = {"m": {"score": mt, "judged": 160, "unparseable": 0, "turn": {"1": mt + 1, "2": mt - 1},
+                        "category": {"writing": mt}}}
+        (directory / "results.json").write_text(json.dumps({"single": single}))
+    return directory
+
+
+def test_deltas_over_the_union_of_metrics(tmp_path):
+    a = write_run(tmp_path / "dpo", bleu=10.0, reward=50.0, mt=5.0)
+    b = write_run(tmp_path / "deft-dpo", bleu=12.5, reward=49.0)
+    assert run_metrics(a)["mt_bench/turn_1"] == 6.0 and "total/sacrebleu_signature" not in run_metrics(a)
+    rows = {r["metric"]: r for r in compare_runs(a, b)}
+    assert rows["total/bleu_char"]["delta"] == pytest.approx(2.5)
+    assert rows["harmless-base/reward"]["delta"] == pytest.approx(-1.0)
+    assert rows["mt_bench/score"] == {"metric": "mt_bench/score", "a": 5.0, "b": None, "delta": None}
+
+
+def test_cli_compare_writes_table_and_plot(tmp_path, capsys):
+    a = write_run(tmp_path / "dpo", 10.0, 50.0, mt=5.0)
+    b = write_run(tmp_path / "deft", 12.5, 49.0, mt=5.5)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out), "--name-a", "DPO", "--name-b", "DEFT-DPO"]) == 0
+    table = (out / "comparison.md").read_text()
+    assert "| metric | DPO | DEFT-DPO | delta |" in table and "| mt_bench/score | 5.0000 | 5.5000 | +0.5000 |" in table
+    assert json.loads((out / "comparison.json").read_text())["b"] == "DEFT-DPO"
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="neither report.json"):
+        main(["compare", str(a), str(tmp_path), "--out", str(tmp_path / "x")])
