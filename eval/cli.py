@@ -112,6 +112,22 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_judge_server(args) -> int:
+    import time
+
+    from deft_eval.judge_server import LocalJudge
+
+    with LocalJudge(args.model, args.name, args.device, args.port, args.log_dir, args.start_timeout) as judge:
+        print(f"judge {args.name!r} answering at {judge.base_url} (OpenAI-compatible); Ctrl-C stops it", flush=True)
+        try:
+            while all(p.poll() is None for p in judge.procs):
+                time.sleep(1.0)
+            print("a judge server process exited; stopping", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deft-eval", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name-a", default=None)
     c.add_argument("--name-b", default=None)
     c.set_defaults(func=cmd_compare)
+
+    j = sub.add_parser("judge-server", help="serve a local judge model (FastChat) on 127.0.0.1 until Ctrl-C")
+    j.add_argument("--model", required=True, help="local model directory")
+    j.add_argument("--name", default="local-judge", help="model name the endpoint serves (use it as --judge-model)")
+    j.add_argument("--port", type=int, default=None, help="API port (default: a free one)")
+    j.add_argument("--device", default="auto")
+    j.add_argument("--log-dir", default=None, help="controller / worker / api logs (default ./judge-server-logs)")
+    j.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for the first answer")
+    j.set_defaults(func=cmd_judge_server)
     return parser
 
 

@@ -1,0 +1,128 @@
+"""A local MT-Bench judge: FastChat's controller, model worker and OpenAI-compatible API
+server, all on 127.0.0.1, started together, checked until the model answers, stopped together.
+
+FastChat 0.2.36's worker reads `config.rope_scaling["factor"]`, which transformers 5 configs
+do not always have; the worker runs here with that function patched."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def context_length(config) -> int:
+    """fastchat.utils.get_context_length that accepts rope_scaling without a "factor"."""
+    from fastchat.utils import SEQUENCE_LENGTH_KEYS
+
+    scaling = getattr(config, "rope_scaling", None) or {}
+    factor = scaling.get("factor") or 1 if isinstance(scaling, dict) else 1
+    for key in SEQUENCE_LENGTH_KEYS:
+        value = getattr(config, key, None)
+        if value is not None:
+            return int(factor * value)
+    return 2048
+
+
+def run_patched_worker(argv: list[str]) -> None:
+    """`python -m fastchat.serve.model_worker ARGV` with context_length patched in."""
+    import fastchat.serve.inference as inference
+    import fastchat.utils as utils
+
+    utils.get_context_length = context_length
+    inference.get_context_length = context_length
+    sys.argv = ["fastchat.serve.model_worker", *argv]
+    runpy.run_module("fastchat.serve.model_worker", run_name="__main__", alter_sys=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class LocalJudge:
+    """Context manager: `with LocalJudge(model_dir, "judge") as judge: judge.base_url`."""
+
+    def __init__(self, model_path: str, name: str, device: str = "auto", port: int | None = None,
+                 log_dir: str | Path | None = None, start_timeout_s: float = 600.0):
+        import torch
+
+        self.model_path, self.name = model_path, name
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.port = port or free_port()
+        self.log_dir = Path(log_dir) if log_dir else Path.cwd() / "judge-server-logs"
+        self.start_timeout_s = start_timeout_s
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}/v1"
+
+    def _start(self, name: str, args: list[str]) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "w")
+        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+        self.procs.append(subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env))
+        log.close()
+
+    def __enter__(self) -> "LocalJudge":
+        controller_port, worker_port = free_port(), free_port()
+        controller = f"http://{HOST}:{controller_port}"
+        try:
+            self._start("controller", ["-m", "fastchat.serve.controller", "--host", HOST, "--port", str(controller_port)])
+            self._start("worker", ["-m", "deft_eval.judge_server", "--model-path", self.model_path, "--model-names",
+                                   self.name, "--device", self.device, "--host", HOST, "--port", str(worker_port),
+                                   "--worker-address", f"http://{HOST}:{worker_port}", "--controller-address", controller])
+            self._start("api", ["-m", "fastchat.serve.openai_api_server", "--host", HOST, "--port", str(self.port),
+                                "--controller-address", controller])
+            self._wait_until_it_answers()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_it_answers(self) -> None:
+        import openai
+
+        client = openai.OpenAI(base_url=self.base_url, api_key="EMPTY", timeout=30, max_retries=0)
+        deadline = time.monotonic() + self.start_timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            dead = [p.args for p in self.procs if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"judge server process exited: {dead[0]}; logs in {self.log_dir}")
+            try:
+                client.chat.completions.create(model=self.name, messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=2, temperature=0)
+                return
+            except openai.OpenAIError as err:
+                last = err
+                time.sleep(1.0)
+        raise TimeoutError(f"the judge did not answer within {self.start_timeout_s:.0f} s ({last}); "
+                           f"logs in {self.log_dir}")
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+        self.procs = []
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    run_patched_worker(sys.argv[1:])
