@@ -1,8 +1,11 @@
 """A local MT-Bench judge: FastChat's controller, model worker and OpenAI-compatible API
 server, all on 127.0.0.1, started together, checked until the model answers, stopped together.
 
-FastChat 0.2.36's worker reads `config.rope_scaling["factor"]`, which transformers 5 configs
-do not always have; the worker runs here with that function patched."""
+Two patches, each in its own process: FastChat 0.2.36's worker reads
+`config.rope_scaling["factor"]`, which transformers 5 configs do not always have; and its API
+server writes chat prompts with FastChat's conversation templates, which lack recent models
+(Llama-3 among them), so the API server here writes them with the model's own chat template
+when the tokenizer has one."""
 
 from __future__ import annotations
 
@@ -41,6 +44,32 @@ def run_patched_worker(argv: list[str]) -> None:
     runpy.run_module("fastchat.serve.model_worker", run_name="__main__", alter_sys=True)
 
 
+def run_patched_api_server(tokenizer_path: str, argv: list[str]) -> None:
+    """FastChat's OpenAI API server whose chat prompts come from the tokenizer's chat template."""
+    import logging
+
+    import uvicorn
+    from fastchat.serve import openai_api_server as server
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    log = logging.getLogger("deft_eval.judge_server")
+    if getattr(tokenizer, "chat_template", None):
+        original = server.get_gen_params
+
+        async def get_gen_params(model_name, worker_addr, messages, **kwargs):
+            params = await original(model_name, worker_addr, messages, **kwargs)
+            if isinstance(messages, list):
+                params["prompt"] = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                log.warning("chat prompt from the tokenizer's template: %r", params["prompt"][-200:])
+            return params
+
+        server.get_gen_params = get_gen_params
+    sys.argv = ["fastchat.serve.openai_api_server", *argv]
+    args = server.create_openai_api_server()
+    uvicorn.run(server.app, host=args.host, port=args.port, log_level="info")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -77,11 +106,11 @@ class LocalJudge:
         controller = f"http://{HOST}:{controller_port}"
         try:
             self._start("controller", ["-m", "fastchat.serve.controller", "--host", HOST, "--port", str(controller_port)])
-            self._start("worker", ["-m", "deft_eval.judge_server", "--model-path", self.model_path, "--model-names",
+            self._start("worker", ["-m", "deft_eval.judge_server", "worker", "--model-path", self.model_path, "--model-names",
                                    self.name, "--device", self.device, "--host", HOST, "--port", str(worker_port),
                                    "--worker-address", f"http://{HOST}:{worker_port}", "--controller-address", controller])
-            self._start("api", ["-m", "fastchat.serve.openai_api_server", "--host", HOST, "--port", str(self.port),
-                                "--controller-address", controller])
+            self._start("api", ["-m", "deft_eval.judge_server", "api", self.model_path, "--host", HOST, "--port",
+                                str(self.port), "--controller-address", controller])
             self._wait_until_it_answers()
         except BaseException:
             self.stop()
@@ -125,4 +154,10 @@ class LocalJudge:
 
 
 if __name__ == "__main__":
-    run_patched_worker(sys.argv[1:])
+    # python -m deft_eval.judge_server worker ARGS... | api TOKENIZER_PATH ARGS...
+    if sys.argv[1] == "worker":
+        run_patched_worker(sys.argv[2:])
+    elif sys.argv[1] == "api":
+        run_patched_api_server(sys.argv[2], sys.argv[3:])
+    else:
+        raise SystemExit("usage: python -m deft_eval.judge_server worker ARGS | api TOKENIZER_PATH ARGS")
