@@ -1,0 +1,111 @@
+"""Judging items from two or more models' answer files: deft-eval generation JSONL (HH-RLHF;
+keyed by `id`) or FastChat MT-Bench answer JSONL (keyed by `question_id`, two turns; the
+questions come from a question.jsonl). Every pair of models gives one item per prompt that
+all of them answered. Paths and rows are checked with errors that name them."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+
+class InputError(ValueError):
+    """A bad file or row given to the app; the message names it."""
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise InputError(f"{path}: line {n} is not valid JSON") from None
+    if not rows:
+        raise InputError(f"{path}: no rows")
+    return rows
+
+
+def read_answers(path: str | Path, questions: dict[int, dict] | None = None) -> tuple[str, dict[str, dict]]:
+    """(model name, prompt key -> {dialogue, answer turns, category}) of one answer file."""
+    path = Path(path)
+    rows = _read_jsonl(path)
+    out: dict[str, dict] = {}
+    if "question_id" in rows[0]:  # FastChat MT-Bench answers
+        if questions is None:
+            raise InputError(f"{path}: MT-Bench answers need the questions (--mt-bench-questions question.jsonl)")
+        model = rows[0].get("model_id") or path.stem
+        for n, row in enumerate(rows, 1):
+            q = questions.get(row.get("question_id"))
+            if q is None:
+                raise InputError(f"{path}: line {n}: question_id {row.get('question_id')!r} is not in the questions")
+            turns = row["choices"][0]["turns"]
+            out[f"mt_bench/{q['question_id']}"] = {"turns": q["turns"], "answers": turns, "category": q["category"]}
+        return model, out
+    model = rows[0].get("model") or path.stem
+    for n, row in enumerate(rows, 1):
+        missing = [k for k in ("id", "prompt", "answer") if k not in row]
+        if missing:
+            raise InputError(f"{path}: line {n} lacks {', '.join(missing)} (expected deft-eval generate "
+                             "or FastChat MT-Bench answers)")
+        out[row["id"]] = {"prompt": row["prompt"], "answers": [row["answer"]], "category": row.get("subset")}
+    return model, out
+
+
+def _dialogue(entry: dict) -> list[dict]:
+    """The turns shown above the two answers. HH-RLHF: the dialogue so far; MT-Bench: the first
+    question (each side's reply then carries its first answer, the second question and its
+    second answer: see _reply)."""
+    if "prompt" in entry:
+        from deft_plugin.formats.hh_rlhf import to_messages
+
+        return to_messages(entry["prompt"])
+    return [{"role": "user", "content": entry["turns"][0]}]
+
+
+def _reply(entry: dict, answers: list[str]) -> str:
+    if "turns" in entry and len(entry["turns"]) > 1:  # MT-Bench: the whole two-turn conversation
+        return f"{answers[0]}\n\n[User] {entry['turns'][1]}\n\n{answers[1] if len(answers) > 1 else ''}"
+    return answers[0]
+
+
+def items_from_files(paths: list[str | Path], questions_path: str | Path | None = None) -> list[dict]:
+    """One item per (prompt, pair of models) over the prompts every model answered."""
+    if len(paths) < 2:
+        raise InputError("give at least two answer files (one per model)")
+    questions = None
+    if questions_path:
+        questions = {q["question_id"]: q for q in _read_jsonl(Path(questions_path))}
+    models = [read_answers(p, questions) for p in paths]
+    names = [m for m, _ in models]
+    if len(set(names)) != len(names):
+        raise InputError(f"two answer files carry the same model name: {names}")
+    shared = sorted(set.intersection(*(set(a) for _, a in models)))
+    if not shared:
+        raise InputError("the answer files have no prompt in common")
+    items = []
+    for (name_a, ans_a), (name_b, ans_b) in itertools.combinations(models, 2):
+        for key in shared:
+            entry = ans_a[key]
+            items.append({"id": f"{key}|{name_a}|{name_b}", "dialogue": _dialogue(entry),
+                          "category": entry.get("category"), "model_a": name_a,
+                          "answer_a": _reply(entry, ans_a[key]["answers"]), "model_b": name_b,
+                          "answer_b": _reply(entry, ans_b[key]["answers"])})
+    return items
+
+
+def read_annotators(path: str | Path) -> list[dict]:
+    """Annotators file: JSONL rows {"name", "password", "role": annotator|admin (default annotator)}.
+    The passwords are hashed when stored; the file itself stays with the organiser."""
+    rows = _read_jsonl(Path(path))
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row.get("name"), str) or not row["name"].strip():
+            raise InputError(f"{path}: line {n}: missing 'name'")
+        if not isinstance(row.get("password"), str) or len(row["password"]) < 8:
+            raise InputError(f"{path}: line {n}: 'password' must be a string of at least 8 characters")
+        if row.get("role", "annotator") not in ("annotator", "admin"):
+            raise InputError(f"{path}: line {n}: role must be annotator or admin, got {row['role']!r}")
+    return rows
