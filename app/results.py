@@ -1,0 +1,73 @@
+"""From stored votes to the organiser's results: win / tie / loss per model pair with
+bootstrap intervals, Bradley-Terry strengths for three or more models, position bias,
+agreement on overlapping items, and the same per category. Pure functions of the votes."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+
+from deft_app.stats import (bootstrap_interval, bradley_terry, bradley_terry_intervals, cohen_kappa, fleiss_kappa,
+                            left_win_rate, win_tie_loss)
+
+OUTCOME = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}  # for model_a; "both bad" counts as a tie
+
+
+def pair_results(votes: list[dict], seed: int = 0) -> list[dict]:
+    by_pair = defaultdict(list)
+    for v in votes:
+        by_pair[(v["model_a"], v["model_b"])].append(OUTCOME[v["verdict"]])
+    rows = []
+    for (a, b), outcomes in sorted(by_pair.items()):
+        lo, hi = bootstrap_interval(outcomes, seed=seed)
+        rows.append({"model_a": a, "model_b": b, **win_tie_loss(outcomes), "win_rate_ci": (lo, hi),
+                     "both_bad": sum(v["verdict"] == "both_bad" for v in votes if (v["model_a"], v["model_b"]) == (a, b))})
+    return rows
+
+
+def strengths(votes: list[dict], seed: int = 0) -> dict[str, dict] | None:
+    """Bradley-Terry strengths with bootstrap intervals, when three or more models are judged."""
+    comparisons = [(v["model_a"], v["model_b"], OUTCOME[v["verdict"]]) for v in votes]
+    models = {m for a, b, _ in comparisons for m in (a, b)}
+    if len(models) < 3:
+        return None
+    fit, intervals = bradley_terry(comparisons), bradley_terry_intervals(comparisons, seed=seed)
+    return {m: {"strength": fit[m], "ci": intervals[m]} for m in sorted(fit, key=fit.get, reverse=True)}
+
+
+def position_bias(votes: list[dict]) -> dict:
+    decided = [v for v in votes if v["verdict"] in ("a", "b")]
+    left_won = [(v["verdict"] == "a") == (v["left_model"] == v["model_a"]) for v in decided]
+    return {"decided": len(decided), "left_win_rate": left_win_rate(left_won)}
+
+
+def agreement(votes: list[dict]) -> dict:
+    """Cohen's kappa for every pair of annotators over the items both judged (at least 2), and
+    Fleiss' kappa over the items judged by the most common number (>= 2) of annotators."""
+    by_item = defaultdict(dict)
+    for v in votes:
+        by_item[v["item_id"]][v["annotator"]] = v["verdict"]
+    cohen = {}
+    annotators = sorted({v["annotator"] for v in votes})
+    for x, y in itertools.combinations(annotators, 2):
+        shared = [i for i, labels in by_item.items() if x in labels and y in labels]
+        if len(shared) >= 2:
+            cohen[f"{x} / {y}"] = {"items": len(shared), "kappa": cohen_kappa([by_item[i][x] for i in shared],
+                                                                                [by_item[i][y] for i in shared])}
+    sizes = Counter(len(labels) for labels in by_item.values() if len(labels) >= 2)
+    fleiss = None
+    if sizes:
+        size = max(sizes, key=lambda s: (sizes[s], s))
+        items = [labels for labels in by_item.values() if len(labels) == size]
+        if len(items) >= 2:
+            categories = sorted(OUTCOME)
+            table = [[list(labels.values()).count(c) for c in categories] for labels in items]
+            fleiss = {"items": len(items), "annotators_per_item": size, "kappa": fleiss_kappa(table)}
+    return {"cohen": cohen, "fleiss": fleiss}
+
+
+def all_results(votes: list[dict], seed: int = 0) -> dict:
+    categories = sorted({v["category"] for v in votes if v.get("category")})
+    return {"votes": len(votes), "pairs": pair_results(votes, seed), "strengths": strengths(votes, seed),
+            "position_bias": position_bias(votes), "agreement": agreement(votes),
+            "by_category": {c: pair_results([v for v in votes if v.get("category") == c], seed) for c in categories}}

@@ -1,0 +1,50 @@
+"""The organiser's results computed from votes, checked by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from deft_app.results import agreement, all_results, pair_results, position_bias, strengths
+
+
+def vote(item, annotator, verdict, left="dpo", a="dpo", b="deft", category="writing"):
+    return {"item_id": item, "annotator": annotator, "verdict": verdict, "left_model": left, "model_a": a,
+            "model_b": b, "category": category}
+
+
+def test_pair_results_count_both_bad_as_a_tie():
+    votes = [vote("1", "x", "a"), vote("2", "x", "b"), vote("3", "x", "tie"), vote("4", "x", "both_bad"),
+             vote("5", "x", "a")]
+    (row,) = pair_results(votes)
+    assert (row["win"], row["loss"], row["tie"], row["both_bad"]) == (2, 1, 2, 1)
+    assert row["win_rate"] == pytest.approx((2 + 1) / 5)
+    lo, hi = row["win_rate_ci"]
+    assert 0 <= lo <= row["win_rate"] <= hi <= 1
+
+
+def test_position_bias_from_the_left_model():
+    votes = [vote("1", "x", "a", left="dpo"), vote("2", "x", "a", left="deft"), vote("3", "x", "b", left="deft"),
+             vote("4", "x", "tie")]
+    # decided: 1 (A on the left won), 2 (A on the right won), 3 (B on the left won) -> 2 of 3 left wins
+    assert position_bias(votes) == {"decided": 3, "left_win_rate": pytest.approx(2 / 3)}
+
+
+def test_agreement_on_overlapping_items():
+    votes = [vote("1", "x", "a"), vote("1", "y", "a"), vote("2", "x", "b"), vote("2", "y", "a"),
+             vote("3", "x", "tie"), vote("3", "y", "tie"), vote("4", "z", "a")]
+    result = agreement(votes)
+    # x vs y on 3 items: labels (a,b,tie) vs (a,a,tie): po 2/3, pe = (1*2 + 1*0 + 1*1) / 9 = 1/3 -> kappa 0.5
+    assert result["cohen"] == {"x / y": {"items": 3, "kappa": pytest.approx(0.5)}}
+    assert result["fleiss"]["items"] == 3 and result["fleiss"]["annotators_per_item"] == 2
+
+
+def test_strengths_only_from_three_models_and_per_category():
+    two = [vote("1", "x", "a")]
+    assert strengths(two) is None
+    votes = [vote(str(i), "x", "a", a="big", b="mid") for i in range(6)] + \
+            [vote(str(i + 10), "x", "a", a="mid", b="small", category="math") for i in range(6)]
+    s = strengths(votes)
+    assert list(s) == ["big", "mid", "small"] and s["big"]["ci"][0] <= s["big"]["strength"] <= s["big"]["ci"][1]
+    results = all_results(votes)
+    assert results["votes"] == 12 and set(results["by_category"]) == {"math", "writing"}
+    assert results["by_category"]["math"][0]["model_a"] == "mid"
