@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS items (
     model_a TEXT NOT NULL, answer_a TEXT NOT NULL,
     model_b TEXT NOT NULL, answer_b TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS votes (
     item_id TEXT NOT NULL REFERENCES items(id),
     annotator TEXT NOT NULL REFERENCES annotators(name),
@@ -85,6 +86,17 @@ class Store:
             conn.row_factory = sqlite3.Row
             self._local.conn = conn
         return conn
+
+    def secret(self) -> bytes:
+        """A random key made once per database: it fixes each annotator's side layout across restarts."""
+        with self._conn() as conn:
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('layout_secret', ?)", (os.urandom(32).hex(),))
+            return bytes.fromhex(conn.execute("SELECT value FROM meta WHERE key = 'layout_secret'").fetchone()[0])
+
+    def role(self, name: str) -> str | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT role FROM annotators WHERE name = ?", (name,)).fetchone()
+        return row["role"] if row else None
 
     # ---------------------------------------------------------------- annotators
     def add_annotator(self, name: str, password: str, role: str = "annotator") -> None:

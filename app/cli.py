@@ -1,0 +1,55 @@
+"""`deft-app serve`: the blind side-by-side judging app."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def cmd_serve(args) -> int:
+    from deft_app.items import InputError, items_from_files, read_annotators
+    from deft_app.store import Store
+    from deft_app.ui import JudgingApp, launch
+
+    db = Path(args.db)
+    if not db.parent.is_dir():
+        raise InputError(f"--db {db}: the folder {db.parent} does not exist")
+    if args.overlap < 1:
+        raise InputError(f"--overlap must be at least 1, got {args.overlap}")
+    items = items_from_files(args.answers, args.mt_bench_questions)
+    annotators = read_annotators(args.annotators)
+    store = Store(db)
+    added = store.add_items(items)
+    for a in annotators:
+        store.add_annotator(a["name"], a["password"], a.get("role", "annotator"))
+    print(f"{len(items)} items ({added} new) for {len(annotators)} annotators, overlap {args.overlap}; votes in {db}")
+    launch(JudgingApp(store, args.overlap, args.export_dir or db.parent / "exports"), args.host, args.port)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deft-app", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve the judging app")
+    s.add_argument("--answers", nargs="+", required=True,
+                   help="two or more answer files: deft-eval generate JSONL or FastChat MT-Bench answer JSONL")
+    s.add_argument("--mt-bench-questions", default=None, help="FastChat question.jsonl, for MT-Bench answer files")
+    s.add_argument("--db", required=True, help="SQLite database of items and votes (created if missing)")
+    s.add_argument("--annotators", required=True,
+                   help='JSONL: {"name", "password" (8+ characters), "role": "annotator" | "admin"}')
+    s.add_argument("--overlap", type=int, default=1, help="annotators who judge each item")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--export-dir", default=None, help="where exports are written (default: beside the database)")
+    s.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

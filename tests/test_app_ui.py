@@ -1,0 +1,91 @@
+"""The judging app's handlers and its login, without a browser: blind sides fixed per item and
+annotator, votes stored in model terms, resume, admin-only results and export; the served app
+lets only listed annotators in."""
+
+from __future__ import annotations
+
+import json
+import socket
+from types import SimpleNamespace
+
+import gradio as gr
+import httpx
+import pytest
+
+from deft_app.store import Store
+from deft_app.ui import JudgingApp, launch, verdict_for
+
+HOSTILE = '<script>document.title="pwned"</script><img src=x onerror=alert(1)>'
+
+
+@pytest.fixture()
+def app(tmp_path):
+    store = Store(tmp_path / "votes.db")
+    store.add_items([{"id": f"q{i}", "dialogue": [{"role": "user", "content": f"question {i}"}], "category": "writing",
+                      "model_a": "dpo", "answer_a": f"dpo answer {i}", "model_b": "deft",
+                      "answer_b": HOSTILE if i == 0 else f"deft answer {i}"} for i in range(3)])
+    store.add_annotator("ann", "annotator-pw")
+    store.add_annotator("ann2", "annotator-pw")
+    store.add_annotator("boss", "admin-pw-123", "admin")
+    return JudgingApp(store, overlap=2, export_dir=tmp_path / "exports")
+
+
+def req(user):
+    return SimpleNamespace(username=user)
+
+
+def test_vote_flow_blind_sides_and_resume(app):
+    state, progress, dialogue, left, right, comment, results_tab = app.on_load(req("ann"))
+    assert state["id"] == "q0" and "0 / 3" in progress and dialogue == "User: question 0"
+    assert {left, right} == {"dpo answer 0", HOSTILE}
+    assert results_tab["visible"] is False  # annotators do not get the results tab
+    # the layout is the same after a reload, and the click on the side with deft's answer stores "b"
+    assert app.on_load(req("ann"))[0] == state
+    deft_side = "left" if left == HOSTILE else "right"
+    assert verdict_for(deft_side, state) == "b"
+    nxt = app.vote(deft_side, "deft was better", state, req("ann"))
+    assert nxt[0]["id"] == "q1" and "1 / 3" in nxt[1]
+    again = app.vote(deft_side, "double click", state, req("ann"))  # the same item again: not counted twice
+    assert again[0]["id"] == "q1"
+    votes = app.store.votes()
+    assert [(v["item_id"], v["verdict"], v["comment"]) for v in votes] == [("q0", "b", "deft was better")]
+    assert votes[0]["left_model"] == state["left"]
+    # a second annotator gets the overlapping item first
+    assert app.on_load(req("ann2"))[0]["id"] == "q0"
+
+
+def test_results_and_export_are_for_admins_only(app):
+    state = app.on_load(req("ann"))[0]
+    app.vote("tie", "", state, req("ann"))
+    with pytest.raises(gr.Error):
+        app.results(req("ann"))
+    with pytest.raises(gr.Error):
+        app.export(req("ann"))
+    assert app.on_load(req("boss"))[-1]["visible"] is True
+    table = app.results(req("boss"))
+    assert "| dpo | deft | 1 | 0 | 1 | 0 | 0.500 |" in table
+    jsonl, csv_file = app.export(req("boss"))
+    assert [json.loads(line)["verdict"] for line in open(jsonl)] == ["tie"] and csv_file.endswith("votes.csv")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_only_listed_annotators_get_in(app):
+    port = free_port()
+    demo = launch(app, port=port, block=False)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=30) as client:
+            assert client.post("/login", data={"username": "ann", "password": "wrong"}).status_code == 400
+            assert client.post("/login", data={"username": "mallory", "password": "annotator-pw"}).status_code == 400
+            ok = client.post("/login", data={"username": "ann", "password": "annotator-pw"})
+            assert ok.status_code == 200 and client.cookies
+            assert client.get("/config").status_code == 200
+        with httpx.Client(base_url=base, timeout=30) as anonymous:
+            assert anonymous.get("/config").status_code in (401, 403)
+    finally:
+        demo.close()
