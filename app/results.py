@@ -71,3 +71,22 @@ def all_results(votes: list[dict], seed: int = 0) -> dict:
     return {"votes": len(votes), "pairs": pair_results(votes, seed), "strengths": strengths(votes, seed),
             "position_bias": position_bias(votes), "agreement": agreement(votes),
             "by_category": {c: pair_results([v for v in votes if v.get("category") == c], seed) for c in categories}}
+
+
+def plot_results(results: dict, path) -> "Path":
+    """Win rate (ties half) of model A per pair, with its bootstrap interval; and per category."""
+    from deft_plugin.plots import _save, plt
+
+    rows = [(f"{r['model_a']} vs {r['model_b']}", r) for r in results["pairs"]]
+    rows += [(f"{c}: {r['model_a']} vs {r['model_b']}", r) for c, rs in results["by_category"].items() for r in rs]
+    fig, ax = plt.subplots(figsize=(7, max(2.2, 0.35 * len(rows) + 1)))
+    for y, (_, r) in enumerate(rows):
+        lo, hi = r["win_rate_ci"]
+        ax.errorbar(r["win_rate"], y, xerr=[[r["win_rate"] - lo], [hi - r["win_rate"]]], fmt="o", color="tab:blue",
+                    capsize=3)
+    ax.axvline(0.5, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("win rate of the first model (ties half), 95% bootstrap interval")
+    return _save(fig, path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from deft_app.export import export_votes
-from deft_app.results import all_results
+from deft_app.results import all_results, plot_results
 from deft_app.store import Store, left_is_a
 
 SIDES = ("left", "right", "tie", "both_bad")
@@ -56,6 +56,8 @@ def results_markdown(results: dict) -> str:
     pb = results["position_bias"]
     lines += ["", f"Position bias: the left answer won {pb['left_win_rate']:.3f} of {pb['decided']} decided votes."]
     ag = results["agreement"]
+    if not ag["cohen"] and not ag["fleiss"]:
+        lines += ["", "Agreement: fewer than two items judged by the same annotators so far."]
     if ag["cohen"]:
         lines += ["", "| annotators | shared items | Cohen's kappa |", "|---|---|---|"]
         lines += [f"| {k} | {v['items']} | {v['kappa']:.3f} |" for k, v in ag["cohen"].items()]
@@ -105,7 +107,11 @@ class JudgingApp:
 
     def results(self, request: gr.Request):
         self._require_admin(request)
-        return results_markdown(all_results(self.store.votes()))
+        results = all_results(self.store.votes())
+        plot = None
+        if results["pairs"]:
+            plot = str(plot_results(results, self.export_dir / "plots" / f"results-{time.time_ns()}.png"))
+        return results_markdown(results), plot
 
     def export(self, request: gr.Request):
         self._require_admin(request)
@@ -130,13 +136,14 @@ class JudgingApp:
             with gr.Tab("Results", visible=False) as results_tab:
                 refresh = gr.Button("Show results", elem_id="show-results")
                 table = gr.Markdown(elem_id="results")
+                plot = gr.Image(label="Win rates", type="filepath", interactive=False, elem_id="results-plot")
                 export = gr.Button("Export votes (JSONL, CSV)", elem_id="export")
                 files = gr.File(label="Exports", file_count="multiple", elem_id="exports")
             shown = [state, progress, dialogue, left, right, comment]
             demo.load(self.on_load, outputs=[*shown, results_tab])
             for side, button in zip(SIDES, buttons):
                 button.click(_voter(self, side), [comment, state], shown, concurrency_limit=1)
-            refresh.click(self.results, None, table)
+            refresh.click(self.results, None, [table, plot])
             export.click(self.export, None, files)
         return demo
 

@@ -62,8 +62,9 @@ def test_results_and_export_are_for_admins_only(app):
     with pytest.raises(gr.Error):
         app.export(req("ann"))
     assert app.on_load(req("boss"))[-1]["visible"] is True
-    table = app.results(req("boss"))
+    table, plot = app.results(req("boss"))
     assert "| dpo | deft | 1 | 0 | 1 | 0 | 0.500 |" in table
+    assert open(plot, "rb").read(4) == b"\x89PNG"
     jsonl, csv_file = app.export(req("boss"))
     assert [json.loads(line)["verdict"] for line in open(jsonl)] == ["tie"] and csv_file.endswith("votes.csv")
 
