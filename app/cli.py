@@ -10,7 +10,7 @@ from pathlib import Path
 def cmd_serve(args) -> int:
     from deft_app.items import InputError, items_from_files, read_annotators
     from deft_app.store import Store
-    from deft_app.ui import JudgingApp, launch
+    from deft_app import ui
 
     db = Path(args.db)
     if not db.parent.is_dir():
@@ -24,7 +24,7 @@ def cmd_serve(args) -> int:
     for a in annotators:
         store.add_annotator(a["name"], a["password"], a.get("role", "annotator"))
     print(f"{len(items)} items ({added} new) for {len(annotators)} annotators, overlap {args.overlap}; votes in {db}")
-    launch(JudgingApp(store, args.overlap, args.export_dir or db.parent / "exports"), args.host, args.port)
+    ui.launch(ui.JudgingApp(store, args.overlap, args.export_dir or db.parent / "exports"), args.host, args.port)
     return 0
 
 

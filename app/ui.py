@@ -85,9 +85,11 @@ class JudgingApp:
         """(state, progress, dialogue, left, right, comment) for the annotator's next item."""
         done, total = self.store.progress(user, self.overlap)
         item = self.store.next_item(user, self.overlap)
-        progress = f"**{user}**: {done} / {total} judged"
+        # numbers only in this HTML: nothing from the data reaches it
+        progress = (f"<div><b>{done} / {total} judged</b> <progress value='{int(done)}' max='{int(max(total, 1))}' "
+                    f"style='width: 60%'></progress></div>")
         if item is None:
-            return None, progress + " — all done, thank you.", "", "", "", ""
+            return None, progress + "<p>All done, thank you.</p>", "", "", "", ""
         a_left = left_is_a(item["id"], user, self.secret)
         state = {"id": item["id"], "model_a": item["model_a"], "model_b": item["model_b"],
                  "left": item["model_a"] if a_left else item["model_b"],
@@ -97,7 +99,7 @@ class JudgingApp:
 
     def on_load(self, request: gr.Request):
         user = request.username
-        return (*self._show(user), gr.update(visible=self.store.role(user) == "admin"))
+        return (*self._show(user), gr.update(visible=self.store.role(user) == "admin"), f"Logged in as **{user}**")
 
     def vote(self, side: str, comment: str, state: dict | None, request: gr.Request):
         user = request.username
@@ -122,7 +124,8 @@ class JudgingApp:
         with gr.Blocks(title="DEFT side-by-side judging") as demo:
             state = gr.State(None)
             with gr.Tab("Judge"):
-                progress = gr.Markdown(elem_id="progress")
+                who = gr.Markdown(elem_id="who")
+                progress = gr.HTML(elem_id="progress")
                 dialogue = gr.Textbox(label="Dialogue", interactive=False, lines=6, elem_id="dialogue")
                 with gr.Row():
                     left = gr.Textbox(label="Answer A", interactive=False, lines=12, elem_id="answer-left")
@@ -140,7 +143,7 @@ class JudgingApp:
                 export = gr.Button("Export votes (JSONL, CSV)", elem_id="export")
                 files = gr.File(label="Exports", file_count="multiple", elem_id="exports")
             shown = [state, progress, dialogue, left, right, comment]
-            demo.load(self.on_load, outputs=[*shown, results_tab])
+            demo.load(self.on_load, outputs=[*shown, results_tab, who])
             for side, button in zip(SIDES, buttons):
                 button.click(_voter(self, side), [comment, state], shown, concurrency_limit=1)
             refresh.click(self.results, None, [table, plot])

@@ -60,7 +60,7 @@ def login(browser, url, user, password):
     page.get_by_label("username").fill(user)
     page.get_by_label("password").fill(password)
     page.get_by_role("button", name="Login").click()
-    page.locator("#progress").get_by_text(user).wait_for(timeout=30_000)
+    page.locator("#who").get_by_text(user).wait_for(timeout=30_000)
     return page, dialogs
 
 

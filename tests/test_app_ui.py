@@ -35,7 +35,8 @@ def req(user):
 
 
 def test_vote_flow_blind_sides_and_resume(app):
-    state, progress, dialogue, left, right, comment, results_tab = app.on_load(req("ann"))
+    state, progress, dialogue, left, right, comment, results_tab, who = app.on_load(req("ann"))
+    assert who == "Logged in as **ann**" and "<progress value='0' max='3'" in progress
     assert state["id"] == "q0" and "0 / 3" in progress and dialogue == "User: question 0"
     assert {left, right} == {"dpo answer 0", HOSTILE}
     assert results_tab["visible"] is False  # annotators do not get the results tab
@@ -61,7 +62,7 @@ def test_results_and_export_are_for_admins_only(app):
         app.results(req("ann"))
     with pytest.raises(gr.Error):
         app.export(req("ann"))
-    assert app.on_load(req("boss"))[-1]["visible"] is True
+    assert app.on_load(req("boss"))[-2]["visible"] is True
     table, plot = app.results(req("boss"))
     assert "| dpo | deft | 1 | 0 | 1 | 0 | 0.500 |" in table
     assert open(plot, "rb").read(4) == b"\x89PNG"
@@ -90,3 +91,30 @@ def test_only_listed_annotators_get_in(app):
             assert anonymous.get("/config").status_code in (401, 403)
     finally:
         demo.close()
+
+
+def test_serve_checks_its_paths_then_loads_items_and_annotators(tmp_path, monkeypatch):
+    from deft_app import cli, ui
+    from deft_app.items import InputError
+
+    answers = []
+    for model in ("dpo", "deft"):
+        path = tmp_path / f"{model}.jsonl"
+        path.write_text("".join(json.dumps({"id": f"h/{i}", "model": model, "answer": f"{model} {i}",
+                                            "prompt": "\n\nHuman: hi\n\nAssistant:"}) + "\n" for i in range(4)))
+        answers.append(str(path))
+    annotators = tmp_path / "annotators.jsonl"
+    annotators.write_text(json.dumps({"name": "ann", "password": "long password"}) + "\n")
+    base = ["serve", "--answers", *answers, "--annotators", str(annotators)]
+    with pytest.raises(InputError, match="does not exist"):
+        cli.main(base + ["--db", str(tmp_path / "missing" / "v.db")])
+    with pytest.raises(InputError, match="no such file"):
+        cli.main(["serve", "--answers", answers[0], str(tmp_path / "nope.jsonl"), "--annotators", str(annotators),
+                  "--db", str(tmp_path / "v.db")])
+    served = []
+    monkeypatch.setattr(ui, "launch", lambda app, host, port: served.append((app, host, port)))
+    assert cli.main(base + ["--db", str(tmp_path / "v.db"), "--overlap", "2"]) == 0
+    (app, host, port), = served
+    assert host == "127.0.0.1" and port == 7860 and app.overlap == 2
+    assert app.store.authenticate("ann", "long password") == "annotator"
+    assert app.store.progress("ann", 2) == (0, 4)
