@@ -97,7 +97,8 @@ class LocalJudge:
     def _start(self, name: str, args: list[str]) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "w")
-        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+        # LOGDIR: where FastChat writes its own log files (the working directory otherwise)
+        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "LOGDIR": str(self.log_dir)}
         self.procs.append(subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env))
         log.close()
 

@@ -32,6 +32,7 @@ def test_local_judge_answers_then_stops(tiny_model_dir, tmp_path):
         assert isinstance(reply.choices[0].message.content, str)
         procs, port = list(judge.procs), judge.port
     assert all(p.poll() is not None for p in procs)
+    assert (tmp_path / "controller.log").is_file()  # FastChat's own logs go to the log folder too
     # the prompt was written with the model's own chat template, not a FastChat conversation template
     assert "<|im_start|>user\\nRate this.<|im_end|>\\n<|im_start|>assistant\\n" in (tmp_path / "api.log").read_text()
     with pytest.raises(ConnectionRefusedError):  # nothing listens on the API port any more
