@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from deft_plugin.reward import DEFAULT_CHUNK_ELEMENTS, _rows_per_chunk, _work_dtype
+from deft_plugin.reward import DEFAULT_CHUNK_ELEMENTS, _rows_per_chunk, _work_dtype, masked_rows, sum_per_sequence
 
 
 class _TargetLogProb(torch.autograd.Function):
@@ -55,11 +55,9 @@ def sequence_logprobs(
     position; any value where the mask is false); prediction_mask: [batch, time].
     Returns [batch] in float32 (float64 for float64 logits)."""
     batch, time, vocab = logits.shape
-    mask = prediction_mask.reshape(-1).bool()
-    rows = mask.nonzero().squeeze(1)
-    flat = logits.reshape(batch * time, vocab)
+    flat, rows = masked_rows(logits, prediction_mask)
     per_row = _TargetLogProb.apply(flat, rows, targets.reshape(-1)[rows], _rows_per_chunk(vocab, chunk_elements))
-    return torch.zeros(batch, dtype=per_row.dtype, device=logits.device).index_add(0, rows // time, per_row)
+    return sum_per_sequence(per_row, rows, batch, time)
 
 
 def naive_sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, prediction_mask: torch.Tensor) -> torch.Tensor:

@@ -15,36 +15,43 @@ BUILTIN_MODULES = ("deft_plugin.formats.hh_rlhf", "deft_plugin.formats.preferenc
                    "deft_plugin.score_variants")
 
 
-@functools.lru_cache(maxsize=1)
-def plugin_manager() -> pluggy.PluginManager:
-    pm = pluggy.PluginManager(PROJECT)
-    pm.add_hookspecs(DeftSpecs)
-    pm.load_setuptools_entrypoints(PROJECT)
-    for name in BUILTIN_MODULES:
+def build_plugin_manager(project: str, specs, builtin_modules) -> pluggy.PluginManager:
+    """A plugin manager for `project`'s hookspecs: plugins from its entry-point group, then any
+    built-in module the installed metadata did not already register."""
+    pm = pluggy.PluginManager(project)
+    pm.add_hookspecs(specs)
+    pm.load_setuptools_entrypoints(project)
+    for name in builtin_modules:
         module = importlib.import_module(name)
         if not pm.is_registered(module):
             pm.register(module, name=name)
     return pm
 
 
+def merge_unique(groups, kind: str) -> dict:
+    """One dict from the (name, value) pairs each plugin returned; a name given twice is an error."""
+    merged: dict = {}
+    for group in groups:
+        for name, value in group:
+            if name in merged:
+                raise ValueError(f"{kind} {name!r} is registered twice")
+            merged[name] = value
+    return merged
+
+
+@functools.lru_cache(maxsize=1)
+def plugin_manager() -> pluggy.PluginManager:
+    return build_plugin_manager(PROJECT, DeftSpecs, BUILTIN_MODULES)
+
+
 def dataset_formats() -> dict[str, DatasetFormat]:
-    formats: dict[str, DatasetFormat] = {}
-    for group in plugin_manager().hook.deft_dataset_formats():
-        for fmt in group:
-            if fmt.name in formats:
-                raise ValueError(f"dataset format {fmt.name!r} is registered twice")
-            formats[fmt.name] = fmt
-    return formats
+    return merge_unique((((f.name, f) for f in group) for group in plugin_manager().hook.deft_dataset_formats()),
+                        "dataset format")
 
 
 def score_variants() -> dict:
-    variants: dict = {}
-    for group in plugin_manager().hook.deft_score_variants():
-        for name, fn in group.items():
-            if name in variants:
-                raise ValueError(f"filtering-score variant {name!r} is registered twice")
-            variants[name] = fn
-    return variants
+    return merge_unique((group.items() for group in plugin_manager().hook.deft_score_variants()),
+                        "filtering-score variant")
 
 
 def get_format(name: str) -> DatasetFormat:

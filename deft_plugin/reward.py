@@ -74,15 +74,22 @@ def distribution_reward(
     Returns [batch] float32 (float64 for float64 logits); a sequence without reply positions gets 0.
     """
     batch, time, vocab = logits.shape
-    q = _fit_q(q, vocab, logits.device)
-    mask = prediction_mask.reshape(-1).bool()
-    rows = mask.nonzero().squeeze(1)
-    flat = logits.reshape(batch * time, vocab)  # a view for the contiguous tensors models return
-    per_row = _PositionReward.apply(flat, rows, q, _rows_per_chunk(vocab, chunk_elements))
-    seq_of_row = rows // time
-    totals = torch.zeros(batch, dtype=per_row.dtype, device=logits.device).index_add(0, seq_of_row, per_row)
+    flat, rows = masked_rows(logits, prediction_mask)
+    per_row = _PositionReward.apply(flat, rows, _fit_q(q, vocab, logits.device), _rows_per_chunk(vocab, chunk_elements))
     counts = prediction_mask.reshape(batch, time).sum(dim=1).clamp_min(1).to(per_row.dtype)
-    return totals / counts
+    return sum_per_sequence(per_row, rows, batch, time) / counts
+
+
+def masked_rows(logits: torch.Tensor, prediction_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[batch * time, vocab] view of the logits and the flat indices of the masked positions."""
+    batch, time, vocab = logits.shape
+    rows = prediction_mask.reshape(-1).bool().nonzero().squeeze(1)
+    return logits.reshape(batch * time, vocab), rows  # a view for the contiguous tensors models return
+
+
+def sum_per_sequence(per_row: torch.Tensor, rows: torch.Tensor, batch: int, time: int) -> torch.Tensor:
+    """Per-position values at flat indices `rows` summed into one value per sequence."""
+    return torch.zeros(batch, dtype=per_row.dtype, device=per_row.device).index_add(0, rows // time, per_row)
 
 
 @torch.no_grad()
