@@ -114,7 +114,7 @@ def axolotl_config(args, model_dir: Path, train_file: Path, run_dir: Path) -> di
 def run_axolotl_train(config_path: Path, log_path: Path) -> None:
     """`axolotl train` in a subprocess; the full log goes to a file, progress to the terminal."""
     env = {**os.environ, **OFFLINE_ENV}
-    cmd = [sys.executable, "-m", "axolotl.cli.main", "train", str(config_path), "--launcher", "python"]
+    cmd = [sys.executable, "-m", "axolotl.cli.main", "train", str(config_path.resolve()), "--launcher", "python"]
     shown = ("DEFT", "it/s", "s/it", "{'loss'", "Error", "error:")
     with log_path.open("w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                                      text=True, env=env, cwd=config_path.parent) as proc:
@@ -151,7 +151,8 @@ def run_demo(args) -> dict:
 
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
-    run_dir = Path(args.run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S"))
+    # absolute: axolotl runs in the run directory, where a relative path would point elsewhere
+    run_dir = Path(args.run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     phases = Phases()
 

@@ -15,12 +15,21 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["dpo", "pro"])
 def test_demo_small(tmp_path, method):
+    """DPO: from the repository with the default model, as `make demo` runs. PRO: from another
+    folder with a relative --run-dir (the model given as a path)."""
     run_dir = tmp_path / "demo"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "deft_plugin.cli", "demo", "--pairs", "16", "--heldout", "8", "--ratio", "0.25",
-         "--sequence-len", "256", "--run-dir", str(run_dir), "--method", method],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    args = ["--pairs", "16", "--heldout", "8", "--ratio", "0.25", "--sequence-len", "256", "--method", method]
+    if method == "dpo":
+        args += ["--run-dir", str(run_dir)]
+        cwd = REPO
+    else:
+        from deft_plugin.smollm2 import ensure_smollm2
+
+        args += ["--run-dir", "demo", "--model", str(ensure_smollm2(REPO / ".cache" / "smollm2-135m-instruct"))]
+        cwd = tmp_path
+    proc = subprocess.run([sys.executable, "-m", "deft_plugin.cli", "demo", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"DEFT demo summary (DEFT-{method.upper()})" in proc.stdout
     report = json.loads((run_dir / "report.json").read_text())
