@@ -6,24 +6,17 @@ all of them answered. Paths and rows are checked with errors that name them."""
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
+
+from deft_plugin.jsonl import read_jsonl
 
 
 class InputError(ValueError):
     """A bad file or row given to the app; the message names it."""
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise InputError(f"{path}: line {n} is not valid JSON") from None
+def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    rows = read_jsonl(path, InputError)
     if not rows:
         raise InputError(f"{path}: no rows")
     return rows
@@ -34,19 +27,20 @@ def read_answers(path: str | Path, questions: dict[int, dict] | None = None) -> 
     path = Path(path)
     rows = _read_jsonl(path)
     out: dict[str, dict] = {}
-    if "question_id" in rows[0]:  # FastChat MT-Bench answers
+    first = rows[0][1]
+    if "question_id" in first:  # FastChat MT-Bench answers
         if questions is None:
             raise InputError(f"{path}: MT-Bench answers need the questions (--mt-bench-questions question.jsonl)")
-        model = rows[0].get("model_id") or path.stem
-        for n, row in enumerate(rows, 1):
+        model = first.get("model_id") or path.stem
+        for n, row in rows:
             q = questions.get(row.get("question_id"))
             if q is None:
                 raise InputError(f"{path}: line {n}: question_id {row.get('question_id')!r} is not in the questions")
             turns = row["choices"][0]["turns"]
             out[f"mt_bench/{q['question_id']}"] = {"turns": q["turns"], "answers": turns, "category": q["category"]}
         return model, out
-    model = rows[0].get("model") or path.stem
-    for n, row in enumerate(rows, 1):
+    model = first.get("model") or path.stem
+    for n, row in rows:
         missing = [k for k in ("id", "prompt", "answer") if k not in row]
         if missing:
             raise InputError(f"{path}: line {n} lacks {', '.join(missing)} (expected deft-eval generate "
@@ -78,7 +72,7 @@ def items_from_files(paths: list[str | Path], questions_path: str | Path | None 
         raise InputError("give at least two answer files (one per model)")
     questions = None
     if questions_path:
-        questions = {q["question_id"]: q for q in _read_jsonl(Path(questions_path))}
+        questions = {q["question_id"]: q for _, q in _read_jsonl(Path(questions_path))}
     models = [read_answers(p, questions) for p in paths]
     names = [m for m, _ in models]
     if len(set(names)) != len(names):
@@ -100,12 +94,12 @@ def items_from_files(paths: list[str | Path], questions_path: str | Path | None 
 def read_annotators(path: str | Path) -> list[dict]:
     """Annotators file: JSONL rows {"name", "password", "role": annotator|admin (default annotator)}.
     The passwords are hashed when stored; the file itself stays with the organiser."""
-    rows = _read_jsonl(Path(path))
-    for n, row in enumerate(rows, 1):
+    numbered = _read_jsonl(Path(path))
+    for n, row in numbered:
         if not isinstance(row.get("name"), str) or not row["name"].strip():
             raise InputError(f"{path}: line {n}: missing 'name'")
         if not isinstance(row.get("password"), str) or len(row["password"]) < 8:
             raise InputError(f"{path}: line {n}: 'password' must be a string of at least 8 characters")
         if row.get("role", "annotator") not in ("annotator", "admin"):
             raise InputError(f"{path}: line {n}: role must be annotator or admin, got {row['role']!r}")
-    return rows
+    return [row for _, row in numbered]

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 
 from deft_plugin.atomic import atomic_write_text
+from deft_plugin.jsonl import read_jsonl
 
 TOTAL = "total"
 
@@ -15,13 +16,7 @@ TOTAL = "total"
 def read_answers(path: str | Path) -> list[dict]:
     """Records of a `deft-eval generate` file; a bad line is an error naming it."""
     records = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{path}: line {n} is not valid JSON") from None
+    for n, record in read_jsonl(path):
         missing = [k for k in ("id", "subset", "prompt", "answer", "chosen") if k not in record]
         if missing:
             raise ValueError(f"{path}: line {n} lacks {', '.join(missing)} (not a deft-eval generate file?)")
