@@ -29,15 +29,13 @@ def cmd_generate(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from deft_eval.report import read_answers, score_answers
+    from deft_eval.report import markdown, read_answers, score_answers
 
     records = read_answers(args.answers)
     names = [n.strip() for n in args.scorers.split(",") if n.strip()]
     options = {"reward_model": args.reward_model, "bart_model": args.bart_model, "batch_size": args.batch_size,
                "device": args.device}
     report = score_answers(records, names, options, args.out, title=args.title or args.answers)
-    from deft_eval.report import markdown
-
     print(markdown(report["table"], report["title"]))
     print(f"written: {args.out}/report.md, report.json, report.png, scores.jsonl")
     return 0
@@ -48,6 +46,7 @@ def cmd_mt_bench(args) -> int:
 
     from deft_plugin.atomic import atomic_write_text
 
+    from deft_eval.models import load_causal_lm
     from deft_eval.mt_bench import (JudgeEndpoint, answer_questions, judge_single, load_mt_questions, plot_results,
                                     results_markdown, summarise_judgments)
 
@@ -55,8 +54,6 @@ def cmd_mt_bench(args) -> int:
     out = Path(args.out)
     name = args.name or Path(args.model).name
     answer_file = out / "model_answer" / f"{name}.jsonl"
-    from deft_eval.models import load_causal_lm
-
     model, tokenizer = load_causal_lm(args.model, args.device, args.dtype)
     answers = answer_questions(model, tokenizer, questions, answer_file, name, args.max_new_tokens, args.batch_size,
                                args.seed)

@@ -67,9 +67,14 @@ def test_second_turn_sees_the_first_and_resume(tiny_model, tiny_tokenizer, tmp_p
     finally:
         del tiny_model.generate
     assert seen_after_first == 2 and len(seen) == 4  # the rerun answers only the third question
-    second_turn_prompt = tiny_tokenizer.decode(seen[1][0][seen[1][0] != tiny_tokenizer.pad_token_id])
-    assert questions[0]["turns"][0] in second_turn_prompt and questions[0]["turns"][1] in second_turn_prompt
-    assert first[0]["choices"][0]["turns"][0] in second_turn_prompt
+    # the second turn's prompt is the whole dialogue so far, first answer included, in the chat template
+    q, a1 = questions[0]["turns"], first[0]["choices"][0]["turns"][0]
+    expected = tiny_tokenizer.apply_chat_template(
+        [{"role": "user", "content": q[0]}, {"role": "assistant", "content": a1}, {"role": "user", "content": q[1]}],
+        add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    prompt = seen[1][0]
+    assert prompt[len(prompt) - len(expected):].tolist() == list(expected)
+    assert (prompt[:len(prompt) - len(expected)] == tiny_tokenizer.pad_token_id).all()  # left padding only
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["question_id"] for r in lines] == [q["question_id"] for q in questions]
 
