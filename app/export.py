@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from deft_plugin.atomic import atomic_write_text
+from deft_plugin.utils.atomic import atomic_write_text
 
 FIELDS = ("item_id", "annotator", "verdict", "model_a", "model_b", "left_model", "category", "comment", "created")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from deft_plugin.jsonl import read_jsonl
+from deft_plugin.utils.jsonl import read_jsonl
 
 
 class InputError(ValueError):
@@ -54,7 +54,7 @@ def _dialogue(entry: dict) -> list[dict]:
     question (each side's reply then carries its first answer, the second question and its
     second answer: see _reply)."""
     if "prompt" in entry:
-        from deft_plugin.formats.hh_rlhf import to_messages
+        from deft_plugin.data.formats.hh_rlhf import to_messages
 
         return to_messages(entry["prompt"])
     return [{"role": "user", "content": entry["turns"][0]}]

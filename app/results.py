@@ -75,7 +75,7 @@ def all_results(votes: list[dict], seed: int = 0) -> dict:
 
 def plot_results(results: dict, path) -> "Path":
     """Win rate (ties half) of model A per pair, with its bootstrap interval; and per category."""
-    from deft_plugin.plots import _save, plt
+    from deft_plugin.utils.plots import _save, plt
 
     rows = [(f"{r['model_a']} vs {r['model_b']}", r) for r in results["pairs"]]
     rows += [(f"{c}: {r['model_a']} vs {r['model_b']}", r) for c, rs in results["by_category"].items() for r in rs]

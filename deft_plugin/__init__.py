@@ -9,7 +9,7 @@ __all__ = ["DEFTPlugin"]
 
 def __getattr__(name):
     if name == "DEFTPlugin":
-        from deft_plugin.plugin import DEFTPlugin
+        from deft_plugin.integration.plugin import DEFTPlugin
 
         return DEFTPlugin
     raise AttributeError(f"module 'deft_plugin' has no attribute {name!r}")

@@ -11,8 +11,8 @@ from deft_plugin.hookspecs import PROJECT, DatasetFormat, DeftSpecs
 
 # Registered from entry points when the project is installed; imported directly when it
 # runs from a source tree without its metadata.
-BUILTIN_MODULES = ("deft_plugin.formats.hh_rlhf", "deft_plugin.formats.preference", "deft_plugin.formats.listwise",
-                   "deft_plugin.score_variants")
+BUILTIN_MODULES = ("deft_plugin.data.formats.hh_rlhf", "deft_plugin.data.formats.preference", "deft_plugin.data.formats.listwise",
+                   "deft_plugin.filtering.score_variants")
 
 
 def build_plugin_manager(project: str, specs, builtin_modules) -> pluggy.PluginManager:

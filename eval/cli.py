@@ -44,7 +44,7 @@ def cmd_score(args) -> int:
 def cmd_mt_bench(args) -> int:
     import json
 
-    from deft_plugin.atomic import atomic_write_text
+    from deft_plugin.utils.atomic import atomic_write_text
 
     from deft_eval.models import load_causal_lm
     from deft_eval.mt_bench import (JudgeEndpoint, answer_questions, judge_single, load_mt_questions, plot_results,
@@ -94,7 +94,7 @@ def cmd_mt_bench(args) -> int:
 def cmd_compare(args) -> int:
     import json
 
-    from deft_plugin.atomic import atomic_write_text
+    from deft_plugin.utils.atomic import atomic_write_text
 
     from deft_eval.compare import compare_runs, comparison_markdown, plot_comparison
 

@@ -52,7 +52,7 @@ def comparison_markdown(rows: list[dict], name_a: str, name_b: str) -> str:
 
 
 def plot_comparison(rows: list[dict], name_a: str, name_b: str, path: str | Path) -> Path:
-    from deft_plugin.plots import _save, plt
+    from deft_plugin.utils.plots import _save, plt
 
     shown = [r for r in rows if r["delta"] is not None]
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.3 * len(shown) + 1)))

@@ -35,7 +35,7 @@ def cut_answer(text: str, stop: str = STOP) -> str:
 def prompt_ids(tokenizer, prompt: str, style: str, max_tokens: int) -> list[int]:
     """Token ids of a raw HH-RLHF prompt in the model's format, keeping its last max_tokens."""
     if style == "chat_template":
-        from deft_plugin.formats.hh_rlhf import to_messages
+        from deft_plugin.data.formats.hh_rlhf import to_messages
 
         ids = tokenizer.apply_chat_template(to_messages(prompt), add_generation_prompt=True, tokenize=True,
                                             return_dict=True)["input_ids"]
@@ -96,7 +96,7 @@ def append_lines(path: Path, records: list[dict]) -> None:
 def generate_answers(model, tokenizer, prompts: list[dict], out_path: str | Path, settings: GenerationSettings,
                      model_name: str = "", progress: bool = True) -> list[dict]:
     """Answer every prompt record not yet in out_path; return all records in prompt order."""
-    from deft_plugin.axolotl_data import resolve_prompt_style
+    from deft_plugin.integration.datasets_hook import resolve_prompt_style
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

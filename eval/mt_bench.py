@@ -255,7 +255,7 @@ def results_markdown(summary: dict) -> str:
 
 def plot_results(summary: dict, path: str | Path) -> Path:
     """MT-Bench score per category, one bar group per model."""
-    from deft_plugin.plots import _save, plt
+    from deft_plugin.utils.plots import _save, plt
 
     categories = sorted({c for r in summary.values() for c in r["category"]})
     fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(categories) + 2), 3.6))

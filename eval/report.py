@@ -7,8 +7,8 @@ import json
 import statistics
 from pathlib import Path
 
-from deft_plugin.atomic import atomic_write_text
-from deft_plugin.jsonl import read_jsonl
+from deft_plugin.utils.atomic import atomic_write_text
+from deft_plugin.utils.jsonl import read_jsonl
 
 TOTAL = "total"
 
@@ -53,7 +53,7 @@ def markdown(table: dict, title: str) -> str:
 
 
 def plot(table: dict, path: str | Path) -> Path:
-    from deft_plugin.plots import _save, plt
+    from deft_plugin.utils.plots import _save, plt
 
     metrics = [k for k in next(iter(table.values())) if k != "n" and not k.endswith("_signature")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False)

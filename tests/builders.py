@@ -91,7 +91,7 @@ def listwise_rows(n: int, with_rewards_every: int = 2) -> list[dict]:
     (for rows i % 4 != 0) the rejected reply of the next dialogue as the worst, and (for
     rows i % 4 == 3) a fourth, the chosen reply of the one after; so n is 2, 3 or 4.
     Every `with_rewards_every`-th row carries falling reward scores."""
-    from deft_plugin.formats.hh_rlhf import split_transcript
+    from deft_plugin.data.formats.hh_rlhf import split_transcript
 
     pairs = hh_rows(n + 2)
     out = []

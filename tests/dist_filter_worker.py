@@ -25,8 +25,8 @@ def main(job_path: str, rank: int) -> None:
     torch.set_num_threads(1)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from deft_plugin.pipeline import FilterSettings, run_filter
-    from deft_plugin.scoring import PairScorer
+    from deft_plugin.filtering.pipeline import FilterSettings, run_filter
+    from deft_plugin.filtering.scorer import PairScorer
 
     if job["world"] > 1:
         dist.init_process_group("gloo", init_method=job["init_method"], rank=rank, world_size=job["world"],

@@ -24,7 +24,7 @@ def test_demo_small(tmp_path, method):
         args += ["--run-dir", str(run_dir)]
         cwd = REPO
     else:
-        from deft_plugin.smollm2 import ensure_smollm2
+        from deft_plugin.cli.smollm2 import ensure_smollm2
 
         args += ["--run-dir", "demo", "--model", str(ensure_smollm2(REPO / ".cache" / "smollm2-135m-instruct"))]
         cwd = tmp_path

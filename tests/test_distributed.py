@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from deft_plugin.loading import parse_rows
-from deft_plugin.pipeline import FilterSettings, run_filter
+from deft_plugin.data.parsing import parse_rows
+from deft_plugin.filtering.pipeline import FilterSettings, run_filter
 from builders import REPO, hh_rows, listwise_rows, sharpened
 
 WORKER = Path(__file__).with_name("dist_filter_worker.py")

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from builders import sharpened
-from deft_plugin.reward import naive_distribution_reward
-from deft_plugin.dpo_trainer import DeftDPOLossMixin, attach_deft_loss
+from deft_plugin.core.reward import naive_distribution_reward
+from deft_plugin.integration.dpo_trainer import DeftDPOLossMixin, attach_deft_loss
 
 WEIGHT = 0.5
 LORA = {"adapter": "lora", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "lora_target_linear": True}

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from builders import hh_rows
 
-from deft_plugin.encoding import EncodedRow, encode_completion, encode_rows
-from deft_plugin.formats import hh_rlhf
+from deft_plugin.data.encoding import EncodedRow, encode_completion, encode_rows
+from deft_plugin.data.formats import hh_rlhf
 from deft_plugin.hookspecs import RowError
 
 

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 from builders import hh_rows
 
-from deft_plugin.formats import hh_rlhf, preference
+from deft_plugin.data.formats import hh_rlhf, preference
 from deft_plugin.hookspecs import PROMPT_STYLES, RowError
 
 H, A = "\n\nHuman:", "\n\nAssistant:"

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from deft_plugin.encoding import encode_rows
-from deft_plugin.formats.listwise import parse
+from deft_plugin.data.encoding import encode_rows
+from deft_plugin.data.formats.listwise import parse
 from deft_plugin.hookspecs import RowError
-from deft_plugin.listwise_collator import IGNORE_INDEX, ListwiseCollator
+from deft_plugin.integration.collator import IGNORE_INDEX, ListwiseCollator
 
 NAN = float("nan")
 

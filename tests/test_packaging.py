@@ -28,10 +28,10 @@ def test_wheel_contents(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert {"deft_plugin", "deft_eval"} <= top and "eval" not in top and "tests" not in top
-    for module in ("deft_eval/cli.py", "deft_eval/scorers/reward.py", "deft_plugin/formats/listwise.py",
-                   "deft_plugin/pro_trainer.py"):
+    for module in ("deft_eval/cli.py", "deft_eval/scorers/reward.py", "deft_plugin/data/formats/listwise.py",
+                   "deft_plugin/integration/pro_trainer.py"):
         assert module in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     for line in ("deft = deft_plugin.cli:main", "deft-eval = deft_eval.cli:main",
-                 "listwise = deft_plugin.formats.listwise", "reward = deft_eval.scorers.reward"):
+                 "listwise = deft_plugin.data.formats.listwise", "reward = deft_eval.scorers.reward"):
         assert line in entry_points

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from deft_plugin.losses import deft_dpo_term, deft_ranking_term, pro_rank_loss, pro_sft_loss
+from deft_plugin.core.losses import deft_dpo_term, deft_ranking_term, pro_rank_loss, pro_sft_loss
 
 NAN = float("nan")
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from builders import listwise_rows, sharpened, write_jsonl
-from deft_plugin.reward import naive_distribution_reward
+from deft_plugin.core.reward import naive_distribution_reward
 
 WEIGHT = 0.5
 SFT = 0.05
@@ -93,7 +93,7 @@ def reference_loss(model, batch, qn, special, weight, sft_weight):
 
 @pytest.mark.parametrize("weight,sft_weight", [(WEIGHT, SFT), (0.0, SFT), (WEIGHT, 0.0)])
 def test_loss_and_gradients_match_the_reference(trainer, tiny_tokenizer, weight, sft_weight):
-    from deft_plugin.pro_trainer import DeftPROTrainer
+    from deft_plugin.integration.pro_trainer import DeftPROTrainer
 
     assert isinstance(trainer, DeftPROTrainer) and trainer.pro_sft_weight == SFT
     special = set(tiny_tokenizer.all_special_ids)

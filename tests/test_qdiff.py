@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from deft_plugin.qdiff import NORMS, QDiff, discrepancy, token_counts
+from deft_plugin.core.qdiff import NORMS, QDiff, discrepancy, token_counts
 
 # Hand example, vocabulary of 6, token 0 special (excluded), token 5 never seen.
 #   chosen  tokens 1 x3, 2 x1, 4 x4 (+ 0 x2)  -> P+ = [0, 3/8, 1/8, 0,   4/8, 0]
@@ -161,8 +161,8 @@ def test_built_from_real_replies_with_tiny_tokenizer(tiny_tokenizer):
     """Q over the tiny tokenizer's encoding of real HH-RLHF replies."""
     from builders import hh_rows
 
-    from deft_plugin.encoding import encode_rows
-    from deft_plugin.formats.hh_rlhf import parse
+    from deft_plugin.data.encoding import encode_rows
+    from deft_plugin.data.formats.hh_rlhf import parse
 
     pairs, _ = encode_rows([parse(r, "chat_template") for r in hh_rows(64)], tiny_tokenizer)
     special = tiny_tokenizer.all_special_ids

@@ -8,14 +8,15 @@ import pluggy
 import pytest
 import torch
 
-from deft_plugin import registry, score_variants
-from deft_plugin.formats import hh_rlhf, preference
+from deft_plugin import registry
+from deft_plugin.filtering import score_variants
+from deft_plugin.data.formats import hh_rlhf, preference
 from deft_plugin.hookspecs import PROJECT, DatasetFormat, RowError, hookimpl
 
 BUILTIN_ENTRY_POINTS = {
-    "hh_rlhf": "deft_plugin.formats.hh_rlhf",
-    "preference": "deft_plugin.formats.preference",
-    "score_variants": "deft_plugin.score_variants",
+    "hh_rlhf": "deft_plugin.data.formats.hh_rlhf",
+    "preference": "deft_plugin.data.formats.preference",
+    "score_variants": "deft_plugin.filtering.score_variants",
 }
 
 

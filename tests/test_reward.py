@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deft_plugin.reward import (
+from deft_plugin.core.reward import (
     distribution_reward,
     distribution_reward_from_hidden,
     naive_distribution_reward,

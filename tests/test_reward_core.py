@@ -7,8 +7,8 @@ import textwrap
 
 import torch
 
-from deft_plugin.losses import deft_dpo_term
-from deft_plugin.reward import distribution_reward, naive_distribution_reward, shift_completion_mask
+from deft_plugin.core.losses import deft_dpo_term
+from deft_plugin.core.reward import distribution_reward, naive_distribution_reward, shift_completion_mask
 
 
 def _case(batch=3, time=9, vocab=17, seed=0, dtype=torch.float64):
@@ -53,7 +53,7 @@ def test_deft_term_and_completion_shift():
 
 MEMORY_PROBE = textwrap.dedent("""
     import sys, torch
-    from deft_plugin.reward import distribution_reward, naive_distribution_reward
+    from deft_plugin.core.reward import distribution_reward, naive_distribution_reward
     def status(key):
         return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key))
     torch.manual_seed(0)

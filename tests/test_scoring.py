@@ -17,11 +17,11 @@ import math
 import pytest
 import torch
 
-from deft_plugin.encoding import encode_rows
-from deft_plugin.loading import parse_rows
-from deft_plugin.pipeline import FilterSettings, build_qdiff, run_filter
-from deft_plugin.scoring import PairScorer
-from deft_plugin.selection import keep_count, select_top
+from deft_plugin.data.encoding import encode_rows
+from deft_plugin.data.parsing import parse_rows
+from deft_plugin.filtering.pipeline import FilterSettings, build_qdiff, run_filter
+from deft_plugin.filtering.scorer import PairScorer
+from deft_plugin.core.selection import keep_count, select_top
 from builders import hh_rows, sharpened
 
 MAX_LEN = 256
@@ -379,7 +379,7 @@ def test_killed_run_resumes_without_recomputing(rows, tiny_tokenizer, sharp_mode
 
 
 def test_part_files_are_atomic_and_unique(tmp_path):
-    from deft_plugin.score_cache import ScoreCache
+    from deft_plugin.filtering.score_cache import ScoreCache
 
     cache = ScoreCache(tmp_path)
     assert cache.done() == {}

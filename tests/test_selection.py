@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from deft_plugin.losses import LOSS_FORMS, deft_dpo_term
-from deft_plugin.selection import keep_count, select_top
+from deft_plugin.core.losses import LOSS_FORMS, deft_dpo_term
+from deft_plugin.core.selection import keep_count, select_top
 
 # ----------------------------------------------------------------------------- keep_count
 

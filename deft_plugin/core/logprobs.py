@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from deft_plugin.reward import DEFAULT_CHUNK_ELEMENTS, _rows_per_chunk, _work_dtype, masked_rows, sum_per_sequence
+from deft_plugin.core.reward import DEFAULT_CHUNK_ELEMENTS, _rows_per_chunk, _work_dtype, masked_rows, sum_per_sequence
 
 
 class _TargetLogProb(torch.autograd.Function):

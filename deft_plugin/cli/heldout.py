@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from deft_plugin.encoding import EncodedRow
-from deft_plugin.scoring import batches_by_length, collate_candidates, per_row
+from deft_plugin.data.encoding import EncodedRow
+from deft_plugin.filtering.scorer import batches_by_length, collate_candidates, per_row
 
 
 @torch.inference_mode()

@@ -14,9 +14,9 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from deft_plugin.encoding import EncodedRow
-from deft_plugin.reward import DEFAULT_CHUNK_ELEMENTS, distribution_reward_from_hidden
-from deft_plugin.score_cache import ScoreCache
+from deft_plugin.data.encoding import EncodedRow
+from deft_plugin.core.reward import DEFAULT_CHUNK_ELEMENTS, distribution_reward_from_hidden
+from deft_plugin.filtering.score_cache import ScoreCache
 
 
 def batches_by_length(rows: list[EncodedRow], batch_size: int) -> Iterable[list[EncodedRow]]:

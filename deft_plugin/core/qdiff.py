@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from deft_plugin.atomic import atomic_write_bytes, atomic_write_text
+from deft_plugin.utils.atomic import atomic_write_bytes, atomic_write_text
 
 NORMS = ("maxabs", "l2", "none")
 
@@ -113,6 +113,6 @@ class QDiff:
 
     def plot(self, path: str | Path, k: int = 20, decode=None) -> Path:
         """Bar chart of the top tokens on each side."""
-        from deft_plugin.plots import plot_top_tokens
+        from deft_plugin.utils.plots import plot_top_tokens
 
         return plot_top_tokens(self.top_tokens(k, decode), path)

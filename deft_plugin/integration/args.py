@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from deft_plugin.losses import DEFAULT_PRO_SFT_WEIGHT
-from deft_plugin.qdiff import NORMS
+from deft_plugin.core.losses import DEFAULT_PRO_SFT_WEIGHT
+from deft_plugin.core.qdiff import NORMS
 
 # Weight of the DEFT reward term, chosen from benchmarks/reward_weight_sweep.py (README, "lambda"):
 # the largest swept weight that left the held-out log-probability margin unchanged.

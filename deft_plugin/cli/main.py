@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from deft_plugin.atomic import atomic_write_text
+from deft_plugin.utils.atomic import atomic_write_text
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -33,9 +33,9 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _read(args, tokenizer):
-    from deft_plugin.axolotl_data import resolve_prompt_style
-    from deft_plugin.loading import parse_rows
-    from deft_plugin.sources import load_rows
+    from deft_plugin.integration.datasets_hook import resolve_prompt_style
+    from deft_plugin.data.parsing import parse_rows
+    from deft_plugin.data.sources import load_rows
 
     raw = load_rows(args.data, args.split)
     if args.limit is not None:
@@ -51,8 +51,8 @@ def _tokenizer(name: str):
 
 
 def cmd_qdiff(args) -> int:
-    from deft_plugin.encoding import encode_rows
-    from deft_plugin.pipeline import build_qdiff, rows_fingerprint
+    from deft_plugin.data.encoding import encode_rows
+    from deft_plugin.filtering.pipeline import build_qdiff, rows_fingerprint
 
     tokenizer = _tokenizer(args.model)
     parsed = _read(args, tokenizer)
@@ -78,7 +78,7 @@ def _show(qdiff, tokenizer, out: str | Path, top: int) -> None:
 
 
 def cmd_inspect(args) -> int:
-    from deft_plugin.qdiff import QDiff
+    from deft_plugin.core.qdiff import QDiff
 
     qdiff = QDiff.load(args.qdiff)
     tokenizer = _tokenizer(args.tokenizer or qdiff.meta.get("tokenizer")) if (args.tokenizer or qdiff.meta.get("tokenizer")) else None
@@ -88,9 +88,9 @@ def cmd_inspect(args) -> int:
 
 
 def _filter(args, ratio, count) -> int:
-    from deft_plugin.axolotl_data import load_scoring_model
-    from deft_plugin.pipeline import FilterSettings, best_and_rest, run_filter
-    from deft_plugin.qdiff import QDiff
+    from deft_plugin.integration.datasets_hook import load_scoring_model
+    from deft_plugin.filtering.pipeline import FilterSettings, best_and_rest, run_filter
+    from deft_plugin.core.qdiff import QDiff
 
     tokenizer = _tokenizer(args.model)
     parsed = _read(args, tokenizer)
@@ -110,7 +110,7 @@ def _filter(args, ratio, count) -> int:
     name = "kept.jsonl" if args.command == "filter" else "scores.jsonl"
     atomic_write_text(out / name, "".join(line + "\n" for line in lines))
     atomic_write_text(out / "report.json", json.dumps(result.report, indent=2))
-    from deft_plugin.plots import plot_score_distribution
+    from deft_plugin.utils.plots import plot_score_distribution
 
     plot_score_distribution(list(result.scores.values()), result.report.get("score_stats", {}).get("threshold")
                             if args.command == "filter" else None, out / "scores.png")
@@ -145,7 +145,7 @@ def cmd_formats(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from deft_plugin.demo import run_demo
+    from deft_plugin.cli.demo import run_demo
 
     run_demo(args)
     return 0
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("formats", help="list dataset formats and filtering scores")
     p.set_defaults(func=cmd_formats)
 
-    from deft_plugin.demo import add_demo_args
+    from deft_plugin.cli.demo import add_demo_args
 
     p = sub.add_parser("demo", help="DEFT-DPO end to end on SmolLM2-135M-Instruct (CPU)")
     add_demo_args(p)

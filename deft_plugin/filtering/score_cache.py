@@ -11,7 +11,7 @@ import os
 import uuid
 from pathlib import Path
 
-from deft_plugin.atomic import atomic_write_text
+from deft_plugin.utils.atomic import atomic_write_text
 
 
 class ScoreCache:

@@ -21,13 +21,13 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from deft_plugin.atomic import atomic_write_text
-from deft_plugin.encoding import EncodedRow, completions_of, encode_rows
-from deft_plugin.qdiff import QDiff
+from deft_plugin.utils.atomic import atomic_write_text
+from deft_plugin.data.encoding import EncodedRow, completions_of, encode_rows
+from deft_plugin.core.qdiff import QDiff
 from deft_plugin.registry import score_variants
-from deft_plugin.score_cache import ScoreCache
-from deft_plugin.scoring import PairScorer
-from deft_plugin.selection import select_top
+from deft_plugin.filtering.score_cache import ScoreCache
+from deft_plugin.filtering.scorer import PairScorer
+from deft_plugin.core.selection import select_top
 
 
 @dataclass

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from deft_plugin.args import DEFAULT_FILTER_RATIO, FORMAT_PREFIX
-from deft_plugin.encoding import EncodedRow, as_ranked, encode_rows
-from deft_plugin.loading import ParsedRows, read_source
-from deft_plugin.pipeline import (FilterResult, FilterSettings, fingerprint, model_fingerprint, rows_fingerprint,
+from deft_plugin.integration.args import DEFAULT_FILTER_RATIO, FORMAT_PREFIX
+from deft_plugin.data.encoding import EncodedRow, as_ranked, encode_rows
+from deft_plugin.data.parsing import ParsedRows, read_source
+from deft_plugin.filtering.pipeline import (FilterResult, FilterSettings, fingerprint, model_fingerprint, rows_fingerprint,
                                   run_filter, tokenizer_fingerprint)
-from deft_plugin.qdiff import QDiff
+from deft_plugin.core.qdiff import QDiff
 
 LOG = logging.getLogger("axolotl.integrations.deft")
 

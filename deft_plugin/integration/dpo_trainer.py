@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from axolotl.core.trainers.dpo.trainer import AxolotlDPOTrainer
 
-from deft_plugin.losses import deft_dpo_term
-from deft_plugin.reward import distribution_reward, shift_completion_mask
+from deft_plugin.core.losses import deft_dpo_term
+from deft_plugin.core.reward import distribution_reward, shift_completion_mask
 
 
 class DeftDPOLossMixin:

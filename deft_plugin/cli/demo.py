@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from deft_plugin.args import DEFAULT_REWARD_WEIGHT
-from deft_plugin.atomic import atomic_write_text
+from deft_plugin.integration.args import DEFAULT_REWARD_WEIGHT
+from deft_plugin.utils.atomic import atomic_write_text
 
 HH_RELATIVE = Path("shared") / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 HUB_DATASET = "Anthropic/hh-rlhf"
@@ -34,7 +34,7 @@ def default_data() -> str:
     else the hub dataset."""
     if os.environ.get("DEFT_HH_RLHF"):
         return os.environ["DEFT_HH_RLHF"]
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
         for parent in (base, *base.parents):
             if (parent / HH_RELATIVE).is_file():
                 return str(parent / HH_RELATIVE)
@@ -130,10 +130,10 @@ def run_axolotl_train(config_path: Path, log_path: Path) -> None:
 def heldout_accuracy(model_dir: Path, rows: list[dict], args, desc: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from deft_plugin.axolotl_data import resolve_prompt_style
-    from deft_plugin.encoding import encode_rows
-    from deft_plugin.loading import parse_rows
-    from deft_plugin.ranking import ranking_accuracy
+    from deft_plugin.integration.datasets_hook import resolve_prompt_style
+    from deft_plugin.data.encoding import encode_rows
+    from deft_plugin.data.parsing import parse_rows
+    from deft_plugin.cli.heldout import ranking_accuracy
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
@@ -144,10 +144,10 @@ def heldout_accuracy(model_dir: Path, rows: list[dict], args, desc: str) -> dict
 
 
 def run_demo(args) -> dict:
-    from deft_plugin.plots import plot_score_distribution, plot_training_curves
-    from deft_plugin.plugin import METRICS_LOG
-    from deft_plugin.qdiff import QDiff
-    from deft_plugin.sources import load_rows
+    from deft_plugin.utils.plots import plot_score_distribution, plot_training_curves
+    from deft_plugin.integration.plugin import METRICS_LOG
+    from deft_plugin.core.qdiff import QDiff
+    from deft_plugin.data.sources import load_rows
 
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
@@ -160,7 +160,7 @@ def run_demo(args) -> dict:
         if args.model:
             model_dir = Path(args.model)
         else:
-            from deft_plugin.smollm2 import ensure_smollm2
+            from deft_plugin.cli.smollm2 import ensure_smollm2
 
             model_dir = ensure_smollm2()
         print(f"   model: {model_dir}")

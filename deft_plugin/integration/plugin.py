@@ -16,8 +16,8 @@ from axolotl.integrations.base import BasePlugin
 
 LOG = logging.getLogger("axolotl.integrations.deft")
 METRICS_LOG = "deft_metrics.jsonl"  # written into output_dir: one JSON record per logging step
-PLUGIN_NAMES = {"deft_plugin.DEFTPlugin", "deft_plugin:DEFTPlugin", "deft_plugin.plugin.DEFTPlugin",
-                "deft_plugin.plugin:DEFTPlugin"}
+PLUGIN_NAMES = {"deft_plugin.DEFTPlugin", "deft_plugin:DEFTPlugin", "deft_plugin.integration.plugin.DEFTPlugin",
+                "deft_plugin.integration.plugin:DEFTPlugin"}
 
 
 def deft_enabled(cfg) -> bool:
@@ -35,7 +35,7 @@ class DEFTPlugin(BasePlugin):
         self.special_ids: list[int] = []
 
     def get_input_args(self):
-        return "deft_plugin.args.DEFTArgs"
+        return "deft_plugin.integration.args.DEFTArgs"
 
     def load_datasets(self, cfg, preprocess: bool = False):
         if not deft_enabled(cfg):
@@ -43,7 +43,7 @@ class DEFTPlugin(BasePlugin):
         from axolotl.common.datasets import TrainDatasetMeta
         from axolotl.loaders import load_tokenizer
 
-        from deft_plugin.axolotl_data import load_deft_datasets
+        from deft_plugin.integration.datasets_hook import load_deft_datasets
 
         tokenizer = load_tokenizer(cfg)
         train, evaluation, steps, self.filter_result = load_deft_datasets(cfg, tokenizer)
@@ -53,21 +53,21 @@ class DEFTPlugin(BasePlugin):
     def get_trainer_cls(self, cfg):
         if not pro_enabled(cfg):
             return None
-        from deft_plugin.pro_trainer import DeftPROTrainer
+        from deft_plugin.integration.pro_trainer import DeftPROTrainer
 
         return DeftPROTrainer
 
     def get_collator_cls_and_kwargs(self, cfg, is_eval=False):
         if not pro_enabled(cfg):
             return None
-        from deft_plugin.listwise_collator import ListwiseCollator
+        from deft_plugin.integration.collator import ListwiseCollator
 
         return ListwiseCollator, {}
 
     def add_callbacks_post_trainer(self, cfg, trainer):
         if not deft_enabled(cfg):
             return []
-        from deft_plugin.callbacks import MetricsLogCallback
+        from deft_plugin.integration.callbacks import MetricsLogCallback
 
         return [MetricsLogCallback(Path(cfg.output_dir) / METRICS_LOG)]
 
@@ -78,17 +78,17 @@ class DEFTPlugin(BasePlugin):
             raise RuntimeError("DEFT: no discrepancy distribution; load_datasets did not run for this config")
         qn, weight, form = self.filter_result.qdiff.qn, cfg.deft_reward_weight, cfg.deft_loss_form or "pair"
         if pro_enabled(cfg):
-            from deft_plugin.pro_trainer import DeftPROTrainer
+            from deft_plugin.integration.pro_trainer import DeftPROTrainer
 
             if not isinstance(trainer, DeftPROTrainer):
                 raise RuntimeError(f"deft_method: pro needs the DEFT-PRO trainer, but Axolotl built {type(trainer).__name__} "
                                    "(another plugin's get_trainer_cls or trainer_cls took precedence)")
-            from deft_plugin.losses import DEFAULT_PRO_SFT_WEIGHT
+            from deft_plugin.core.losses import DEFAULT_PRO_SFT_WEIGHT
 
             sft = cfg.deft_pro_sft_weight if cfg.deft_pro_sft_weight is not None else DEFAULT_PRO_SFT_WEIGHT
             trainer.configure_deft(qn, weight, form, self.special_ids, sft)
         else:
-            from deft_plugin.dpo_trainer import attach_deft_loss
+            from deft_plugin.integration.dpo_trainer import attach_deft_loss
 
             attach_deft_loss(trainer, qn, weight, form, self.special_ids)
         LOG.info("DEFT: loss term attached to %s (weight %s, form %s)", type(trainer).__name__,

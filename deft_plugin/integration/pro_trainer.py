@@ -14,10 +14,10 @@ from collections import defaultdict
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 
-from deft_plugin.listwise_collator import IGNORE_INDEX, PRO_COLUMNS
-from deft_plugin.logprobs import sequence_logprobs
-from deft_plugin.losses import DEFAULT_PRO_SFT_WEIGHT, deft_ranking_term, mean_of_rest, pro_rank_loss, pro_sft_loss
-from deft_plugin.reward import distribution_reward
+from deft_plugin.integration.collator import IGNORE_INDEX, PRO_COLUMNS
+from deft_plugin.core.logprobs import sequence_logprobs
+from deft_plugin.core.losses import DEFAULT_PRO_SFT_WEIGHT, deft_ranking_term, mean_of_rest, pro_rank_loss, pro_sft_loss
+from deft_plugin.core.reward import distribution_reward
 
 
 def _by_row(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

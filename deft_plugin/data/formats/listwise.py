@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from deft_plugin.formats.preference import is_messages
+from deft_plugin.data.formats.preference import is_messages
 from deft_plugin.hookspecs import DatasetFormat, RowError, hookimpl
 
 

@@ -1,0 +1,2 @@
+"""The DEFT filter with a model and without Axolotl: encode -> Q -> score every reply -> select,
+with a resumable score cache."""
