@@ -75,11 +75,11 @@ def all_results(votes: list[dict], seed: int = 0) -> dict:
 
 def plot_results(results: dict, path) -> "Path":
     """Win rate (ties half) of model A per pair, with its bootstrap interval; and per category."""
-    from deft_plugin.utils.plots import _save, plt
+    from deft_plugin.utils.plots import save_figure, subplots
 
     rows = [(f"{r['model_a']} vs {r['model_b']}", r) for r in results["pairs"]]
     rows += [(f"{c}: {r['model_a']} vs {r['model_b']}", r) for c, rs in results["by_category"].items() for r in rs]
-    fig, ax = plt.subplots(figsize=(7, max(2.2, 0.35 * len(rows) + 1)))
+    fig, ax = subplots(figsize=(7, max(2.2, 0.35 * len(rows) + 1)))
     for y, (_, r) in enumerate(rows):
         lo, hi = r["win_rate_ci"]
         ax.errorbar(r["win_rate"], y, xerr=[[r["win_rate"] - lo], [hi - r["win_rate"]]], fmt="o", color="tab:blue",
@@ -89,4 +89,4 @@ def plot_results(results: dict, path) -> "Path":
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("win rate of the first model (ties half), 95% bootstrap interval")
-    return _save(fig, path)
+    return save_figure(fig, path)

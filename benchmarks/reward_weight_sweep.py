@@ -32,25 +32,25 @@ def reward_gap(model_dir: Path, cache_dir: Path, heldout_rows: list[dict], args)
     """Mean R(x, y+) - R(x, y-) over the held-out pairs under the run's Q."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from deft_plugin.integration.datasets_hook import resolve_prompt_style
+    from deft_plugin.data.encoding import resolve_prompt_style
     from deft_plugin.data.encoding import encode_rows
     from deft_plugin.data.parsing import parse_rows
     from deft_plugin.core.qdiff import QDiff
-    from deft_plugin.filtering.scorer import PairScorer
+    from deft_plugin.filtering.scorer import ReplyScorer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
     parsed = parse_rows(heldout_rows, "hh_rlhf", resolve_prompt_style("auto", tokenizer), source="held-out")
     pairs, _ = encode_rows(parsed.rows, tokenizer, args.sequence_len)
-    scorer = PairScorer(model, QDiff.load(cache_dir).qn, tokenizer.all_special_ids,
+    scorer = ReplyScorer(model, QDiff.load(cache_dir).qn, tokenizer.all_special_ids,
                         tokenizer.pad_token_id or 0, args.score_batch_size)
     scores = scorer.score(pairs, progress=False)
     return statistics.fmean(c - r for c, r in scores.values())
 
 
 def main() -> None:
-    from deft_plugin.cli.demo import OFFLINE_ENV, axolotl_config, default_data, heldout_accuracy, run_axolotl_train, sample_rows
-    from deft_plugin.integration.plugin import METRICS_LOG
+    from deft_plugin.cli.demo import OFFLINE_ENV, axolotl_config, default_data, heldout, run_axolotl_train, sample_rows
+    from deft_plugin.integration.callbacks import METRICS_LOG
     from deft_plugin.cli.smollm2 import ensure_smollm2
     from deft_plugin.data.sources import load_rows
 
@@ -65,10 +65,10 @@ def main() -> None:
     sweep_dir = Path(args.sweep_dir or Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     model_dir = Path(args.model) if args.model else ensure_smollm2()
-    train_rows, heldout = sample_rows(load_rows(args.data or default_data()), args.pairs, args.heldout, args.seed)
+    train_rows, heldout_rows = sample_rows(load_rows(args.data or default_data()), args.pairs, args.heldout, args.seed)
     train_file = sweep_dir / "train.jsonl"
     train_file.write_text("".join(json.dumps(r) + "\n" for r in train_rows))
-    before = heldout_accuracy(model_dir, heldout, args, "held-out (before)")
+    before = heldout(model_dir, heldout_rows, args, "held-out (before)")
     rows = []
     for weight in args.weights:
         run_dir = sweep_dir / f"lambda-{weight:g}"
@@ -80,21 +80,21 @@ def main() -> None:
         run_axolotl_train(config_path, run_dir / "train.log")
         cache_dir = next((sweep_dir / "prepared" / "deft").glob("*/report.json")).parent
         if not rows:  # the starting model is the same for every lambda
-            before_gap = reward_gap(model_dir, cache_dir, heldout, args)
-        after = heldout_accuracy(run_dir / "model", heldout, args, f"held-out (lambda {weight:g})")
+            before_gap = reward_gap(model_dir, cache_dir, heldout_rows, args)
+        after = heldout(run_dir / "model", heldout_rows, args, f"held-out (lambda {weight:g})")
         history = [json.loads(line) for line in (run_dir / "model" / METRICS_LOG).read_text().splitlines()]
         steps = [h for h in history if "loss" in h]
         rows.append({"lambda": weight, "kept": json.loads((cache_dir / "report.json").read_text())["kept"],
                      "steps": len(steps), "acc_before": before["accuracy"], "acc_after": after["accuracy"],
                      "margin_before": before["mean_margin"], "margin_after": after["mean_margin"],
-                     "gap_before": before_gap, "gap_after": reward_gap(run_dir / "model", cache_dir, heldout, args),
+                     "gap_before": before_gap, "gap_after": reward_gap(run_dir / "model", cache_dir, heldout_rows, args),
                      "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"],
                      "term_first": steps[0]["deft/term"], "term_last": steps[-1]["deft/term"]})
         print(json.dumps(rows[-1]), flush=True)
     (sweep_dir / "sweep.json").write_text(json.dumps(rows, indent=2))
     table = [f"\n## Reward-weight sweep ({time.strftime('%Y-%m-%d %H:%M')})\n",
              f"SmolLM2-135M-Instruct, CPU fp32, {args.pairs} sampled HH-RLHF harmless-base pairs, ratio {args.ratio}, "
-             f"{len(heldout)} held-out pairs, lr {args.learning_rate}, micro batch {args.micro_batch_size}, seed {args.seed}.\n",
+             f"{len(heldout_rows)} held-out pairs, lr {args.learning_rate}, micro batch {args.micro_batch_size}, seed {args.seed}.\n",
              "| lambda | kept | steps | held-out acc before -> after | log-prob margin before -> after | R gap before -> after | loss first -> last | DEFT term first -> last |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:

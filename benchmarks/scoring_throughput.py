@@ -1,11 +1,11 @@
 """DEFT scoring pass vs a bare forward pass of the same model on the same batches.
 
-Both modes run on the batches PairScorer itself makes (deft_plugin.filtering.scorer.batches_by_length: length
+Both modes run on the batches ReplyScorer itself makes (deft_plugin.filtering.batching.batches_by_length: length
 sorted, longest first; collate_candidates: each pair's chosen then rejected row, right padded):
 
   bare     model(input_ids, attention_mask) returning full [rows, time, vocab] logits: what
            any plain forward over these sequences costs (collation not timed);
-  scoring  PairScorer.score_batch: collation, the decoder once per sequence, the LM head on
+  scoring  ReplyScorer.score_batch: collation, the decoder once per sequence, the LM head on
            reply-predicting positions only, the distribution reward (all of it timed).
 
 Timing: the two modes alternate batch by batch (their order flips every batch and every
@@ -65,7 +65,8 @@ import torch  # noqa: E402
 
 from deft_plugin.data.encoding import EncodedRow  # noqa: E402
 from deft_plugin.core.qdiff import QDiff  # noqa: E402
-from deft_plugin.filtering.scorer import PairScorer, batches_by_length, collate_candidates  # noqa: E402
+from deft_plugin.filtering.batching import batches_by_length, collate_candidates  # noqa: E402
+from deft_plugin.filtering.scorer import ReplyScorer  # noqa: E402
 
 DEFAULT_DATA = "../shared/data/hh-rlhf/harmless-base-test.jsonl.gz"  # relative to the repository root
 TARGET = 1.15
@@ -104,7 +105,7 @@ def parse_args(argv=None):
     ap.add_argument("--pairs", type=int, default=6, help="pairs to score (default %(default)s: ~4-5 minutes on "
                     "2 CPU cores with SmolLM2)")
     ap.add_argument("--batch-size", type=int, default=2, help="pairs per batch (default %(default)s; "
-                    "PairScorer's is 8)")
+                    "ReplyScorer's is 8)")
     ap.add_argument("--max-length", type=int, default=512, help="sequence_len: replies cut to fit (default %(default)s)")
     ap.add_argument("--repeats", type=int, default=5, help="timed passes of each mode (default %(default)s)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed passes first (default: 1 on CUDA; on CPU "
@@ -267,7 +268,7 @@ def save_encoded(path, pairs, special, pad, source):
 def build_scorer(model, pairs, special, pad, batch_size):
     vocab = model.get_output_embeddings().weight.shape[0]
     qn = QDiff.build((p.chosen_ids for p in pairs), (p.rejected_ids for p in pairs), vocab, special, "maxabs").qn
-    return PairScorer(model, qn, special, pad, batch_size)
+    return ReplyScorer(model, qn, special, pad, batch_size)
 
 
 # ----------------------------------------------------------------------------------- the modes
@@ -488,7 +489,7 @@ def table(fig):
     cpu = fig["device"] == "cpu"
     rows = ["| pass | seconds (sum of batch medians) | tokens/s | peak memory |" + (" process CPU s |" if cpu else ""),
             "|---|---|---|---|" + ("---|" if cpu else "")]
-    for mode, label in (("bare", "bare forward (full logits)"), ("scoring", "DEFT scoring (PairScorer)")):
+    for mode, label in (("bare", "bare forward (full logits)"), ("scoring", "DEFT scoring (ReplyScorer)")):
         mem = mib(fig["peak_memory_bytes"][mode]) if fig["peak_memory_bytes"] else "not measured"
         rows.append(f"| {label} | {fig['median_seconds'][mode]:.3f} | {fig['tokens_per_s'][mode]:,.0f} | {mem} |"
                     + (f" {fig['median_cpu_seconds'][mode]:.1f} |" if cpu else ""))

@@ -9,6 +9,8 @@ import pluggy
 
 from deft_plugin.hookspecs import PROJECT, DatasetFormat, DeftSpecs
 
+FORMAT_PREFIX = "deft."  # a dataset format is named `type: deft.<name>` in Axolotl's `datasets:` entries
+
 # Registered from entry points when the project is installed; imported directly when it
 # runs from a source tree without its metadata.
 BUILTIN_MODULES = ("deft_plugin.data.formats.hh_rlhf", "deft_plugin.data.formats.preference", "deft_plugin.data.formats.listwise",
@@ -59,3 +61,10 @@ def get_format(name: str) -> DatasetFormat:
     if name not in formats:
         raise KeyError(f"unknown DEFT dataset format {name!r}; known: {sorted(formats)}")
     return formats[name]
+
+
+def format_name(dataset_type) -> str | None:
+    """`hh_rlhf` for a dataset `type: deft.hh_rlhf`; None for any other type (Axolotl's own)."""
+    if isinstance(dataset_type, str) and dataset_type.startswith(FORMAT_PREFIX):
+        return dataset_type[len(FORMAT_PREFIX):]
+    return None

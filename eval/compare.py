@@ -52,14 +52,14 @@ def comparison_markdown(rows: list[dict], name_a: str, name_b: str) -> str:
 
 
 def plot_comparison(rows: list[dict], name_a: str, name_b: str, path: str | Path) -> Path:
-    from deft_plugin.utils.plots import _save, plt
+    from deft_plugin.utils.plots import save_figure, subplots
 
     shown = [r for r in rows if r["delta"] is not None]
-    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.3 * len(shown) + 1)))
+    fig, ax = subplots(figsize=(7, max(2.5, 0.3 * len(shown) + 1)))
     ax.barh(range(len(shown)), [r["delta"] for r in shown],
             color=["tab:green" if r["delta"] >= 0 else "tab:red" for r in shown])
     ax.set_yticks(range(len(shown)), [r["metric"] for r in shown], fontsize=8)
     ax.invert_yaxis()
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlabel(f"{name_b} - {name_a}")
-    return _save(fig, path)
+    return save_figure(fig, path)

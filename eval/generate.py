@@ -96,7 +96,7 @@ def append_lines(path: Path, records: list[dict]) -> None:
 def generate_answers(model, tokenizer, prompts: list[dict], out_path: str | Path, settings: GenerationSettings,
                      model_name: str = "", progress: bool = True) -> list[dict]:
     """Answer every prompt record not yet in out_path; return all records in prompt order."""
-    from deft_plugin.integration.datasets_hook import resolve_prompt_style
+    from deft_plugin.data.encoding import resolve_prompt_style
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -255,10 +255,10 @@ def results_markdown(summary: dict) -> str:
 
 def plot_results(summary: dict, path: str | Path) -> Path:
     """MT-Bench score per category, one bar group per model."""
-    from deft_plugin.utils.plots import _save, plt
+    from deft_plugin.utils.plots import save_figure, subplots
 
     categories = sorted({c for r in summary.values() for c in r["category"]})
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(categories) + 2), 3.6))
+    fig, ax = subplots(figsize=(max(5.0, 0.8 * len(categories) + 2), 3.6))
     width = 0.8 / max(1, len(summary))
     for k, (model, r) in enumerate(sorted(summary.items())):
         ax.bar([i + k * width for i in range(len(categories))], [r["category"].get(c, 0.0) for c in categories],
@@ -267,4 +267,4 @@ def plot_results(summary: dict, path: str | Path) -> Path:
     ax.set_ylim(0, 10)
     ax.set_ylabel("MT-Bench score (1-10)")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)

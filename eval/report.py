@@ -53,16 +53,16 @@ def markdown(table: dict, title: str) -> str:
 
 
 def plot(table: dict, path: str | Path) -> Path:
-    from deft_plugin.utils.plots import _save, plt
+    from deft_plugin.utils.plots import save_figure, subplots
 
     metrics = [k for k in next(iter(table.values())) if k != "n" and not k.endswith("_signature")]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False)
+    fig, axes = subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4), squeeze=False)
     groups = list(table)
     for ax, metric in zip(axes[0], metrics):
         ax.bar(range(len(groups)), [table[g][metric] for g in groups], color="tab:blue")
         ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right", fontsize=8)
         ax.set_title(metric, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def score_answers(records: list[dict], scorer_names: list[str], options: dict, out_dir: str | Path,

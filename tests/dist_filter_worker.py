@@ -26,13 +26,13 @@ def main(job_path: str, rank: int) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from deft_plugin.filtering.pipeline import FilterSettings, run_filter
-    from deft_plugin.filtering.scorer import PairScorer
+    from deft_plugin.filtering.scorer import ReplyScorer
 
     if job["world"] > 1:
         dist.init_process_group("gloo", init_method=job["init_method"], rank=rank, world_size=job["world"],
                                 timeout=timedelta(seconds=45))
     batches: list[list[int]] = []
-    original = PairScorer.score_batch
+    original = ReplyScorer.score_batch
 
     def counting(self, batch):
         if job.get("die_after") is not None and len(batches) == job["die_after"]:
@@ -40,7 +40,7 @@ def main(job_path: str, rank: int) -> None:
         batches.append([p.index for p in batch])
         return original(self, batch)
 
-    PairScorer.score_batch = counting
+    ReplyScorer.score_batch = counting
     loads = []
 
     def load_model():

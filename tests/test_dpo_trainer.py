@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from builders import sharpened
-from deft_plugin.core.reward import naive_distribution_reward
+from reference import naive_distribution_reward
 from deft_plugin.integration.dpo_trainer import DeftDPOLossMixin, attach_deft_loss
 
 WEIGHT = 0.5

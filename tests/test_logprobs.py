@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from deft_plugin.core.logprobs import naive_sequence_logprobs, sequence_logprobs
+from deft_plugin.core.logprobs import sequence_logprobs
+from reference import naive_sequence_logprobs
 
 BATCH, TIME, VOCAB = 3, 7, 11
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from builders import listwise_rows, sharpened, write_jsonl
-from deft_plugin.core.reward import naive_distribution_reward
+from reference import naive_distribution_reward
 
 WEIGHT = 0.5
 SFT = 0.05

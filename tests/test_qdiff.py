@@ -150,8 +150,10 @@ def test_top_tokens_ties_in_id_order_and_decode_called_per_token():
     assert sorted(calls) == [1, 2, 3, 4]  # token 0 (Q = 0) is on neither side
 
 
-def test_plot_writes_png(tmp_path):
-    path = _hand().plot(tmp_path / "plots" / "qdiff_top.png", k=5, decode=lambda i: f"tok{i}")
+def test_top_tokens_plot_writes_png(tmp_path):
+    from deft_plugin.utils.plots import plot_top_tokens
+
+    path = plot_top_tokens(_hand().top_tokens(k=5, decode=lambda i: f"tok{i}"), tmp_path / "plots" / "qdiff_top.png")
     assert path.is_file()
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000

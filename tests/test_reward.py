@@ -13,12 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deft_plugin.core.reward import (
-    distribution_reward,
-    distribution_reward_from_hidden,
-    naive_distribution_reward,
-    shift_completion_mask,
-)
+from deft_plugin.core.chunked import shift_completion_mask
+from deft_plugin.core.reward import distribution_reward, distribution_reward_from_hidden
+from reference import naive_distribution_reward
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,11 +4,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
 
 from deft_plugin.core.losses import deft_dpo_term
-from deft_plugin.core.reward import distribution_reward, naive_distribution_reward, shift_completion_mask
+from deft_plugin.core.chunked import shift_completion_mask
+from deft_plugin.core.reward import distribution_reward
+from reference import naive_distribution_reward
 
 
 def _case(batch=3, time=9, vocab=17, seed=0, dtype=torch.float64):
@@ -53,7 +56,9 @@ def test_deft_term_and_completion_shift():
 
 MEMORY_PROBE = textwrap.dedent("""
     import sys, torch
-    from deft_plugin.core.reward import distribution_reward, naive_distribution_reward
+    sys.path.insert(0, sys.argv[2])
+    from deft_plugin.core.reward import distribution_reward
+    from reference import naive_distribution_reward
     def status(key):
         return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key))
     torch.manual_seed(0)
@@ -73,7 +78,7 @@ def _peak_kib(mode: str) -> int:
     # Large blocks straight from mmap, so that freed chunks leave the peak RSS and it tracks
     # the tensors alive at once rather than the allocator's heap growth.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, mode], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, mode, str(Path(__file__).parent)], capture_output=True, text=True, check=True,
                          env=env)
     return int(out.stdout.strip().splitlines()[-1])
 

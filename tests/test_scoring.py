@@ -1,4 +1,4 @@
-"""Scoring pairs with the starting model (PairScorer), the filter built on it (run_filter)
+"""Scoring pairs with the starting model (ReplyScorer), the filter built on it (run_filter)
 and its resumable cache, on the tiny Llama and real HH-RLHF pairs.
 
 The reference for every reward is a naive computation: one full forward of the whole
@@ -20,7 +20,7 @@ import torch
 from deft_plugin.data.encoding import encode_rows
 from deft_plugin.data.parsing import parse_rows
 from deft_plugin.filtering.pipeline import FilterSettings, build_qdiff, run_filter
-from deft_plugin.filtering.scorer import PairScorer
+from deft_plugin.filtering.scorer import ReplyScorer
 from deft_plugin.core.selection import keep_count, select_top
 from builders import hh_rows, sharpened
 
@@ -79,7 +79,7 @@ def naive(pairs, qdiff, sharp_model, special):
 
 
 def make_scorer(model, qdiff, tokenizer, batch_size):
-    return PairScorer(model, qdiff.qn, tokenizer.all_special_ids, tokenizer.pad_token_id, batch_size)
+    return ReplyScorer(model, qdiff.qn, tokenizer.all_special_ids, tokenizer.pad_token_id, batch_size)
 
 
 class NeverLoad:
@@ -103,19 +103,19 @@ class CountingLoader:
 
 @pytest.fixture
 def count_batches(monkeypatch):
-    """Wraps PairScorer.score_batch: records the pair indices of every batch scored."""
-    original = PairScorer.score_batch
+    """Wraps ReplyScorer.score_batch: records the pair indices of every batch scored."""
+    original = ReplyScorer.score_batch
     seen: list[list[int]] = []
 
     def counting(self, batch):
         seen.append([p.index for p in batch])
         return original(self, batch)
 
-    monkeypatch.setattr(PairScorer, "score_batch", counting)
+    monkeypatch.setattr(ReplyScorer, "score_batch", counting)
     return seen
 
 
-# --------------------------------------------------------------------------- PairScorer
+# --------------------------------------------------------------------------- ReplyScorer
 
 
 def test_fixture_pairs_are_varied(pairs):
@@ -332,7 +332,7 @@ def test_killed_run_resumes_without_recomputing(rows, tiny_tokenizer, sharp_mode
     uninterrupted = run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model), _settings(), tmp_path / "clean",
                                progress=False)
 
-    original = PairScorer.score_batch
+    original = ReplyScorer.score_batch
     first_run: list[list[int]] = []
 
     def dying(self, batch):
@@ -342,7 +342,7 @@ def test_killed_run_resumes_without_recomputing(rows, tiny_tokenizer, sharp_mode
         return original(self, batch)
 
     cache = tmp_path / "cache"
-    monkeypatch.setattr(PairScorer, "score_batch", dying)
+    monkeypatch.setattr(ReplyScorer, "score_batch", dying)
     with pytest.raises(Killed):
         run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model), _settings(), cache, progress=False)
     assert len(first_run) == finished
@@ -356,7 +356,7 @@ def test_killed_run_resumes_without_recomputing(rows, tiny_tokenizer, sharp_mode
         second_run.append([p.index for p in batch])
         return original(self, batch)
 
-    monkeypatch.setattr(PairScorer, "score_batch", counting)
+    monkeypatch.setattr(ReplyScorer, "score_batch", counting)
     loader = CountingLoader(sharp_model)
     resumed = run_filter(rows, tiny_tokenizer, loader, _settings(), cache, progress=False)
     done_before = {i for batch in first_run for i in batch}

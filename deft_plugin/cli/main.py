@@ -33,7 +33,7 @@ def _model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _read(args, tokenizer):
-    from deft_plugin.integration.datasets_hook import resolve_prompt_style
+    from deft_plugin.data.encoding import resolve_prompt_style
     from deft_plugin.data.parsing import parse_rows
     from deft_plugin.data.sources import load_rows
 
@@ -52,7 +52,8 @@ def _tokenizer(name: str):
 
 def cmd_qdiff(args) -> int:
     from deft_plugin.data.encoding import encode_rows
-    from deft_plugin.filtering.pipeline import build_qdiff, rows_fingerprint
+    from deft_plugin.filtering.cache_key import rows_fingerprint
+    from deft_plugin.filtering.pipeline import build_qdiff
 
     tokenizer = _tokenizer(args.model)
     parsed = _read(args, tokenizer)
@@ -66,10 +67,12 @@ def cmd_qdiff(args) -> int:
 
 
 def _show(qdiff, tokenizer, out: str | Path, top: int) -> None:
+    from deft_plugin.utils.plots import plot_top_tokens
+
     decode = (lambda i: tokenizer.decode([i])) if tokenizer is not None else None
     sides = qdiff.top_tokens(top, decode)
     atomic_write_text(Path(out) / "top_tokens.json", json.dumps(sides, indent=2, ensure_ascii=False))
-    qdiff.plot(Path(out) / "top_tokens.png", top, decode)
+    plot_top_tokens(sides, Path(out) / "top_tokens.png")
     for name in ("chosen", "rejected"):
         print(f"top tokens of {name} replies:")
         for row in sides[name]:
@@ -88,9 +91,9 @@ def cmd_inspect(args) -> int:
 
 
 def _filter(args, ratio, count) -> int:
-    from deft_plugin.integration.datasets_hook import load_scoring_model
-    from deft_plugin.filtering.pipeline import FilterSettings, best_and_rest, run_filter
     from deft_plugin.core.qdiff import QDiff
+    from deft_plugin.filtering.pipeline import FilterSettings, best_and_rest, run_filter
+    from deft_plugin.filtering.scoring_model import load_scoring_model
 
     tokenizer = _tokenizer(args.model)
     parsed = _read(args, tokenizer)

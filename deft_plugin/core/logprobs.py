@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from deft_plugin.core.reward import DEFAULT_CHUNK_ELEMENTS, _rows_per_chunk, _work_dtype, masked_rows, sum_per_sequence
+from deft_plugin.core.chunked import DEFAULT_CHUNK_ELEMENTS, masked_rows, rows_per_chunk, sum_per_sequence, work_dtype
 
 
 class _TargetLogProb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, flat_logits, rows, targets, chunk_rows):
-        dtype = _work_dtype(flat_logits.dtype)
+        dtype = work_dtype(flat_logits.dtype)
         lse = torch.empty(rows.numel(), dtype=dtype, device=flat_logits.device)
         with torch.no_grad():
             for start in range(0, rows.numel(), chunk_rows):
@@ -56,11 +56,5 @@ def sequence_logprobs(
     Returns [batch] in float32 (float64 for float64 logits)."""
     batch, time, vocab = logits.shape
     flat, rows = masked_rows(logits, prediction_mask)
-    per_row = _TargetLogProb.apply(flat, rows, targets.reshape(-1)[rows], _rows_per_chunk(vocab, chunk_elements))
+    per_row = _TargetLogProb.apply(flat, rows, targets.reshape(-1)[rows], rows_per_chunk(vocab, chunk_elements))
     return sum_per_sequence(per_row, rows, batch, time)
-
-
-def naive_sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, prediction_mask: torch.Tensor) -> torch.Tensor:
-    """Reference implementation (full log_softmax): for tests only."""
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return (logp * prediction_mask.to(logp.dtype)).sum(1)

@@ -6,6 +6,9 @@ import torch
 
 LOSS_FORMS = ("pair", "chosen")
 DEFAULT_PRO_SFT_WEIGHT = 0.05
+# lambda, chosen from benchmarks/reward_weight_sweep.py (README, "lambda"): the largest swept
+# weight that left the held-out log-probability margin unchanged.
+DEFAULT_REWARD_WEIGHT = 1.0
 
 
 def deft_dpo_term(r_chosen: torch.Tensor, r_rejected: torch.Tensor, form: str = "pair") -> torch.Tensor:

@@ -110,9 +110,3 @@ class QDiff:
                              "rejected_count": int(self.rejected_counts[i])})
             sides[name] = rows
         return sides
-
-    def plot(self, path: str | Path, k: int = 20, decode=None) -> Path:
-        """Bar chart of the top tokens on each side."""
-        from deft_plugin.utils.plots import plot_top_tokens
-
-        return plot_top_tokens(self.top_tokens(k, decode), path)

@@ -13,22 +13,12 @@ from __future__ import annotations
 
 import torch
 
-# Elements of one float32 [rows, vocab] working block (2**25 floats = 128 MiB).
-DEFAULT_CHUNK_ELEMENTS = 1 << 25
-
-
-def _rows_per_chunk(vocab_size: int, chunk_elements: int) -> int:
-    return max(1, chunk_elements // max(1, vocab_size))
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half types; float64 stays float64 (gradcheck)."""
-    return torch.promote_types(dtype, torch.float32)
+from deft_plugin.core.chunked import DEFAULT_CHUNK_ELEMENTS, masked_rows, rows_per_chunk, sum_per_sequence, work_dtype
 
 
 def _expected_q(logits_rows: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """r for a block of rows of logits: softmax in at least float32, then dot with q."""
-    dtype = _work_dtype(logits_rows.dtype)
+    dtype = work_dtype(logits_rows.dtype)
     return torch.softmax(logits_rows.to(dtype), dim=-1) @ q.to(dtype)
 
 
@@ -37,7 +27,7 @@ class _PositionReward(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, flat_logits, rows, q, chunk_rows):
-        out = torch.empty(rows.numel(), dtype=_work_dtype(flat_logits.dtype), device=flat_logits.device)
+        out = torch.empty(rows.numel(), dtype=work_dtype(flat_logits.dtype), device=flat_logits.device)
         with torch.no_grad():
             for start in range(0, rows.numel(), chunk_rows):
                 idx = rows[start : start + chunk_rows]
@@ -75,21 +65,9 @@ def distribution_reward(
     """
     batch, time, vocab = logits.shape
     flat, rows = masked_rows(logits, prediction_mask)
-    per_row = _PositionReward.apply(flat, rows, _fit_q(q, vocab, logits.device), _rows_per_chunk(vocab, chunk_elements))
+    per_row = _PositionReward.apply(flat, rows, fit_q(q, vocab, logits.device), rows_per_chunk(vocab, chunk_elements))
     counts = prediction_mask.reshape(batch, time).sum(dim=1).clamp_min(1).to(per_row.dtype)
     return sum_per_sequence(per_row, rows, batch, time) / counts
-
-
-def masked_rows(logits: torch.Tensor, prediction_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[batch * time, vocab] view of the logits and the flat indices of the masked positions."""
-    batch, time, vocab = logits.shape
-    rows = prediction_mask.reshape(-1).bool().nonzero().squeeze(1)
-    return logits.reshape(batch * time, vocab), rows  # a view for the contiguous tensors models return
-
-
-def sum_per_sequence(per_row: torch.Tensor, rows: torch.Tensor, batch: int, time: int) -> torch.Tensor:
-    """Per-position values at flat indices `rows` summed into one value per sequence."""
-    return torch.zeros(batch, dtype=per_row.dtype, device=per_row.device).index_add(0, rows // time, per_row)
 
 
 @torch.no_grad()
@@ -102,30 +80,16 @@ def distribution_reward_from_hidden(
     """r_t for [rows, hidden] states of reply positions only (scoring, no gradient):
     the LM head runs on those rows, one chunk at a time."""
     vocab = lm_head.weight.shape[0]
-    q = _fit_q(q, vocab, hidden.device)
-    chunk = _rows_per_chunk(vocab, chunk_elements)
-    out = torch.empty(hidden.shape[0], dtype=_work_dtype(hidden.dtype), device=hidden.device)
+    q = fit_q(q, vocab, hidden.device)
+    chunk = rows_per_chunk(vocab, chunk_elements)
+    out = torch.empty(hidden.shape[0], dtype=work_dtype(hidden.dtype), device=hidden.device)
     for start in range(0, hidden.shape[0], chunk):
         out[start : start + chunk] = _expected_q(lm_head(hidden[start : start + chunk]), q)
     return out
 
 
-def naive_distribution_reward(logits: torch.Tensor, q: torch.Tensor, prediction_mask: torch.Tensor) -> torch.Tensor:
-    """Reference implementation (full softmax, autograd through it): for tests only."""
-    q = _fit_q(q, logits.shape[-1], logits.device).to(logits.dtype)
-    r = torch.softmax(logits, dim=-1) @ q
-    m = prediction_mask.to(r.dtype)
-    return (r * m).sum(1) / m.sum(1).clamp_min(1)
-
-
-def shift_completion_mask(completion_mask: torch.Tensor) -> torch.Tensor:
-    """Turn a mask over reply *tokens* into a mask over the positions that predict them."""
-    pred = torch.zeros_like(completion_mask, dtype=torch.bool)
-    pred[:, :-1] = completion_mask[:, 1:].bool()
-    return pred
-
-
-def _fit_q(q: torch.Tensor, vocab: int, device) -> torch.Tensor:
+def fit_q(q: torch.Tensor, vocab: int, device) -> torch.Tensor:
+    """q on `device` in float32 (float64 kept), zero-padded to the LM head's vocabulary."""
     q = q.to(device=device, dtype=q.dtype if q.dtype == torch.float64 else torch.float32)
     if q.numel() == vocab:
         return q

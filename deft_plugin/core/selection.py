@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+DEFAULT_FILTER_RATIO = 0.05  # the paper's 5%
+
 
 def keep_count(n: int, ratio: float | None = None, count: int | None = None) -> int:
     """How many of n pairs to keep: `count` if given, else ceil(ratio * n), at least 1 when n > 0."""

@@ -28,6 +28,13 @@ class EncodedRow:
         return self.completions[1]
 
 
+def resolve_prompt_style(style: str | None, tokenizer) -> str:
+    """`auto`: chat messages when the tokenizer has a chat template, raw text otherwise."""
+    if style in (None, "auto"):
+        return "chat_template" if getattr(tokenizer, "chat_template", None) else "raw"
+    return style
+
+
 def completions_of(row: dict) -> list:
     """The candidate replies of a parsed row, best first: `responses` of a ranked row, or
     `chosen` and `rejected` of a preference row."""

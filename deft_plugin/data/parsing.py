@@ -1,4 +1,4 @@
-"""Raw rows -> preference rows through a registered dataset format, with every row that
+"""Raw rows (from data.sources) -> parsed rows through a registered dataset format, with every row that
 cannot be parsed counted by reason (and the first few named by file and row)."""
 
 from __future__ import annotations
@@ -53,6 +53,6 @@ def parse_rows(raw_rows, format_name: str, style: str, source: str = "") -> Pars
     return out
 
 
-def read_source(path: str, format_name: str, style: str, split: str | None = None, data_files=None,
+def parse_source(path: str, format_name: str, style: str, split: str | None = None, data_files=None,
                 revision: str | None = None) -> ParsedRows:
     return parse_rows(load_rows(path, split, data_files, revision), format_name, style, source=path)

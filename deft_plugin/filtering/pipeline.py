@@ -10,7 +10,6 @@ exactly R(x, y+) and R(x, y-)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections import Counter
@@ -19,21 +18,24 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 
-from deft_plugin.utils.atomic import atomic_write_text
-from deft_plugin.data.encoding import EncodedRow, completions_of, encode_rows
 from deft_plugin.core.qdiff import QDiff
-from deft_plugin.registry import score_variants
+from deft_plugin.core.selection import DEFAULT_FILTER_RATIO, select_top
+from deft_plugin.data.encoding import EncodedRow, encode_rows
+from deft_plugin.filtering.cache_key import rows_fingerprint
+from deft_plugin.filtering.distributed import barrier, is_main_process
 from deft_plugin.filtering.score_cache import ScoreCache
-from deft_plugin.filtering.scorer import PairScorer
-from deft_plugin.core.selection import select_top
+from deft_plugin.filtering.scorer import ReplyScorer
+from deft_plugin.registry import score_variants
+from deft_plugin.utils.atomic import atomic_write_text
+
+QDIFF_FILES = ("qdiff.safetensors", "qdiff.json")
 
 
 @dataclass
 class FilterSettings:
     filter: bool = True
-    ratio: float | None = 0.05
+    ratio: float | None = DEFAULT_FILTER_RATIO
     count: int | None = None
     score: str = "delta"
     norm: str = "maxabs"
@@ -51,44 +53,22 @@ class FilterResult:
     encoded: dict[int, EncodedRow] = field(default_factory=dict)  # row index -> token ids (usable rows)
 
 
+class _Timer:
+    """Seconds per named step, for the report."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, step: Callable, *args):
+        start = time.perf_counter()
+        out = step(*args)
+        self.seconds[f"{name}_s"] = time.perf_counter() - start
+        return out
+
+
 def best_and_rest(rewards: tuple[float, ...]) -> tuple[float, float]:
     """(R of the best reply, mean R of the others): (R chosen, R rejected) for a pair."""
     return rewards[0], sum(rewards[1:]) / len(rewards[1:])
-
-
-def fingerprint(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def rows_fingerprint(rows: list[dict]) -> str:
-    h = hashlib.sha256()
-    for row in rows:
-        h.update(json.dumps([row["prompt"], completions_of(row), row.get("rewards")], sort_keys=True).encode())
-    return h.hexdigest()[:16]
-
-
-def model_fingerprint(name_or_path: str, revision: str | None = None) -> dict:
-    """Identity of a checkpoint: its config and weight files (names and sizes) when local."""
-    path = Path(name_or_path).expanduser()
-    if not path.is_dir():
-        return {"model": name_or_path, "revision": revision}
-    files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.suffix in {".safetensors", ".bin", ".gguf"}}
-    config = (path / "config.json").read_text() if (path / "config.json").is_file() else ""
-    return {"model": str(path.resolve()), "weights": files, "config": fingerprint(config)}
-
-
-def tokenizer_fingerprint(tokenizer) -> dict:
-    return {"name": getattr(tokenizer, "name_or_path", ""), "size": len(tokenizer),
-            "special": sorted(tokenizer.all_special_ids), "template": fingerprint(getattr(tokenizer, "chat_template", None))}
-
-
-def _is_main() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def build_qdiff(pairs: list[EncodedRow], tokenizer, norm: str, **meta) -> QDiff:
@@ -105,47 +85,68 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
     text or chat messages."""
     if settings.score not in score_variants():
         raise ValueError(f"deft_filter_score: unknown variant {settings.score!r}; known: {sorted(score_variants())}")
-    timings = {}
-    t0 = time.perf_counter()
-    pairs, degenerate = encode_rows(rows, tokenizer, settings.max_length)
-    timings["encode_s"] = time.perf_counter() - t0
-    if not pairs:
-        raise ValueError(f"no usable preference pairs among {len(rows)} rows (degenerate: {dict(degenerate)})")
     cache_dir = Path(cache_dir) if cache_dir else None
+    timer = _Timer()
+    usable, degenerate = timer("encode", encode_usable_rows, rows, tokenizer, settings.max_length)
+    qdiff = timer("qdiff", load_or_build_qdiff, qdiff, usable, rows, tokenizer, settings.norm, cache_dir)
+    rewards, scores, kept = {}, {}, [r.index for r in usable]
+    if settings.filter:
+        rewards = timer("score", score_replies, usable, tokenizer, load_model, qdiff, settings.batch_size, cache_dir,
+                        progress)
+        scores = filtering_scores(rewards, settings.score)
+        kept = keep_top(usable, scores, settings)
+    report = filter_report(rows, degenerate, rewards, scores, kept, settings, qdiff, timer.seconds, source_report)
+    result = FilterResult(kept, scores, rewards, qdiff, report, {r.index: r for r in usable})
+    if cache_dir and is_main_process():
+        write_outputs(result, cache_dir)
+    barrier()
+    return result
 
-    t0 = time.perf_counter()
+
+def encode_usable_rows(rows: list[dict], tokenizer, max_length: int | None) -> tuple[list[EncodedRow], Counter]:
+    usable, degenerate = encode_rows(rows, tokenizer, max_length)
+    if not usable:
+        raise ValueError(f"no usable preference pairs among {len(rows)} rows (degenerate: {dict(degenerate)})")
+    return usable, degenerate
+
+
+def load_or_build_qdiff(qdiff: QDiff | None, usable: list[EncodedRow], rows: list[dict], tokenizer, norm: str,
+                        cache_dir: Path | None) -> QDiff:
+    """The given Q, else the cached one, else Q built from the usable rows (and cached)."""
     # Both files, not just the tensors: QDiff.save writes qdiff.json second, so a run killed
     # between the two (or another rank looking while rank 0 saves) sees only the first one.
-    if qdiff is None and cache_dir and all((cache_dir / f).is_file() for f in ("qdiff.safetensors", "qdiff.json")):
+    if qdiff is None and cache_dir and all((cache_dir / f).is_file() for f in QDIFF_FILES):
         qdiff = QDiff.load(cache_dir)
     if qdiff is None:
-        qdiff = build_qdiff(pairs, tokenizer, settings.norm, data=rows_fingerprint(rows))
-        if cache_dir and _is_main():
+        qdiff = build_qdiff(usable, tokenizer, norm, data=rows_fingerprint(rows))
+        if cache_dir and is_main_process():
             qdiff.save(cache_dir)
-    timings["qdiff_s"] = time.perf_counter() - t0
+    return qdiff
 
-    rewards: dict[int, tuple[float, ...]] = {}
-    scores: dict[int, float] = {}
-    kept = [p.index for p in pairs]
-    if settings.filter:
-        t0 = time.perf_counter()
-        cache = ScoreCache(cache_dir) if cache_dir else None
-        cached = cache.done() if cache else {}
-        if all(p.index in cached for p in pairs):
-            rewards = {p.index: cached[p.index] for p in pairs}
-        else:
-            model = load_model()
-            scorer = PairScorer(model, qdiff.qn, tokenizer.all_special_ids, tokenizer.pad_token_id or 0,
-                                settings.batch_size)
-            rewards = scorer.score(pairs, cache, progress=progress)
-            del model, scorer
-        timings["score_s"] = time.perf_counter() - t0
-        variant = score_variants()[settings.score]
-        scores = {i: float(variant(*map(torch.tensor, best_and_rest(r)))) for i, r in rewards.items()}
-        order = [p.index for p in pairs]
-        chosen = select_top([scores[i] for i in order], settings.ratio, settings.count)
-        kept = [order[j] for j in chosen]
 
+def score_replies(usable: list[EncodedRow], tokenizer, load_model: Callable[[], torch.nn.Module], qdiff: QDiff,
+                  batch_size: int, cache_dir: Path | None, progress: bool) -> dict[int, tuple[float, ...]]:
+    """R of every reply: read from the cache where scored, the model loaded only when some are not."""
+    cache = ScoreCache(cache_dir) if cache_dir else None
+    cached = cache.done() if cache else {}
+    if all(r.index in cached for r in usable):
+        return {r.index: cached[r.index] for r in usable}
+    scorer = ReplyScorer(load_model(), qdiff.qn, tokenizer.all_special_ids, tokenizer.pad_token_id or 0, batch_size)
+    return scorer.score(usable, cache, progress=progress)
+
+
+def filtering_scores(rewards: dict[int, tuple[float, ...]], variant_name: str) -> dict[int, float]:
+    variant = score_variants()[variant_name]
+    return {i: float(variant(*map(torch.tensor, best_and_rest(r)))) for i, r in rewards.items()}
+
+
+def keep_top(usable: list[EncodedRow], scores: dict[int, float], settings: FilterSettings) -> list[int]:
+    order = [r.index for r in usable]
+    return [order[j] for j in select_top([scores[i] for i in order], settings.ratio, settings.count)]
+
+
+def filter_report(rows, degenerate: Counter, rewards, scores, kept, settings: FilterSettings, qdiff: QDiff,
+                  timings: dict, source_report: dict | None) -> dict:
     report = {
         **(source_report or {}),
         "rows": len(rows),
@@ -162,11 +163,7 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
         report["score_stats"] = {"mean": float(values.mean()), "std": float(values.std()) if len(values) > 1 else 0.0,
                                  "min": float(values.min()), "max": float(values.max()),
                                  "threshold": min(scores[i] for i in kept)}
-    result = FilterResult(kept, scores, rewards, qdiff, report, {p.index: p for p in pairs})
-    if cache_dir and _is_main():
-        write_outputs(result, cache_dir)
-    _barrier()
-    return result
+    return report
 
 
 def write_outputs(result: FilterResult, directory: Path) -> None:

@@ -8,119 +8,126 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from deft_plugin.core.losses import DEFAULT_PRO_SFT_WEIGHT
+from deft_plugin.core.losses import DEFAULT_PRO_SFT_WEIGHT, DEFAULT_REWARD_WEIGHT
 from deft_plugin.core.qdiff import NORMS
+from deft_plugin.registry import FORMAT_PREFIX, dataset_formats, format_name, score_variants
 
-# Weight of the DEFT reward term, chosen from benchmarks/reward_weight_sweep.py (README, "lambda"):
-# the largest swept weight that left the held-out log-probability margin unchanged.
-DEFAULT_REWARD_WEIGHT = 1.0
-DEFAULT_FILTER_RATIO = 0.05
-FORMAT_PREFIX = "deft."
+RANKED_ONLY_FORMATS = ("listwise",)
 
 
 class DEFTArgs(BaseModel):
     """DEFT: distribution-guided filtering and loss guidance."""
 
+    # method
     deft_method: Literal["dpo", "pro"] = Field(
         "dpo", description="dpo: DEFT-DPO on Axolotl's DPO trainer (rl: dpo); pro: DEFT-PRO, the PRO listwise "
                            "ranking loss on Axolotl's causal trainer (no rl:).")
+    deft_prompt_style: Literal["auto", "chat_template", "raw"] = Field(
+        "auto", description="How DEFT formats present dialogues: chat messages, raw Human/Assistant text, or "
+                            "chat messages when the tokenizer has a chat template.")
+
+    # filtering
     deft_filter: bool = Field(True, description="Score every pair with the starting model and keep the top fraction.")
     deft_filter_ratio: float | None = Field(None, description="Fraction of pairs to keep, in (0, 1]; default 0.05.")
     deft_filter_count: int | None = Field(None, description="Number of pairs to keep (instead of a ratio).")
     deft_filter_score: str = Field("delta", description="Filtering score: delta (R(y+) - R(y-)) or chosen (R(y+)).")
     deft_qdiff_norm: str = Field("maxabs", description="Normalisation of Q: maxabs, l2 or none.")
     deft_qdiff_path: str | None = Field(None, description="Directory of a saved discrepancy distribution to use.")
-    deft_reward_weight: float = Field(DEFAULT_REWARD_WEIGHT, description="lambda, the weight of the DEFT loss term.")
-    deft_loss_form: Literal["pair", "chosen"] = Field("pair", description="DEFT term: R(y+) - R(y-), or R(y+) alone.")
-    deft_pro_sft_weight: float = Field(
-        DEFAULT_PRO_SFT_WEIGHT, description="PRO: weight w of the SFT term, w * (n-1)^2 * summed NLL of the best response.")
-    deft_prompt_style: Literal["auto", "chat_template", "raw"] = Field(
-        "auto", description="How DEFT formats present dialogues: chat messages, raw Human/Assistant text, or "
-                            "chat messages when the tokenizer has a chat template.")
+
+    # scoring
     deft_score_batch_size: int = Field(8, description="Pairs per scoring batch.")
     deft_score_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Scoring precision; auto = bfloat16 on a GPU that supports it, else float32.")
     deft_cache_dir: str | None = Field(None, description="Where scores are cached (default: under dataset_prepared_path).")
 
+    # loss
+    deft_reward_weight: float = Field(DEFAULT_REWARD_WEIGHT, description="lambda, the weight of the DEFT loss term.")
+    deft_loss_form: Literal["pair", "chosen"] = Field("pair", description="DEFT term: R(y+) - R(y-), or R(y+) alone.")
+    deft_pro_sft_weight: float = Field(
+        DEFAULT_PRO_SFT_WEIGHT, description="PRO: weight w of the SFT term, w * (n-1)^2 * summed NLL of the best response.")
+
     @field_validator("deft_filter_ratio")
     @classmethod
-    def _ratio(cls, v):
+    def check_ratio(cls, v):
         if v is not None and not 0 < v <= 1:
             raise ValueError(f"deft_filter_ratio must be in (0, 1], got {v}")
         return v
 
     @field_validator("deft_filter_count", "deft_score_batch_size")
     @classmethod
-    def _positive(cls, v, info: ValidationInfo):
+    def check_positive(cls, v, info: ValidationInfo):
         if v is not None and v < 1:
             raise ValueError(f"{info.field_name} must be at least 1, got {v}")
         return v
 
     @field_validator("deft_reward_weight", "deft_pro_sft_weight")
     @classmethod
-    def _weight(cls, v, info: ValidationInfo):
+    def check_weight(cls, v, info: ValidationInfo):
         if v < 0:
             raise ValueError(f"{info.field_name} must be >= 0, got {v}")
         return v
 
     @field_validator("deft_qdiff_norm")
     @classmethod
-    def _norm(cls, v):
+    def check_norm(cls, v):
         if v not in NORMS:
             raise ValueError(f"deft_qdiff_norm must be one of {', '.join(NORMS)}, got {v!r}")
         return v
 
     @field_validator("deft_filter_score")
     @classmethod
-    def _score(cls, v):
-        from deft_plugin.registry import score_variants
-
+    def check_score(cls, v):
         if v not in score_variants():
             raise ValueError(f"deft_filter_score must be one of {', '.join(sorted(score_variants()))}, got {v!r}")
         return v
 
     @model_validator(mode="before")
     @classmethod
-    def _combinations(cls, data):
+    def check_combinations(cls, data):
         if not isinstance(data, dict):
             return data
-        # Axolotl drops unknown keys without a word: a misspelt deft_* key would silently run the default.
-        known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
-        for key in data:
-            if isinstance(key, str) and key.startswith("deft_") and key not in known:
-                close = difflib.get_close_matches(key, sorted(k for k in known if k.startswith("deft_")), n=1)
-                raise ValueError(f"{key}: unknown DEFT key" + (f"; did you mean {close[0]}?" if close else ""))
+        check_known_keys(data, cls.model_fields)
         if data.get("deft_filter_ratio") is not None and data.get("deft_filter_count") is not None:
             raise ValueError("set deft_filter_ratio or deft_filter_count, not both")
         method = data.get("deft_method") or "dpo"
         rl = data.get("rl")
         rl = getattr(rl, "value", rl)
         if method == "pro":
-            _check_pro(data, rl)
+            check_pro(data, rl)
         else:
-            _check_dpo(data, rl)
-        for i, ds_type in enumerate(_dataset_types(data)):
-            if isinstance(ds_type, str) and ds_type.startswith(FORMAT_PREFIX):
-                from deft_plugin.registry import dataset_formats
-
-                name = ds_type[len(FORMAT_PREFIX):]
-                if name not in dataset_formats():
-                    raise ValueError(f"datasets[{i}].type: unknown DEFT dataset format {ds_type!r}; known: "
-                                     + ", ".join(FORMAT_PREFIX + n for n in sorted(dataset_formats())))
-                if method == "dpo" and name in RANKED_ONLY_FORMATS:
-                    raise ValueError(f"datasets[{i}].type: {ds_type} holds ranked lists, which DPO cannot train on; "
-                                     "use deft_method: pro")
+            check_dpo(data, rl)
+        check_dataset_types(data, method)
         return data
 
 
-RANKED_ONLY_FORMATS = ("listwise",)
+def check_known_keys(data: dict, fields: dict) -> None:
+    """Axolotl drops unknown keys without a word: a misspelt deft_* key would silently run the default."""
+    known = set(fields) | {f.alias for f in fields.values() if f.alias}
+    for key in data:
+        if isinstance(key, str) and key.startswith("deft_") and key not in known:
+            close = difflib.get_close_matches(key, sorted(k for k in known if k.startswith("deft_")), n=1)
+            raise ValueError(f"{key}: unknown DEFT key" + (f"; did you mean {close[0]}?" if close else ""))
 
 
 def _dataset_types(data: dict) -> list:
     return [ds.get("type") if isinstance(ds, dict) else getattr(ds, "type", None) for ds in data.get("datasets") or []]
 
 
-def _check_dpo(data: dict, rl) -> None:
+def check_dataset_types(data: dict, method: str) -> None:
+    """Every `type: deft.<name>` names a registered format, and DPO gets no ranked-only format."""
+    for i, ds_type in enumerate(_dataset_types(data)):
+        name = format_name(ds_type)
+        if name is None:
+            continue
+        if name not in dataset_formats():
+            raise ValueError(f"datasets[{i}].type: unknown DEFT dataset format {ds_type!r}; known: "
+                             + ", ".join(FORMAT_PREFIX + n for n in sorted(dataset_formats())))
+        if method == "dpo" and name in RANKED_ONLY_FORMATS:
+            raise ValueError(f"datasets[{i}].type: {ds_type} holds ranked lists, which DPO cannot train on; "
+                             "use deft_method: pro")
+
+
+def check_dpo(data: dict, rl) -> None:
     # The DEFT trainer reads the logits of TRL's forward at every step (the loss term, and the
     # deft/* metrics even at deft_reward_weight: 0); TRL's Liger DPO loss never materialises them.
     if data.get("dpo_use_liger_kernel"):
@@ -132,7 +139,7 @@ def _check_dpo(data: dict, rl) -> None:
                          "and leave rl unset")
 
 
-def _check_pro(data: dict, rl) -> None:
+def check_pro(data: dict, rl) -> None:
     if rl:
         raise ValueError(f"rl: deft_method: pro runs PRO on Axolotl's causal trainer; remove rl: {rl!r} "
                          "(or use deft_method: dpo)")
@@ -140,6 +147,6 @@ def _check_pro(data: dict, rl) -> None:
         raise ValueError("sample_packing: deft_method: pro compares whole candidate sequences of one prompt and "
                          "cannot pack them; set sample_packing: false")
     for i, ds_type in enumerate(_dataset_types(data)):
-        if not (isinstance(ds_type, str) and ds_type.startswith(FORMAT_PREFIX)):
+        if format_name(ds_type) is None:
             raise ValueError(f"datasets[{i}].type: deft_method: pro reads its data through a DEFT format "
                              f"(deft.hh_rlhf, deft.listwise, deft.preference), got {ds_type!r}")

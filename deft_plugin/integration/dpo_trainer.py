@@ -2,7 +2,12 @@
 
 Only the public `compute_loss` is overridden: TRL computes the DPO loss and returns the
 outputs of the same forward pass, whose logits (chosen rows, then rejected rows) give the
-distribution rewards."""
+distribution rewards.
+
+The plugin attaches the loss by swapping the class of the trainer Axolotl built
+(`post_trainer_create`): Axolotl's RL builder constructs the trainer itself and calls a
+plugin's `get_trainer_cls` without the model arguments DPO needs (AXOLOTL.md, hook table),
+so a swap keeps whatever models, datasets and arguments Axolotl chose."""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ import torch
 from axolotl.core.trainers.dpo.trainer import AxolotlDPOTrainer
 
 from deft_plugin.core.losses import deft_dpo_term
-from deft_plugin.core.reward import distribution_reward, shift_completion_mask
+from deft_plugin.core.chunked import next_tokens, shift_completion_mask, without_special
+from deft_plugin.core.reward import distribution_reward
 
 
 class DeftDPOLossMixin:
@@ -27,12 +33,7 @@ class DeftDPOLossMixin:
 
     def _deft_prediction_mask(self, inputs) -> torch.Tensor:
         pred = shift_completion_mask(inputs["completion_mask"])
-        if self.deft_special_ids:
-            targets = torch.zeros_like(inputs["input_ids"])
-            targets[:, :-1] = inputs["input_ids"][:, 1:]
-            special = torch.tensor(self.deft_special_ids, device=targets.device)
-            pred &= ~torch.isin(targets, special)
-        return pred
+        return without_special(pred, next_tokens(inputs["input_ids"]), self.deft_special_ids)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.deft_qn is None:

@@ -1,4 +1,5 @@
-"""The Axolotl plugin. Listed in YAML as `plugins: [deft_plugin.DEFTPlugin]`.
+"""The Axolotl plugin. Listed in YAML as `plugins: [deft_plugin.DEFTPlugin]` (or any other
+path Axolotl can load it by, or a subclass).
 
 Hooks used: get_input_args (the deft_* keys), load_datasets (filtering, before step counts
 and TRL tokenisation are fixed; also runs in `axolotl preprocess`), post_trainer_create
@@ -9,19 +10,34 @@ since newer Axolotl versions register installed plugins on every run."""
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 from pathlib import Path
 
 from axolotl.integrations.base import BasePlugin
 
 LOG = logging.getLogger("axolotl.integrations.deft")
-METRICS_LOG = "deft_metrics.jsonl"  # written into output_dir: one JSON record per logging step
-PLUGIN_NAMES = {"deft_plugin.DEFTPlugin", "deft_plugin:DEFTPlugin", "deft_plugin.integration.plugin.DEFTPlugin",
-                "deft_plugin.integration.plugin:DEFTPlugin"}
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve_plugin(name: str) -> type | None:
+    """The class a `plugins:` entry names (`module.Class` or `module:Class`, as Axolotl reads
+    it), or None when it does not import: Axolotl reports that itself."""
+    module, sep, attr = name.replace(":", ".").rpartition(".")
+    if not sep:
+        return None
+    try:
+        found = getattr(importlib.import_module(module), attr, None)
+    except ImportError:
+        return None
+    return found if isinstance(found, type) else None
 
 
 def deft_enabled(cfg) -> bool:
-    return any(name in PLUGIN_NAMES for name in (cfg.get("plugins") or []))
+    """Whether the config lists DEFTPlugin (or a subclass), by whatever path it names it."""
+    return any((cls := _resolve_plugin(str(name))) is not None and issubclass(cls, DEFTPlugin)
+               for name in (cfg.get("plugins") or []))
 
 
 def pro_enabled(cfg) -> bool:
@@ -67,7 +83,7 @@ class DEFTPlugin(BasePlugin):
     def add_callbacks_post_trainer(self, cfg, trainer):
         if not deft_enabled(cfg):
             return []
-        from deft_plugin.integration.callbacks import MetricsLogCallback
+        from deft_plugin.integration.callbacks import METRICS_LOG, MetricsLogCallback
 
         return [MetricsLogCallback(Path(cfg.output_dir) / METRICS_LOG)]
 
@@ -78,13 +94,12 @@ class DEFTPlugin(BasePlugin):
             raise RuntimeError("DEFT: no discrepancy distribution; load_datasets did not run for this config")
         qn, weight, form = self.filter_result.qdiff.qn, cfg.deft_reward_weight, cfg.deft_loss_form or "pair"
         if pro_enabled(cfg):
+            from deft_plugin.core.losses import DEFAULT_PRO_SFT_WEIGHT
             from deft_plugin.integration.pro_trainer import DeftPROTrainer
 
             if not isinstance(trainer, DeftPROTrainer):
                 raise RuntimeError(f"deft_method: pro needs the DEFT-PRO trainer, but Axolotl built {type(trainer).__name__} "
                                    "(another plugin's get_trainer_cls or trainer_cls took precedence)")
-            from deft_plugin.core.losses import DEFAULT_PRO_SFT_WEIGHT
-
             sft = cfg.deft_pro_sft_weight if cfg.deft_pro_sft_weight is not None else DEFAULT_PRO_SFT_WEIGHT
             trainer.configure_deft(qn, weight, form, self.special_ids, sft)
         else:

@@ -14,6 +14,7 @@ from collections import defaultdict
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 
+from deft_plugin.core.chunked import next_tokens, without_special
 from deft_plugin.integration.collator import IGNORE_INDEX, PRO_COLUMNS
 from deft_plugin.core.logprobs import sequence_logprobs
 from deft_plugin.core.losses import DEFAULT_PRO_SFT_WEIGHT, deft_ranking_term, mean_of_rest, pro_rank_loss, pro_sft_loss
@@ -57,10 +58,8 @@ class DeftPROTrainer(AxolotlTrainer):
         labels, sizes = inputs["labels"], inputs["group_sizes"]
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
         logits = outputs.logits
-        targets = torch.zeros_like(labels)
-        targets[:, :-1] = labels[:, 1:].clamp_min(0)
-        pred = torch.zeros_like(labels, dtype=torch.bool)
-        pred[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+        targets = next_tokens(labels.clamp_min(0))
+        pred = next_tokens(labels, IGNORE_INDEX) != IGNORE_INDEX
 
         logp_sums = sequence_logprobs(logits, targets, pred)
         scores = logp_sums / pred.sum(1).clamp_min(1)
@@ -70,7 +69,7 @@ class DeftPROTrainer(AxolotlTrainer):
         sft_loss = pro_sft_loss(-logp_sums[first], sizes, self.pro_sft_weight)
 
         weight = self.deft_reward_weight
-        reward_mask = pred & ~torch.isin(targets, torch.tensor(self.deft_special_ids, device=targets.device, dtype=targets.dtype))
+        reward_mask = without_special(pred, targets, self.deft_special_ids)
         with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
             rewards = _by_row(distribution_reward(logits, self.deft_qn, reward_mask), mask)
             term = deft_ranking_term(rewards, mask, self.deft_loss_form)

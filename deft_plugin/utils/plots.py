@@ -1,5 +1,6 @@
 """PNG plots: the discrepancy distribution's top tokens, the filtering-score distribution
-with its cut, and training curves."""
+with its cut, and training curves; `subplots` and `save_figure` for the plots of deft_eval
+and deft_app (matplotlib without a display)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _save(fig, path) -> Path:
+def subplots(*args, **kwargs):
+    """matplotlib's plt.subplots, on the file-only Agg backend."""
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig, path) -> Path:
+    """Write the figure as a PNG (folders made as needed) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -30,7 +37,7 @@ def plot_top_tokens(sides: dict[str, list[dict]], path) -> Path:
         ax.invert_yaxis()
         ax.set_title(f"over-represented in {name} replies")
         ax.set_xlabel("Q = P+ - P-")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_score_distribution(scores: list[float], threshold: float | None, path, title: str = "") -> Path:
@@ -43,7 +50,7 @@ def plot_score_distribution(scores: list[float], threshold: float | None, path, 
     ax.set_xlabel("filtering score (differential distribution reward)")
     ax.set_ylabel("pairs")
     ax.set_title(title or "DEFT filtering scores")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_training_curves(history: list[dict], path, keys=("loss", "deft/term", "deft/reward_chosen",
@@ -55,4 +62,4 @@ def plot_training_curves(history: list[dict], path, keys=("loss", "deft/term", "
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
         ax.set_title(key)
         ax.set_xlabel("step")
-    return _save(fig, path)
+    return save_figure(fig, path)
