@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import gzip
+import math
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 HH_TEST = SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+
+# The fixture the filter tests share: the first HH_PAIRS real HH-RLHF pairs, the tiny tokenizer
+# (build_tokenizer), sequence_len SEQUENCE_LEN and a keep ratio RATIO. The prompts of
+# PROMPT_FILLS_SEQUENCE of them are SEQUENCE_LEN tokens or longer, which leaves their replies no
+# room (tests/filtering/test_scoring.py derives that count from the token ids).
+HH_PAIRS = 64
+SEQUENCE_LEN = 256
+RATIO = 0.25
+PROMPT_FILLS_SEQUENCE = 18
+SCORED = HH_PAIRS - PROMPT_FILLS_SEQUENCE
+KEPT = math.ceil(RATIO * SCORED)
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"

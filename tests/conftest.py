@@ -8,7 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from builders import HH_TEST, build_llama, build_tokenizer, hh_rows, write_jsonl  # noqa: E402
+from builders import HH_PAIRS, HH_TEST, build_llama, build_tokenizer, hh_rows, write_jsonl  # noqa: E402
 
 
 def pytest_configure(config):
@@ -41,5 +41,5 @@ def tiny_model(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def hh_file(tmp_path_factory):
-    """The first 64 real HH-RLHF pairs as a local .jsonl.gz."""
-    return write_jsonl(tmp_path_factory.mktemp("hh") / "hh-64.jsonl.gz", hh_rows(64))
+    """The first HH_PAIRS real HH-RLHF pairs as a local .jsonl.gz."""
+    return write_jsonl(tmp_path_factory.mktemp("hh") / f"hh-{HH_PAIRS}.jsonl.gz", hh_rows(HH_PAIRS))

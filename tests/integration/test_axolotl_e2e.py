@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from builders import HH_PAIRS, KEPT, RATIO, SCORED, SEQUENCE_LEN
 
 pytestmark = pytest.mark.slow
 
 AXOLOTL = Path(sys.executable).with_name("axolotl")
-RATIO = 0.25
 MICRO_BATCH = 2
 RUN_TIMEOUT_S = 300
 
@@ -32,7 +32,7 @@ def write_config(tmp_path: Path, model_dir: Path, hh_file: Path, **extra) -> Pat
         "datasets": [{"path": str(hh_file), "type": "deft.hh_rlhf"}],
         "deft_filter_ratio": RATIO,
         "deft_reward_weight": 0.5,
-        "sequence_len": 256,
+        "sequence_len": SEQUENCE_LEN,
         "micro_batch_size": MICRO_BATCH,
         "gradient_accumulation_steps": 1,
         "num_epochs": 1,
@@ -78,12 +78,12 @@ def deft_cache(tmp_path: Path) -> Path:
 
 def check_report(cache: Path) -> dict:
     report = json.loads((cache / "report.json").read_text())
-    assert report["rows"] == report["read"] == 64
+    assert report["rows"] == report["read"] == HH_PAIRS
     assert report["unparseable"] == 0
-    assert report["degenerate"] + report["scored"] == 64
+    assert report["degenerate"] + report["scored"] == HH_PAIRS
     assert report["degenerate"] == sum(report["degenerate_reasons"].values())
-    assert report["scored"] == 46
-    assert report["kept"] == math.ceil(RATIO * report["scored"]) == 12
+    assert report["scored"] == SCORED
+    assert report["kept"] == math.ceil(RATIO * report["scored"]) == KEPT
     lines = [json.loads(line) for line in (cache / "scores.jsonl").read_text().splitlines()]
     assert len(lines) == report["scored"] and sum(r["kept"] for r in lines) == report["kept"]
     return report

@@ -16,8 +16,8 @@ import torch
 from deft_plugin.core.chunked import shift_completion_mask
 from deft_plugin.core.reward import distribution_reward, distribution_reward_from_hidden
 from reference import naive_distribution_reward
+from builders import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _case(batch=4, time=7, vocab=13, seed=0, dtype=torch.float64, scale=3.0):

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from builders import listwise_rows, write_jsonl
+from builders import HH_PAIRS, KEPT, SCORED, listwise_rows, write_jsonl
 from safetensors.torch import load_file
 from test_axolotl_e2e import MICRO_BATCH, axolotl, deft_cache, snapshot, write_config
 
@@ -44,10 +44,10 @@ def test_pro_on_hh_rlhf_pairs(tmp_path, tiny_model_dir, hh_file):
     assert "DEFT scoring" in log and "loss term attached to DeftPROTrainer" in log and "Traceback" not in log
 
     report = json.loads((deft_cache(tmp_path) / "report.json").read_text())
-    assert (report["read"], report["scored"], report["kept"]) == (64, 46, 12)  # the DPO run's numbers
+    assert (report["read"], report["scored"], report["kept"]) == (HH_PAIRS, SCORED, KEPT)  # the DPO run's numbers
     state, steps = logged_steps(tmp_path / "out")
-    assert state["global_step"] == state["max_steps"] == math.ceil(12 / MICRO_BATCH)
-    assert [h["step"] for h in steps] == list(range(1, 7))
+    assert state["global_step"] == state["max_steps"] == math.ceil(KEPT / MICRO_BATCH)
+    assert [h["step"] for h in steps] == list(range(1, state["max_steps"] + 1))
     check_metrics(steps)
     # n = 2, tau = 1: loss_1 = log(1 + exp(s2 - s1)), near ln 2 for a random model
     assert steps[0]["pro/rank_loss"] == pytest.approx(math.log(2), abs=0.05)

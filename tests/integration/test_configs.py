@@ -18,8 +18,8 @@ import pydantic
 import pytest
 import torch
 import yaml
+from builders import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
 CONFIGS = sorted([*CONFIG_DIR.rglob("*.yaml"), *CONFIG_DIR.rglob("*.yml")])
 DEEPSPEED_JSONS = sorted((CONFIG_DIR / "deepspeed").glob("*.json"))

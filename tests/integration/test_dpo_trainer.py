@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from builders import sharpened
+from builders import KEPT, RATIO, SEQUENCE_LEN, sharpened
 from reference import naive_distribution_reward
 from deft_plugin.integration.dpo_trainer import DeftDPOLossMixin, attach_deft_loss
 
@@ -37,8 +37,8 @@ def base_cfg(sharp_model_dir, hh_file, tmp_path_factory):
     return {
         "base_model": str(sharp_model_dir), "plugins": ["deft_plugin.DEFTPlugin"], "rl": "dpo",
         "datasets": [{"path": str(hh_file), "type": "deft.hh_rlhf"}],
-        "deft_filter_ratio": 0.25, "deft_reward_weight": WEIGHT,
-        "sequence_len": 256, "micro_batch_size": 2, "gradient_accumulation_steps": 1, "num_epochs": 1,
+        "deft_filter_ratio": RATIO, "deft_reward_weight": WEIGHT,
+        "sequence_len": SEQUENCE_LEN, "micro_batch_size": 2, "gradient_accumulation_steps": 1, "num_epochs": 1,
         "learning_rate": 1e-4, "optimizer": "adamw_torch", "lr_scheduler": "constant",
         "output_dir": str(tmp / "out"), "dataset_prepared_path": str(tmp / "prepared"),
         "logging_steps": 1, "save_strategy": "no", "bf16": False, "fp32": True, "device_map": "cpu",
@@ -104,7 +104,7 @@ def test_plugin_built_the_deft_trainer(full_ft):
     assert not isinstance(plain, DeftDPOLossMixin) and isinstance(plain, AxolotlDPOTrainer)
     assert deft.deft_reward_weight == WEIGHT and deft.deft_loss_form == "pair"
     assert deft.ref_model is not None  # full fine-tune: a separate reference model
-    assert len(full_ft["meta"].train_dataset) == 12 and full_ft["meta"].total_num_steps == 6
+    assert len(full_ft["meta"].train_dataset) == KEPT and full_ft["meta"].total_num_steps == KEPT // 2
     batch = full_ft["batch"]
     assert batch["input_ids"].shape[0] == 4  # [chosen; rejected] of micro_batch_size 2
     assert set(batch) >= {"input_ids", "attention_mask", "completion_mask"}

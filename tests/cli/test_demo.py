@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow

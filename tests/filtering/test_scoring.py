@@ -22,10 +22,8 @@ from deft_plugin.data.parsing import parse_rows
 from deft_plugin.filtering.pipeline import FilterSettings, build_qdiff, run_filter
 from deft_plugin.filtering.scorer import ReplyScorer
 from deft_plugin.core.selection import keep_count, select_top
-from builders import hh_rows, sharpened
+from builders import HH_PAIRS, KEPT, PROMPT_FILLS_SEQUENCE, RATIO, SCORED, SEQUENCE_LEN, hh_rows, sharpened
 
-MAX_LEN = 256
-RATIO = 0.25
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -33,15 +31,15 @@ RATIO = 0.25
 
 @pytest.fixture(scope="module")
 def rows():
-    """The 64 real HH-RLHF pairs as chat-message preference rows."""
-    parsed = parse_rows(hh_rows(64), "hh_rlhf", "chat_template")
-    assert parsed.read == 64 and len(parsed.rows) == 64
+    """The HH_PAIRS real HH-RLHF pairs as chat-message preference rows."""
+    parsed = parse_rows(hh_rows(HH_PAIRS), "hh_rlhf", "chat_template")
+    assert parsed.read == HH_PAIRS and len(parsed.rows) == HH_PAIRS
     return parsed.rows
 
 
 @pytest.fixture(scope="module")
 def pairs(rows, tiny_tokenizer):
-    pairs, _ = encode_rows(rows, tiny_tokenizer, MAX_LEN)
+    pairs, _ = encode_rows(rows, tiny_tokenizer, SEQUENCE_LEN)
     return pairs
 
 
@@ -118,9 +116,17 @@ def count_batches(monkeypatch):
 # --------------------------------------------------------------------------- ReplyScorer
 
 
+def test_fixture_counts_follow_from_the_token_ids(rows, tiny_tokenizer):
+    """PROMPT_FILLS_SEQUENCE (and so SCORED and KEPT), which filter tests across the suite rely
+    on, counted from the prompts' own token ids rather than through encode_rows."""
+    lengths = [len(tiny_tokenizer.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True,
+                                                       return_dict=True)["input_ids"]) for r in rows]
+    assert sum(n >= SEQUENCE_LEN for n in lengths) == PROMPT_FILLS_SEQUENCE
+
+
 def test_fixture_pairs_are_varied(pairs):
     """The pairs used below differ in prompt and reply lengths, so batches are padded."""
-    assert len(pairs) == 46
+    assert len(pairs) == SCORED
     lengths = {len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs}
     assert len(lengths) > 20
     assert any(len(p.chosen_ids) != len(p.rejected_ids) for p in pairs)
@@ -208,17 +214,17 @@ def test_run_filter_counts_and_selection(rows, tiny_tokenizer, sharp_model, naiv
     ]
     all_rows = rows + degenerate_rows
     loader = CountingLoader(sharp_model)
-    result = run_filter(all_rows, tiny_tokenizer, loader, FilterSettings(ratio=RATIO, batch_size=8, max_length=MAX_LEN),
+    result = run_filter(all_rows, tiny_tokenizer, loader, FilterSettings(ratio=RATIO, batch_size=8, max_length=SEQUENCE_LEN),
                         progress=False)
     report = result.report
     assert loader.calls == 1
     assert report["rows"] == 66
-    assert report["degenerate_reasons"] == {"reply cut off: prompt fills sequence_len": 18,
+    assert report["degenerate_reasons"] == {"reply cut off: prompt fills sequence_len": PROMPT_FILLS_SEQUENCE,
                                             "chosen and rejected identical": 2}
     assert report["degenerate"] == 20 == sum(report["degenerate_reasons"].values())
-    assert report["scored"] == 46 == len(result.scores) == len(result.rewards)
+    assert report["scored"] == SCORED == len(result.scores) == len(result.rewards)
     assert report["rows"] == report["degenerate"] + report["scored"]
-    assert report["kept"] == len(result.kept) == keep_count(46, RATIO) == math.ceil(RATIO * 46) == 12
+    assert report["kept"] == len(result.kept) == keep_count(SCORED, RATIO) == math.ceil(RATIO * SCORED) == KEPT
     assert set(result.scores) == set(naive)  # the degenerate rows were not scored
 
     # scores are R(y+) - R(y-), equal to the naive rewards' difference
@@ -229,18 +235,18 @@ def test_run_filter_counts_and_selection(rows, tiny_tokenizer, sharp_model, naiv
     order = sorted(result.scores)
     assert result.kept == [order[j] for j in select_top([result.scores[i] for i in order], RATIO)]
     assert result.kept == sorted(result.kept)
-    # ... and is the top 12 by the naive scores too (the threshold is not a near tie)
+    # ... and is the top KEPT by the naive scores too (the threshold is not a near tie)
     ranked = sorted(naive, key=lambda i: -(naive[i][0] - naive[i][1]))
-    margin = (naive[ranked[11]][0] - naive[ranked[11]][1]) - (naive[ranked[12]][0] - naive[ranked[12]][1])
+    margin = (naive[ranked[KEPT - 1]][0] - naive[ranked[KEPT - 1]][1]) - (naive[ranked[KEPT]][0] - naive[ranked[KEPT]][1])
     assert margin > 1e-3
-    assert result.kept == sorted(ranked[:12])
+    assert result.kept == sorted(ranked[:KEPT])
     assert report["score_stats"]["threshold"] == pytest.approx(min(result.scores[i] for i in result.kept))
     assert report["score_stats"]["max"] == pytest.approx(max(result.scores.values()))
 
 
 def test_run_filter_count_and_chosen_variant(rows, tiny_tokenizer, sharp_model, naive):
     result = run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model),
-                        FilterSettings(ratio=None, count=5, score="chosen", max_length=MAX_LEN), progress=False)
+                        FilterSettings(ratio=None, count=5, score="chosen", max_length=SEQUENCE_LEN), progress=False)
     assert len(result.kept) == result.report["kept"] == 5
     by_chosen = sorted(naive, key=lambda i: -naive[i][0])
     assert result.kept == sorted(by_chosen[:5])
@@ -250,12 +256,13 @@ def test_run_filter_count_and_chosen_variant(rows, tiny_tokenizer, sharp_model, 
 
 def test_filter_off_keeps_every_usable_pair_without_a_model(rows, tiny_tokenizer, pairs, tmp_path):
     loader = NeverLoad()
-    result = run_filter(rows, tiny_tokenizer, loader, FilterSettings(filter=False, max_length=MAX_LEN),
+    result = run_filter(rows, tiny_tokenizer, loader, FilterSettings(filter=False, max_length=SEQUENCE_LEN),
                         cache_dir=tmp_path / "c", progress=False)
     assert loader.calls == 0
     assert result.kept == [p.index for p in pairs]
     assert result.scores == {} and result.rewards == {}
-    assert result.report["kept"] == 46 and result.report["scored"] == 0 and result.report["degenerate"] == 18
+    assert result.report["kept"] == SCORED and result.report["scored"] == 0
+    assert result.report["degenerate"] == PROMPT_FILLS_SEQUENCE
     assert not (tmp_path / "c" / "parts").exists()
 
 
@@ -272,13 +279,13 @@ def _assert_no_temp_files(directory):
 
 
 def _settings(batch_size=4):
-    return FilterSettings(ratio=RATIO, batch_size=batch_size, max_length=MAX_LEN)
+    return FilterSettings(ratio=RATIO, batch_size=batch_size, max_length=SEQUENCE_LEN)
 
 
 def test_cache_artifacts_and_full_reuse(rows, tiny_tokenizer, sharp_model, tmp_path, count_batches):
     cache = tmp_path / "cache"
     first = run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model), _settings(), cache, progress=False)
-    assert len(count_batches) == math.ceil(46 / 4)
+    assert len(count_batches) == math.ceil(SCORED / 4)
 
     names = {p.name for p in cache.iterdir()}
     assert {"parts", "scores.jsonl", "report.json", "qdiff.safetensors", "qdiff.json"} <= names
@@ -297,9 +304,9 @@ def test_cache_artifacts_and_full_reuse(rows, tiny_tokenizer, sharp_model, tmp_p
         assert (r["reward_chosen"], r["reward_rejected"]) == first.rewards[r["index"]]
     report = json.loads((cache / "report.json").read_text())
     assert report == json.loads(json.dumps(first.report))
-    assert report["rows"] == 64 and report["scored"] == 46 and report["kept"] == 12
+    assert report["rows"] == HH_PAIRS and report["scored"] == SCORED and report["kept"] == KEPT
     meta = json.loads((cache / "qdiff.json").read_text())
-    assert meta["pairs"] == 46 and meta["norm"] == "maxabs" and meta["vocab_size"] == len(tiny_tokenizer)
+    assert meta["pairs"] == SCORED and meta["norm"] == "maxabs" and meta["vocab_size"] == len(tiny_tokenizer)
     _assert_no_temp_files(cache)
 
     # second run: everything cached, the model is never loaded, nothing is scored again
@@ -313,11 +320,11 @@ def test_cache_artifacts_and_full_reuse(rows, tiny_tokenizer, sharp_model, tmp_p
     assert _tree(cache / "parts") == before
 
     # another ratio chooses among the cached rewards, still without a model
-    third = run_filter(rows, tiny_tokenizer, loader, FilterSettings(ratio=0.5, max_length=MAX_LEN), cache,
+    third = run_filter(rows, tiny_tokenizer, loader, FilterSettings(ratio=0.5, max_length=SEQUENCE_LEN), cache,
                        progress=False)
-    assert loader.calls == 0 and len(third.kept) == 23
+    assert loader.calls == 0 and len(third.kept) == SCORED // 2
     assert set(first.kept) < set(third.kept)
-    assert json.loads((cache / "report.json").read_text())["kept"] == 23
+    assert json.loads((cache / "report.json").read_text())["kept"] == SCORED // 2
     _assert_no_temp_files(cache)
 
 
@@ -363,19 +370,19 @@ def test_killed_run_resumes_without_recomputing(rows, tiny_tokenizer, sharp_mode
     done_after = [i for batch in second_run for i in batch]
     assert loader.calls == 1
     assert len(done_before) == 4 * finished
-    assert len(done_after) == len(set(done_after)) == 46 - 4 * finished  # nothing scored twice
+    assert len(done_after) == len(set(done_after)) == SCORED - 4 * finished  # nothing scored twice
     assert done_before.isdisjoint(done_after)
-    assert len(second_run) == math.ceil((46 - 4 * finished) / 4)
+    assert len(second_run) == math.ceil((SCORED - 4 * finished) / 4)
     assert done_before | set(done_after) == set(uninterrupted.scores)
 
     assert resumed.kept == uninterrupted.kept
-    assert resumed.report["scored"] == 46 and resumed.report["kept"] == 12
+    assert resumed.report["scored"] == SCORED and resumed.report["kept"] == KEPT
     for i, s in uninterrupted.scores.items():
         assert resumed.scores[i] == pytest.approx(s, abs=1e-6)
         assert resumed.rewards[i][0] == pytest.approx(uninterrupted.rewards[i][0], abs=1e-6)
         assert resumed.rewards[i][1] == pytest.approx(uninterrupted.rewards[i][1], abs=1e-6)
     _assert_no_temp_files(cache)
-    assert json.loads((cache / "report.json").read_text())["kept"] == 12
+    assert json.loads((cache / "report.json").read_text())["kept"] == KEPT
 
 
 def test_part_files_are_atomic_and_unique(tmp_path):

@@ -18,10 +18,10 @@ import torch
 
 from deft_plugin.data.parsing import parse_rows
 from deft_plugin.filtering.pipeline import FilterSettings, run_filter
-from builders import REPO, hh_rows, listwise_rows, sharpened
+from builders import HH_PAIRS, KEPT, PROMPT_FILLS_SEQUENCE, RATIO, REPO, SCORED, SEQUENCE_LEN, hh_rows, listwise_rows, sharpened
 
 WORKER = Path(__file__).with_name("dist_filter_worker.py")
-SETTINGS = {"ratio": 0.25, "batch_size": 4, "max_length": 256}
+SETTINGS = {"ratio": RATIO, "batch_size": 4, "max_length": SEQUENCE_LEN}
 WORLD = 2
 DEADLINE_S = 60  # both ranks together, start-up included; the process group itself times out at 45 s
 
@@ -38,7 +38,7 @@ def sharp_model_dir(tiny_model, tiny_tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rows_file(tmp_path_factory):
-    rows = parse_rows(hh_rows(64), "hh_rlhf", "chat_template").rows
+    rows = parse_rows(hh_rows(HH_PAIRS), "hh_rlhf", "chat_template").rows
     path = tmp_path_factory.mktemp("rows") / "rows.json"
     path.write_text(json.dumps(rows))
     return path
@@ -99,7 +99,8 @@ def launch(tmp_path: Path, model_dir: Path, rows_file: Path, cache_dir: Path | N
 def assert_same_selection(out: dict, single) -> None:
     assert out["world"] == WORLD
     assert out["kept"] == single.kept
-    assert out["report"] == {"rows": 64, "degenerate": 18, "scored": 46, "kept": 12}
+    assert out["report"] == {"rows": HH_PAIRS, "degenerate": PROMPT_FILLS_SEQUENCE, "scored": SCORED,
+                             "kept": KEPT}
     scores = {int(k): v for k, v in out["scores"].items()}
     assert set(scores) == set(single.scores)
     for i, s in single.scores.items():
@@ -114,7 +115,7 @@ def scored(out: dict) -> list[int]:
 
 
 def test_two_ranks_split_the_scoring_and_agree(tmp_path, sharp_model_dir, rows_file, single):
-    assert len(single.kept) == 12 and max(abs(s) for s in single.scores.values()) > 0.01
+    assert len(single.kept) == KEPT and max(abs(s) for s in single.scores.values()) > 0.01
     cache = tmp_path / "cache"
     outs = launch(tmp_path, sharp_model_dir, rows_file, cache)
     for out in outs:
@@ -122,7 +123,7 @@ def test_two_ranks_split_the_scoring_and_agree(tmp_path, sharp_model_dir, rows_f
         assert out["model_loads"] == 1
     shards = [scored(out) for out in outs]
     # each rank scored half of the pairs, none twice, together all of them
-    assert sorted(len(s) for s in shards) == [23, 23]
+    assert sorted(len(s) for s in shards) == [SCORED // 2, SCORED // 2]
     assert set(shards[0]).isdisjoint(shards[1])
     assert set(shards[0]) | set(shards[1]) == set(single.scores)
 
@@ -133,7 +134,7 @@ def test_two_ranks_split_the_scoring_and_agree(tmp_path, sharp_model_dir, rows_f
     indices = [int(k) for p in parts for k in json.loads(p.read_text())]
     assert sorted(indices) == sorted(single.scores)
     report = json.loads((cache / "report.json").read_text())
-    assert (report["rows"], report["scored"], report["kept"]) == (64, 46, 12)
+    assert (report["rows"], report["scored"], report["kept"]) == (HH_PAIRS, SCORED, KEPT)
     lines = [json.loads(line) for line in (cache / "scores.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in lines if r["kept"]) == single.kept
     assert [p for p in cache.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"] == []
@@ -154,13 +155,13 @@ def test_two_ranks_resume_a_single_process_run_killed_with_sigkill(tmp_path, sha
     parts = sorted((cache / "parts").glob("part-*.json"))
     assert len(parts) == 3
     done = {int(k) for p in parts for k in json.loads(p.read_text())}
-    assert len(done) == 12
+    assert len(done) == 3 * 4  # three batches of four
     assert not (cache / "scores.jsonl").exists() and not (cache / "report.json").exists()
     assert [p for p in cache.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"] == []
 
     outs = launch(tmp_path, sharp_model_dir, rows_file, cache)
     shards = [scored(out) for out in outs]
-    assert sorted(len(s) for s in shards) == [17, 17]  # (46 - 12) / 2
+    assert sorted(len(s) for s in shards) == [(SCORED - 12) // 2] * 2
     assert set(shards[0]).isdisjoint(shards[1]) and done.isdisjoint(shards[0] + shards[1])
     assert done | set(shards[0]) | set(shards[1]) == set(single.scores)
     for out in outs:
