@@ -107,6 +107,7 @@ def registered():
     assert set(registry.score_variants()) == {"delta", "chosen"}
 
 
+@pytest.mark.covers("hook:deft_dataset_formats", "hook:deft_score_variants")
 def test_third_party_plugin_adds_format_and_variant(registered):
     registered(ThirdPartyPlugin(), "third-party-test")
     formats = registry.dataset_formats()

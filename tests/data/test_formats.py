@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 from builders import hh_rows
 
+from deft_plugin import registry
 from deft_plugin.data.formats import hh_rlhf, preference
 from deft_plugin.hookspecs import PROMPT_STYLES, RowError
 
@@ -17,6 +18,18 @@ def _row(prompt: str, chosen: str, rejected: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- HH-RLHF by hand
+
+
+@pytest.mark.covers("plugin:deft_plugin.data.formats.hh_rlhf", "format:hh_rlhf")
+def test_hh_rlhf_as_registered():
+    """`type: deft.hh_rlhf` reaches this module's parser through its entry point."""
+    assert registry.plugin_manager().get_plugin("hh_rlhf") is hh_rlhf
+    fmt = registry.get_format("hh_rlhf")
+    row = _row(f"{H} Hi.{A}", " Hello.", " Go away.")
+    assert fmt.parse(row, "raw") == {"prompt": f"{H} Hi.{A}", "chosen": " Hello.", "rejected": " Go away."}
+    assert fmt.parse(row, "chat_template") == {"prompt": [{"role": "user", "content": "Hi."}],
+                                               "chosen": [{"role": "assistant", "content": "Hello."}],
+                                               "rejected": [{"role": "assistant", "content": "Go away."}]}
 
 
 def test_single_turn_raw():
@@ -177,6 +190,16 @@ def test_first_real_row(real_rows):
 
 
 # ----------------------------------------------------------------------------- plain preference rows
+
+
+@pytest.mark.covers("plugin:deft_plugin.data.formats.preference", "format:preference")
+def test_preference_as_registered():
+    assert registry.plugin_manager().get_plugin("preference") is preference
+    fmt = registry.get_format("preference")
+    assert fmt.parse({"prompt": "2+2?", "chosen": " 4", "rejected": " 5"}, "raw") == {
+        "prompt": "2+2?", "chosen": " 4", "rejected": " 5"}
+    with pytest.raises(RowError, match="missing 'rejected'"):
+        fmt.parse({"prompt": "2+2?", "chosen": " 4"}, "raw")
 
 
 @pytest.mark.parametrize("style", PROMPT_STYLES)

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from deft_plugin.data.encoding import encode_rows
+from deft_plugin import registry
+from deft_plugin.data.formats import listwise
 from deft_plugin.data.formats.listwise import parse
 from deft_plugin.hookspecs import RowError
 from deft_plugin.integration.collator import IGNORE_INDEX, ListwiseCollator
@@ -21,6 +23,16 @@ def _msg(role, text):
 
 
 # ----------------------------------------------------------------------------- parse: valid rows
+
+
+@pytest.mark.covers("plugin:deft_plugin.data.formats.listwise", "format:listwise")
+def test_listwise_as_registered():
+    assert registry.plugin_manager().get_plugin("listwise") is listwise
+    fmt = registry.get_format("listwise")
+    row = {"prompt": "Q?", "responses": ["best", "worst"], "rewards": [1, 0]}
+    assert fmt.parse(row, "raw") == {"prompt": "Q?", "responses": ["best", "worst"], "rewards": [1.0, 0.0]}
+    with pytest.raises(RowError, match="fewer than 2 responses"):
+        fmt.parse({"prompt": "Q?", "responses": ["only"]}, "raw")
 
 
 def test_parse_text_row_without_rewards():

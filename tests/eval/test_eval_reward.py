@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from deft_eval.registry import scorers
 from deft_eval.reward_models import GPTNeoXRewardModelConfig, load_reward_model
 from deft_eval.scorers import reward
 
@@ -59,11 +60,12 @@ def one_logit(model, tokenizer, text: str, special: bool = False) -> float:
         return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, 0].item()
 
 
+@pytest.mark.covers("plugin:deft_eval.scorers.reward", "scorer:reward")
 def test_openassistant_format(oa_dir, tiny_tokenizer):
     loaded = load_reward_model(str(oa_dir), device="cpu")
     model, tok, kind = loaded
     assert kind == "openassistant" and type(model).__name__ == "GPTNeoXRewardModel"
-    rows = reward.per_record(RECORDS, {"reward": loaded, "batch_size": 2})
+    rows = scorers()["reward"].per_record(RECORDS, {"reward": loaded, "batch_size": 2})  # as registered
     eos = tok.eos_token
     texts = [f"<|prompter|>How do I bake bread?{eos}<|assistant|>Mix flour, water and yeast, then bake.{eos}",
              f"<|prompter|>Hi{eos}<|assistant|>Hello!{eos}<|prompter|>Tell me a joke.{eos}<|assistant|>No.{eos}"]

@@ -17,6 +17,7 @@ def test_builtin_scorers_are_registered():
     assert scorers()["bleu"].corpus is not None and scorers()["bartscore"].per_record is not None
 
 
+@pytest.mark.covers("plugin:deft_eval.scorers.bleu", "scorer:bleu")
 def test_char_bleu_by_hand():
     # "abcdf" against "abcde": character n-gram precisions 4/5, 3/4, 2/3, 1/2, same length (no penalty)
     assert bleu.char_bleu("abcde", "abcdf") == pytest.approx((4 / 5 * 3 / 4 * 2 / 3 * 1 / 2) ** 0.25)
@@ -24,13 +25,13 @@ def test_char_bleu_by_hand():
     assert bleu.char_bleu("abcdef", "abcde") == pytest.approx(math.exp(1 - 6 / 5))
     assert bleu.char_bleu("same text", "same text") == pytest.approx(1.0)
     assert bleu.char_bleu("abcdefgh", "xyz") == 0.0  # no 4-gram in common, unsmoothed
-    rows = bleu.per_record([{"chosen": "abcde", "answer": "abcdf"}], {})
+    rows = scorers()["bleu"].per_record([{"chosen": "abcde", "answer": "abcdf"}], {})  # as registered
     assert rows == [{"bleu_char": pytest.approx(100 * 0.2 ** 0.25)}]
 
 
 def test_sacrebleu_corpus_by_hand():
     records = [{"chosen": "a b c d e", "answer": "a b c d f"}]
-    out = bleu.corpus(records, {})
+    out = scorers()["bleu"].corpus(records, {})
     # word n-gram precisions 4/5, 3/4, 2/3, 1/2, no brevity penalty
     assert out["sacrebleu"] == pytest.approx(100 * 0.2 ** 0.25, abs=1e-6)
     assert "nrefs:1" in out["sacrebleu_signature"] and "tok:13a" in out["sacrebleu_signature"]
@@ -67,11 +68,12 @@ def by_hand(model, tok, source: str, target: str) -> float:
     return sum(logp[t, tok_id].item() for t, tok_id in enumerate(tgt)) / len(tgt)
 
 
+@pytest.mark.covers("plugin:deft_eval.scorers.bartscore", "scorer:bartscore")
 def test_bartscore_by_hand_with_padding(tiny_bart):
     model, tok = tiny_bart
     records = [{"chosen": "Bread is baked in an oven for an hour.", "answer": "No."},
                {"chosen": "Yes.", "answer": "I can help you find a recipe for bread with butter."}]
-    rows = bartscore.per_record(records, {"bart": tiny_bart, "batch_size": 2})
+    rows = scorers()["bartscore"].per_record(records, {"bart": tiny_bart, "batch_size": 2})  # as registered
     for r, row in zip(records, rows):
         precision, recall = by_hand(model, tok, r["chosen"], r["answer"]), by_hand(model, tok, r["answer"], r["chosen"])
         assert row["bartscore_precision"] == pytest.approx(precision, abs=1e-4)
@@ -86,6 +88,7 @@ def test_bartscore_without_the_model_says_how_to_give_one(tmp_path, monkeypatch)
         bartscore.per_record([{"chosen": "a", "answer": "b"}], {"bart_model": "facebook/bart-large-cnn"})
 
 
+@pytest.mark.covers("hook:deft_eval_scorers")
 def test_a_third_party_scorer_registers_like_the_builtins(monkeypatch):
     """A plugin implementing deft_eval_scorers adds a scorer; a name clash is refused."""
     import pluggy
