@@ -8,9 +8,9 @@ from pathlib import Path
 
 
 def cmd_serve(args) -> int:
+    from deft_app import ui
     from deft_app.items import InputError, items_from_files, read_annotators
     from deft_app.store import Store
-    from deft_app import ui
 
     db = Path(args.db)
     if not db.parent.is_dir():

@@ -7,8 +7,15 @@ from __future__ import annotations
 import itertools
 from collections import Counter, defaultdict
 
-from deft_app.stats import (bootstrap_interval, bradley_terry, bradley_terry_intervals, cohen_kappa, fleiss_kappa,
-                            left_win_rate, win_tie_loss)
+from deft_app.stats import (
+    bootstrap_interval,
+    bradley_terry,
+    bradley_terry_intervals,
+    cohen_kappa,
+    fleiss_kappa,
+    left_win_rate,
+    win_tie_loss,
+)
 
 OUTCOME = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}  # for model_a; "both bad" counts as a tie
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -32,10 +31,9 @@ def reward_gap(model_dir: Path, cache_dir: Path, heldout_rows: list[dict], args)
     """Mean R(x, y+) - R(x, y-) over the held-out pairs under the run's Q."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from deft_plugin.data.encoding import resolve_prompt_style
-    from deft_plugin.data.encoding import encode_rows
-    from deft_plugin.data.parsing import parse_rows
     from deft_plugin.core.qdiff import QDiff
+    from deft_plugin.data.encoding import encode_rows, resolve_prompt_style
+    from deft_plugin.data.parsing import parse_rows
     from deft_plugin.filtering.scorer import ReplyScorer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -50,9 +48,9 @@ def reward_gap(model_dir: Path, cache_dir: Path, heldout_rows: list[dict], args)
 
 def main() -> None:
     from deft_plugin.cli.demo import OFFLINE_ENV, axolotl_config, default_data, heldout, run_axolotl_train, sample_rows
-    from deft_plugin.integration.callbacks import METRICS_LOG
     from deft_plugin.cli.smollm2 import ensure_smollm2
     from deft_plugin.data.sources import load_rows
+    from deft_plugin.integration.callbacks import METRICS_LOG
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_demo_args(p)

@@ -63,8 +63,8 @@ if str(REPO) not in sys.path:  # run from a checkout without installing the pack
 
 import torch  # noqa: E402
 
-from deft_plugin.data.encoding import EncodedRow  # noqa: E402
 from deft_plugin.core.qdiff import QDiff  # noqa: E402
+from deft_plugin.data.encoding import EncodedRow  # noqa: E402
 from deft_plugin.filtering.batching import batches_by_length, collate_candidates  # noqa: E402
 from deft_plugin.filtering.scorer import ReplyScorer  # noqa: E402
 
@@ -201,7 +201,7 @@ def load_pairs(args, tokenizer, vocab_size):
         pairs = pairs[: args.pairs]
         if max(max(p.prompt_ids + p.chosen_ids + p.rejected_ids) for p in pairs) >= vocab_size:
             sys.exit(f"{args.encoded}: token ids beyond the model's vocabulary ({vocab_size})")
-        return pairs, meta["special_ids"], meta["pad_id"], meta["source"] + f" (read from --encoded)"
+        return pairs, meta["special_ids"], meta["pad_id"], meta["source"] + " (read from --encoded)"
     data = Path(args.data) if Path(args.data).is_absolute() else REPO / args.data
     if tokenizer is not None and not args.synthetic and data.is_file():
         from deft_plugin.data.encoding import encode_rows

@@ -44,11 +44,17 @@ def cmd_score(args) -> int:
 def cmd_mt_bench(args) -> int:
     import json
 
-    from deft_plugin.utils.atomic import atomic_write_text
-
     from deft_eval.models import load_causal_lm
-    from deft_eval.mt_bench import (JudgeEndpoint, answer_questions, judge_single, load_mt_questions, plot_results,
-                                    results_markdown, summarise_judgments)
+    from deft_eval.mt_bench import (
+        JudgeEndpoint,
+        answer_questions,
+        judge_single,
+        load_mt_questions,
+        plot_results,
+        results_markdown,
+        summarise_judgments,
+    )
+    from deft_plugin.utils.atomic import atomic_write_text
 
     questions = load_mt_questions(args.mt_bench_dir)
     out = Path(args.out)
@@ -94,9 +100,8 @@ def cmd_mt_bench(args) -> int:
 def cmd_compare(args) -> int:
     import json
 
-    from deft_plugin.utils.atomic import atomic_write_text
-
     from deft_eval.compare import compare_runs, comparison_markdown, plot_comparison
+    from deft_plugin.utils.atomic import atomic_write_text
 
     name_a, name_b = args.name_a or Path(args.run_a).name, args.name_b or Path(args.run_b).name
     rows = compare_runs(args.run_a, args.run_b)

@@ -8,8 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 from deft_plugin.data.formats.hh_rlhf import split_transcript
-from deft_plugin.hookspecs import RowError
 from deft_plugin.data.sources import JSON_SUFFIXES, load_rows
+from deft_plugin.hookspecs import RowError
 
 SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
 HUB_ID = "Anthropic/hh-rlhf"

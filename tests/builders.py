@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import gzip
-import math
 import json
+import math
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent

@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from builders import TESTS
 from deft_eval import hookspecs as eval_specs
-from deft_eval.registry import BUILTIN_MODULES as EVAL_BUILTINS, scorers
+from deft_eval.registry import BUILTIN_MODULES as EVAL_BUILTINS
+from deft_eval.registry import scorers
 from deft_plugin import hookspecs as plugin_specs
-from deft_plugin.registry import BUILTIN_MODULES as PLUGIN_BUILTINS, dataset_formats, score_variants
+from deft_plugin.registry import BUILTIN_MODULES as PLUGIN_BUILTINS
+from deft_plugin.registry import dataset_formats, score_variants
+
+from builders import TESTS
 
 
 def hook_names(spec_class, project: str) -> list[str]:

@@ -7,7 +7,7 @@ tokens. Saved as a small artifact (tensors + JSON metadata) that can be inspecte
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 

@@ -7,9 +7,9 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+from deft_plugin.data.sources import load_rows
 from deft_plugin.hookspecs import RowError
 from deft_plugin.registry import get_format
-from deft_plugin.data.sources import load_rows
 
 LOG = logging.getLogger(__name__)
 EXAMPLES_KEPT = 5

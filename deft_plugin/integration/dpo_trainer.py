@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from axolotl.core.trainers.dpo.trainer import AxolotlDPOTrainer
 
-from deft_plugin.core.losses import deft_dpo_term
 from deft_plugin.core.chunked import next_tokens, shift_completion_mask, without_special
+from deft_plugin.core.losses import deft_dpo_term
 from deft_plugin.core.reward import distribution_reward
 
 

@@ -15,10 +15,10 @@ import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 
 from deft_plugin.core.chunked import next_tokens, without_special
-from deft_plugin.integration.collator import IGNORE_INDEX, PRO_COLUMNS
 from deft_plugin.core.logprobs import sequence_logprobs
 from deft_plugin.core.losses import DEFAULT_PRO_SFT_WEIGHT, deft_ranking_term, mean_of_rest, pro_rank_loss, pro_sft_loss
 from deft_plugin.core.reward import distribution_reward
+from deft_plugin.integration.collator import IGNORE_INDEX, PRO_COLUMNS
 
 
 def _by_row(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,8 @@ from deft_eval.hookspecs import Scorer, hookimpl
 
 
 def per_record(records: list[dict], options: dict) -> list[dict[str, float]]:
-    from deft_plugin.data.formats.hh_rlhf import to_messages
-
     from deft_eval.reward_models import load_reward_model, reward_logits, reward_text
+    from deft_plugin.data.formats.hh_rlhf import to_messages
 
     if options.get("reward"):
         model, tokenizer, kind = options["reward"]

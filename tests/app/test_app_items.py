@@ -6,11 +6,12 @@ import csv
 import json
 
 import pytest
-from builders import SHARED_DATA
 
 from deft_app.export import export_votes
 from deft_app.items import InputError, items_from_files, read_annotators
 from deft_app.store import Store
+
+from builders import SHARED_DATA
 
 QUESTIONS = SHARED_DATA / "mt_bench" / "question.jsonl"
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deft_app.stats import (bootstrap_interval, bradley_terry, bradley_terry_intervals, cohen_kappa, fleiss_kappa,
-                            left_win_rate, win_tie_loss)
+from deft_app.stats import (
+    bootstrap_interval,
+    bradley_terry,
+    bradley_terry_intervals,
+    cohen_kappa,
+    fleiss_kappa,
+    left_win_rate,
+    win_tie_loss,
+)
 
 
 def test_win_rate_with_ties_by_hand():

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from builders import REPO
 
+from builders import REPO
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from deft_plugin.core.logprobs import sequence_logprobs
+
 from reference import naive_sequence_logprobs
 
 BATCH, TIME, VOCAB = 3, 7, 11

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from deft_plugin.core.losses import deft_dpo_term, deft_ranking_term, pro_rank_loss, pro_sft_loss
+from deft_plugin.core.losses import LOSS_FORMS, deft_dpo_term, deft_ranking_term, pro_rank_loss, pro_sft_loss
 
 NAN = float("nan")
 
@@ -234,3 +234,34 @@ def test_deft_ranking_term_equals_dpo_term_for_pairs(form):
     (g,) = torch.autograd.grad(term, rewards)
     (g_ref,) = torch.autograd.grad(ref, rewards)
     assert torch.equal(g, g_ref)
+
+
+# ----------------------------------------------------------------------------- DEFT-DPO term
+
+
+def test_deft_dpo_term_values():
+    rc = torch.tensor([0.30, 0.10, -0.20, 0.40], dtype=torch.float64)
+    rr = torch.tensor([0.10, 0.20, -0.50, 0.00], dtype=torch.float64)
+    # pair: mean(rc - rr) = (0.2 - 0.1 + 0.3 + 0.4) / 4 = 0.2
+    assert abs(float(deft_dpo_term(rc, rr)) - 0.2) < 1e-15
+    assert abs(float(deft_dpo_term(rc, rr, "pair")) - 0.2) < 1e-15
+    # chosen: mean(rc) = 0.6 / 4 = 0.15
+    assert abs(float(deft_dpo_term(rc, rr, "chosen")) - 0.15) < 1e-15
+    assert deft_dpo_term(rc, rr).shape == ()
+
+
+def test_deft_dpo_term_gradients():
+    rc = torch.tensor([0.3, 0.1], requires_grad=True)
+    rr = torch.tensor([0.1, 0.2], requires_grad=True)
+    deft_dpo_term(rc, rr, "pair").backward()
+    assert rc.grad.tolist() == [0.5, 0.5] and rr.grad.tolist() == [-0.5, -0.5]
+    rc.grad = rr.grad = None
+    deft_dpo_term(rc, rr, "chosen").backward()
+    assert rc.grad.tolist() == [0.5, 0.5] and rr.grad is None
+
+
+def test_deft_dpo_term_forms():
+    for form in LOSS_FORMS:  # every form the YAML key offers is one the loss computes
+        assert deft_dpo_term(torch.ones(2), torch.zeros(2), form).item() == 1.0
+    with pytest.raises(ValueError, match="deft_loss_form.*'listwise'"):
+        deft_dpo_term(torch.zeros(2), torch.zeros(2), "listwise")

@@ -161,10 +161,10 @@ def test_top_tokens_plot_writes_png(tmp_path):
 
 def test_built_from_real_replies_with_tiny_tokenizer(tiny_tokenizer):
     """Q over the tiny tokenizer's encoding of real HH-RLHF replies."""
-    from builders import hh_rows
-
     from deft_plugin.data.encoding import encode_rows
     from deft_plugin.data.formats.hh_rlhf import parse
+
+    from builders import hh_rows
 
     pairs, _ = encode_rows([parse(r, "chat_template") for r in hh_rows(64)], tiny_tokenizer)
     special = tiny_tokenizer.all_special_ids

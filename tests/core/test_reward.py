@@ -4,20 +4,14 @@ analytic p_v * (Qn_v - r_t) / |y|), low precision, q padding, the hidden-state p
 in scoring, the completion-mask shift, and the chunked path's peak memory."""
 
 import math
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 from deft_plugin.core.chunked import shift_completion_mask
 from deft_plugin.core.reward import distribution_reward, distribution_reward_from_hidden
-from reference import naive_distribution_reward
-from builders import REPO
 
+from reference import naive_distribution_reward
 
 
 def _case(batch=4, time=7, vocab=13, seed=0, dtype=torch.float64, scale=3.0):

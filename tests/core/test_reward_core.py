@@ -4,13 +4,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import torch
 
-from deft_plugin.core.losses import deft_dpo_term
 from deft_plugin.core.chunked import shift_completion_mask
+from deft_plugin.core.losses import deft_dpo_term
 from deft_plugin.core.reward import distribution_reward
+
 from builders import TESTS
 from reference import naive_distribution_reward
 

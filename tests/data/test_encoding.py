@@ -6,11 +6,12 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
-from builders import hh_rows
 
 from deft_plugin.data.encoding import EncodedRow, encode_completion, encode_rows
 from deft_plugin.data.formats import hh_rlhf
 from deft_plugin.hookspecs import RowError
+
+from builders import hh_rows
 
 
 def _parsed(n: int, style: str) -> list[dict]:

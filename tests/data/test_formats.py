@@ -4,11 +4,12 @@ plain preference rows."""
 from collections import Counter
 
 import pytest
-from builders import hh_rows
 
 from deft_plugin import registry
 from deft_plugin.data.formats import hh_rlhf, preference
 from deft_plugin.hookspecs import PROMPT_STYLES, RowError
+
+from builders import hh_rows
 
 H, A = "\n\nHuman:", "\n\nAssistant:"
 

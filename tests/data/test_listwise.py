@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from deft_plugin.data.encoding import encode_rows
 from deft_plugin import registry
+from deft_plugin.data.encoding import encode_rows
 from deft_plugin.data.formats import listwise
 from deft_plugin.data.formats.listwise import parse
 from deft_plugin.hookspecs import RowError

@@ -7,11 +7,12 @@ import json
 
 import pytest
 import torch
-from builders import HH_TEST, hh_rows, write_jsonl
 
 from deft_eval.cli import main
 from deft_eval.generate import GenerationSettings, cut_answer, generate_answers, prompt_ids, read_done
 from deft_eval.hh_prompts import load_prompts, subset_of
+
+from builders import HH_TEST, hh_rows, write_jsonl
 
 
 def test_prompts_of_the_real_file_carry_subset_and_references():

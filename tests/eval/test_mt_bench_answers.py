@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from builders import SHARED_DATA
 
 from deft_eval.mt_bench import answer_questions, load_mt_questions, temperature_of
+
+from builders import SHARED_DATA
 
 MT_BENCH = SHARED_DATA / "mt_bench"
 

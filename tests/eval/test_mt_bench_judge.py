@@ -7,11 +7,18 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from deft_eval.mt_bench import (
+    JudgeEndpoint,
+    judge_pairwise,
+    judge_single,
+    load_mt_questions,
+    summarise_judgments,
+    summarise_pairwise,
+)
+
 from builders import SHARED_DATA
 from judge_server import JudgeServer
-
-from deft_eval.mt_bench import (JudgeEndpoint, judge_pairwise, judge_single, load_mt_questions, summarise_judgments,
-                                summarise_pairwise)
 
 MT_BENCH = SHARED_DATA / "mt_bench"
 NEED_REF = {"math", "reasoning", "coding"}

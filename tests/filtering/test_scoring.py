@@ -17,14 +17,13 @@ import math
 import pytest
 import torch
 
+from deft_plugin.core.selection import keep_count, select_top
 from deft_plugin.data.encoding import encode_rows
 from deft_plugin.data.parsing import parse_rows
 from deft_plugin.filtering.pipeline import FilterSettings, build_qdiff, run_filter
 from deft_plugin.filtering.scorer import ReplyScorer
-from deft_plugin.core.selection import keep_count, select_top
+
 from builders import HH_PAIRS, KEPT, PROMPT_FILLS_SEQUENCE, RATIO, SCORED, SEQUENCE_LEN, hh_rows, sharpened
-
-
 
 # --------------------------------------------------------------------------- fixtures
 

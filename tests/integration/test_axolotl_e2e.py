@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+
 from builders import HH_PAIRS, KEPT, RATIO, SCORED, SEQUENCE_LEN
 
 pytestmark = pytest.mark.slow

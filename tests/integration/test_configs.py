@@ -18,6 +18,7 @@ import pydantic
 import pytest
 import torch
 import yaml
+
 from builders import REPO
 
 CONFIG_DIR = REPO / "configs"
@@ -207,7 +208,7 @@ def test_baseline_is_the_deft_config_without_deft(method):
 
 
 def test_configs_that_say_the_default_use_it():
-    from deft_plugin.integration.args import DEFAULT_REWARD_WEIGHT
+    from deft_plugin.core.losses import DEFAULT_REWARD_WEIGHT
 
     for path in CONFIGS:
         for line in path.read_text().splitlines():

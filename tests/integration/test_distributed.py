@@ -14,11 +14,22 @@ import uuid
 from pathlib import Path
 
 import pytest
-import torch
 
 from deft_plugin.data.parsing import parse_rows
 from deft_plugin.filtering.pipeline import FilterSettings, run_filter
-from builders import HH_PAIRS, KEPT, PROMPT_FILLS_SEQUENCE, RATIO, REPO, SCORED, SEQUENCE_LEN, hh_rows, listwise_rows, sharpened
+
+from builders import (
+    HH_PAIRS,
+    KEPT,
+    PROMPT_FILLS_SEQUENCE,
+    RATIO,
+    REPO,
+    SCORED,
+    SEQUENCE_LEN,
+    hh_rows,
+    listwise_rows,
+    sharpened,
+)
 
 WORKER = Path(__file__).with_name("dist_filter_worker.py")
 SETTINGS = {"ratio": RATIO, "batch_size": 4, "max_length": SEQUENCE_LEN}

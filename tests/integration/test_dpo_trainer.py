@@ -13,9 +13,10 @@ import math
 import pytest
 import torch
 
+from deft_plugin.integration.dpo_trainer import DeftDPOLossMixin, attach_deft_loss
+
 from builders import KEPT, RATIO, SEQUENCE_LEN, sharpened
 from reference import naive_distribution_reward
-from deft_plugin.integration.dpo_trainer import DeftDPOLossMixin, attach_deft_loss
 
 WEIGHT = 0.5
 LORA = {"adapter": "lora", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "lora_target_linear": True}

@@ -9,8 +9,9 @@ import math
 
 import pytest
 import torch
-from builders import HH_PAIRS, KEPT, SCORED, listwise_rows, write_jsonl
 from safetensors.torch import load_file
+
+from builders import HH_PAIRS, KEPT, SCORED, listwise_rows, write_jsonl
 from test_axolotl_e2e import MICRO_BATCH, axolotl, deft_cache, snapshot, write_config
 
 pytestmark = pytest.mark.slow
