@@ -10,6 +10,8 @@ from collections import Counter, defaultdict
 from typing import Sequence
 
 import numpy as np
+from scipy.stats import bootstrap
+from sklearn.metrics import cohen_kappa_score
 
 
 def win_tie_loss(outcomes: Sequence[float]) -> dict:
@@ -26,14 +28,17 @@ def win_tie_loss(outcomes: Sequence[float]) -> dict:
 
 def bootstrap_interval(outcomes: Sequence[float], statistic=np.mean, rounds: int = 2000, level: float = 0.95,
                        seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of statistic(outcomes), resampling votes with replacement."""
+    """Percentile bootstrap interval of statistic(outcomes), resampling votes with replacement
+    (scipy.stats.bootstrap)."""
     x = np.asarray(outcomes, dtype=float)
     if len(x) == 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    stats = np.array([statistic(x[rng.integers(0, len(x), len(x))]) for _ in range(rounds)])
-    alpha = (1 - level) / 2
-    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+    if np.all(x == x[0]):  # every resample equals the sample; scipy declines such data
+        value = float(statistic(x))
+        return value, value
+    result = bootstrap((x,), statistic, n_resamples=rounds, confidence_level=level, method="percentile",
+                       rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def bradley_terry(comparisons: Sequence[tuple[str, str, float]], iterations: int = 1000,
@@ -80,14 +85,12 @@ def left_win_rate(left_won: Sequence[bool]) -> float:
 
 
 def cohen_kappa(labels_a: Sequence, labels_b: Sequence) -> float:
-    """Cohen's kappa of two annotators' labels on the same items."""
+    """Cohen's kappa of two annotators' labels on the same items (scikit-learn's)."""
     if len(labels_a) != len(labels_b) or not labels_a:
         raise ValueError("Cohen's kappa needs two equally long, non-empty label lists")
-    n = len(labels_a)
-    observed = sum(a == b for a, b in zip(labels_a, labels_b)) / n
-    ca, cb = Counter(labels_a), Counter(labels_b)
-    expected = sum(ca[k] * cb[k] for k in set(ca) | set(cb)) / n ** 2
-    return 1.0 if expected == 1 else (observed - expected) / (1 - expected)
+    if len(set(labels_a) | set(labels_b)) == 1:  # one label throughout: full agreement, no chance term to remove
+        return 1.0
+    return float(cohen_kappa_score(labels_a, labels_b))
 
 
 def fleiss_kappa(counts: Sequence[Sequence[int]]) -> float:
