@@ -14,7 +14,7 @@ export WANDB_MODE=disabled
 export TOKENIZERS_PARALLELISM=false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test install benchmark
+.PHONY: demo test lint install benchmark
 
 install: $(STAMP)
 
@@ -35,8 +35,11 @@ demo: $(STAMP)
 # The judging app's browser tests drive Debian's Chromium (Playwright cannot download a browser here).
 CHROMIUM ?= /usr/bin/chromium
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 $(CHROMIUM):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \

@@ -1,7 +1,7 @@
 """deft_eval's extension points (pluggy, the same style as deft_plugin's).
 
-A scorer rates generated answers against their references. Built-in scorers (BLEU,
-BARTScore) register through the `deft_eval` entry-point group exactly like third-party ones.
+A scorer rates generated answers against their references. Built-in scorers (reward model,
+BLEU, BARTScore) register through the `deft_eval` entry-point group exactly like third-party ones.
 
 Records are dicts from `deft-eval generate`: `id`, `subset`, `prompt`, `answer`, `chosen`
 (the reference), `rejected`.
@@ -33,4 +33,16 @@ class Scorer:
 class EvalSpecs:
     @hookspec
     def deft_eval_scorers(self) -> list[Scorer]:
-        """Scorers this plugin provides."""
+        """Scorers this plugin provides, selected with `deft-eval score --scorers <name>,...`.
+
+        Called with no arguments by `deft_eval.registry.scorers()` (cached per process).
+
+        :return: a list of :class:`Scorer`. ``per_record(records, options)`` returns one
+            ``{metric: value}`` dict per record, in order; ``corpus(records, options)`` returns
+            ``{metric: value}`` over the records of one subset (and over all); either may be None.
+            ``options`` holds the command's settings (``reward_model``, ``bart_model``,
+            ``batch_size``, ``device``); ``Scorer.options`` documents the keys a scorer reads.
+
+        Merging: the lists of every registered plugin are joined by ``name``; a name given twice
+        raises ``ValueError`` naming it, so a plugin cannot replace a built-in scorer.
+        """

@@ -50,7 +50,7 @@ def test_demo_small(tmp_path, method):
         assert "rl: dpo" in config and "pro_rank_loss" not in training
     for key in ("heldout_before", "axolotl_train", "heldout_after"):
         assert report["seconds"][key] > 0
-    before, after = report["heldout_ranking_accuracy"]["before"], report["heldout_ranking_accuracy"]["after"]
+    before, after = report["heldout_preference_accuracy"]["before"], report["heldout_preference_accuracy"]["after"]
     assert before["pairs"] == after["pairs"] > 0
     assert 0 <= before["accuracy"] <= 1 and 0 <= after["accuracy"] <= 1
     assert before["mean_margin"] != after["mean_margin"]  # the trained model differs from the start
