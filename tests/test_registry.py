@@ -8,21 +8,18 @@ import pluggy
 import pytest
 import torch
 
+from deft_eval.registry import BUILTIN_MODULES as EVAL_BUILTINS
 from deft_plugin import registry
 from deft_plugin.data.formats import hh_rlhf, preference
 from deft_plugin.filtering import score_variants
 from deft_plugin.hookspecs import DatasetFormat, RowError, hookimpl
 
-BUILTIN_ENTRY_POINTS = {
-    "hh_rlhf": "deft_plugin.data.formats.hh_rlhf",
-    "preference": "deft_plugin.data.formats.preference",
-    "score_variants": "deft_plugin.filtering.score_variants",
-}
-
-
-def test_entry_point_group_lists_builtins():
-    eps = importlib.metadata.entry_points(group="deft_plugin")
-    assert {ep.name: ep.value for ep in eps if ep.name in BUILTIN_ENTRY_POINTS} == BUILTIN_ENTRY_POINTS
+def test_every_builtin_module_is_an_installed_entry_point():
+    """registry.BUILTIN_MODULES (the source-tree fallback) and pyproject's entry points name the
+    same modules, so an installed and a source-tree run register the same built-ins."""
+    for group, builtins in (("deft_plugin", registry.BUILTIN_MODULES), ("deft_eval", EVAL_BUILTINS)):
+        values = sorted(ep.value for ep in importlib.metadata.entry_points(group=group))
+        assert values == sorted(builtins), group
 
 
 def test_builtins_registered_through_entry_points():
