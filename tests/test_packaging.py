@@ -1,5 +1,6 @@
-"""A regular (non-editable) build of the project: eval/ ships as deft_eval, nothing named
-`eval` lands in site-packages, and the commands and entry points are declared."""
+"""A regular (non-editable) build of the project: every module of deft_plugin's sub-packages
+ships, eval/ and app/ ship as deft_eval and deft_app, nothing named `eval` or `app` lands in
+site-packages, and the commands and entry points are declared."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from builders import REPO
+
+SHIPPED_AS = {"deft_plugin": "deft_plugin", "eval": "deft_eval", "app": "deft_app"}
 
 
 @pytest.mark.slow
@@ -27,10 +30,12 @@ def test_wheel_contents(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
-    assert {"deft_plugin", "deft_eval"} <= top and "eval" not in top and "tests" not in top
-    for module in ("deft_eval/cli.py", "deft_eval/scorers/reward.py", "deft_plugin/data/formats/listwise.py",
-                   "deft_plugin/integration/pro_trainer.py"):
-        assert module in names
+    assert {"deft_plugin", "deft_eval", "deft_app"} <= top and not {"eval", "app", "tests"} & top
+    # every tracked module, sub-packages included (the package list in pyproject.toml is explicit)
+    modules = [f for f in files if f.endswith(".py") and f.split("/")[0] in SHIPPED_AS]
+    assert len(modules) > 50
+    missing = [m for m in modules if SHIPPED_AS[m.split("/")[0]] + m[m.index("/"):] not in names]
+    assert missing == []
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     for line in ("deft = deft_plugin.cli:main", "deft-eval = deft_eval.cli:main",
                  "listwise = deft_plugin.data.formats.listwise", "reward = deft_eval.scorers.reward"):
