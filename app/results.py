@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, defaultdict
+from pathlib import Path
 
 from deft_app.stats import (
     bootstrap_interval,
@@ -28,7 +29,8 @@ def pair_results(votes: list[dict], seed: int = 0) -> list[dict]:
     for (a, b), outcomes in sorted(by_pair.items()):
         lo, hi = bootstrap_interval(outcomes, seed=seed)
         rows.append({"model_a": a, "model_b": b, **win_tie_loss(outcomes), "win_rate_ci": (lo, hi),
-                     "both_bad": sum(v["verdict"] == "both_bad" for v in votes if (v["model_a"], v["model_b"]) == (a, b))})
+                     "both_bad": sum(v["verdict"] == "both_bad" for v in votes
+                                     if (v["model_a"], v["model_b"]) == (a, b))})
     return rows
 
 

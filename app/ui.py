@@ -43,7 +43,8 @@ def verdict_for(side: str, item: dict) -> str:
 
 
 def results_markdown(results: dict) -> str:
-    lines = [f"**{results['votes']} votes**", "", "| model A | model B | n | win | tie | loss | win rate (ties half) | 95% CI |",
+    lines = [f"**{results['votes']} votes**", "",
+             "| model A | model B | n | win | tie | loss | win rate (ties half) | 95% CI |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results["pairs"]:
         lo, hi = r["win_rate_ci"]
@@ -63,7 +64,8 @@ def results_markdown(results: dict) -> str:
         lines += [f"| {k} | {v['items']} | {v['kappa']:.3f} |" for k, v in ag["cohen"].items()]
     if ag["fleiss"]:
         f = ag["fleiss"]
-        lines += ["", f"Fleiss' kappa: {f['kappa']:.3f} over {f['items']} items with {f['annotators_per_item']} annotators each."]
+        lines += ["", f"Fleiss' kappa: {f['kappa']:.3f} over {f['items']} items "
+                      f"with {f['annotators_per_item']} annotators each."]
     for category, rows in results["by_category"].items():
         lines += ["", f"**{category}**: " + "; ".join(f"{r['model_a']} vs {r['model_b']}: {r['win_rate']:.3f} "
                                                        f"({r['win']}/{r['tie']}/{r['loss']})" for r in rows)]

@@ -1,7 +1,7 @@
 """Measure the effect of `deft_reward_weight` (lambda) on the SmolLM2 CPU demo.
 
 For each lambda the same DEFT-DPO demo runs (same sample, same filtered pairs, same seed);
-after training the held-out pairs are measured twice: ranking accuracy / mean log-prob margin
+after training the held-out pairs are measured twice: preference accuracy / mean log-prob margin
 (does the model prefer the chosen reply?) and the mean distribution-reward gap
 R(x, y+) - R(x, y-) under the run's own Q (what the DEFT term pushes up). One table is
 appended to RESULTS.md; the default lambda in deft_plugin/integration/args.py is chosen from it.
@@ -71,8 +71,10 @@ def main() -> None:
     for weight in args.weights:
         run_dir = sweep_dir / f"lambda-{weight:g}"
         run_dir.mkdir(exist_ok=True)
-        cfg = axolotl_config(argparse.Namespace(**{**vars(args), "reward_weight": weight}), model_dir, train_file, run_dir)
-        cfg["dataset_prepared_path"] = str((sweep_dir / "prepared").resolve())  # lambda does not change the cached rewards
+        cfg = axolotl_config(argparse.Namespace(**{**vars(args), "reward_weight": weight}), model_dir, train_file,
+                             run_dir)
+        # lambda does not change the cached rewards
+        cfg["dataset_prepared_path"] = str((sweep_dir / "prepared").resolve())
         config_path = run_dir / "axolotl.yaml"
         config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         run_axolotl_train(config_path, run_dir / "train.log")
@@ -85,19 +87,24 @@ def main() -> None:
         rows.append({"lambda": weight, "kept": json.loads((cache_dir / "report.json").read_text())["kept"],
                      "steps": len(steps), "acc_before": before["accuracy"], "acc_after": after["accuracy"],
                      "margin_before": before["mean_margin"], "margin_after": after["mean_margin"],
-                     "gap_before": before_gap, "gap_after": reward_gap(run_dir / "model", cache_dir, heldout_rows, args),
+                     "gap_before": before_gap,
+                     "gap_after": reward_gap(run_dir / "model", cache_dir, heldout_rows, args),
                      "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"],
                      "term_first": steps[0]["deft/term"], "term_last": steps[-1]["deft/term"]})
         print(json.dumps(rows[-1]), flush=True)
     (sweep_dir / "sweep.json").write_text(json.dumps(rows, indent=2))
     table = [f"\n## Reward-weight sweep ({time.strftime('%Y-%m-%d %H:%M')})\n",
              f"SmolLM2-135M-Instruct, CPU fp32, {args.pairs} sampled HH-RLHF harmless-base pairs, ratio {args.ratio}, "
-             f"{len(heldout_rows)} held-out pairs, lr {args.learning_rate}, micro batch {args.micro_batch_size}, seed {args.seed}.\n",
-             "| lambda | kept | steps | held-out acc before -> after | log-prob margin before -> after | R gap before -> after | loss first -> last | DEFT term first -> last |",
+             f"{len(heldout_rows)} held-out pairs, lr {args.learning_rate}, micro batch {args.micro_batch_size}, "
+             f"seed {args.seed}.\n",
+             "| lambda | kept | steps | held-out acc before -> after | log-prob margin before -> after "
+             "| R gap before -> after | loss first -> last | DEFT term first -> last |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        table.append(f"| {r['lambda']:g} | {r['kept']} | {r['steps']} | {r['acc_before']:.3f} -> {r['acc_after']:.3f} | "
-                     f"{r['margin_before']:.4f} -> {r['margin_after']:.4f} | {r['gap_before']:.5f} -> {r['gap_after']:.5f} | "
+        table.append(f"| {r['lambda']:g} | {r['kept']} | {r['steps']} | "
+                     f"{r['acc_before']:.3f} -> {r['acc_after']:.3f} | "
+                     f"{r['margin_before']:.4f} -> {r['margin_after']:.4f} | "
+                     f"{r['gap_before']:.5f} -> {r['gap_after']:.5f} | "
                      f"{r['first_loss']:.4f} -> {r['last_loss']:.4f} | {r['term_first']:.5f} -> {r['term_last']:.5f} |")
     text = "\n".join(table) + "\n"
     print(text)

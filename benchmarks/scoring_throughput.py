@@ -106,7 +106,8 @@ def parse_args(argv=None):
                     "2 CPU cores with SmolLM2)")
     ap.add_argument("--batch-size", type=int, default=2, help="pairs per batch (default %(default)s; "
                     "ReplyScorer's is 8)")
-    ap.add_argument("--max-length", type=int, default=512, help="sequence_len: replies cut to fit (default %(default)s)")
+    ap.add_argument("--max-length", type=int, default=512, help="sequence_len: replies cut to fit "
+                    "(default %(default)s)")
     ap.add_argument("--repeats", type=int, default=5, help="timed passes of each mode (default %(default)s)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed passes first (default: 1 on CUDA; on CPU "
                     "one batch of each mode)")
@@ -460,7 +461,8 @@ def main(argv=None) -> None:
     def per_batch(stat, per_rep):  # stat of each batch over the repeats, summed over the batches
         return {mode: sum(stat([r[b] for r in v]) for b in range(len(batches))) for mode, v in per_rep.items()}
 
-    med, med_cpu, best = per_batch(statistics.median, times), per_batch(statistics.median, cpu_times), per_batch(min, times)
+    med, med_cpu, best = (per_batch(statistics.median, times), per_batch(statistics.median, cpu_times),
+                          per_batch(min, times))
     ratio = med["scoring"] / med["bare"]
     figures = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(device), "torch": torch.__version__,

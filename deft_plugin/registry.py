@@ -13,7 +13,8 @@ FORMAT_PREFIX = "deft."  # a dataset format is named `type: deft.<name>` in Axol
 
 # Registered from entry points when the project is installed; imported directly when it
 # runs from a source tree without its metadata.
-BUILTIN_MODULES = ("deft_plugin.data.formats.hh_rlhf", "deft_plugin.data.formats.preference", "deft_plugin.data.formats.listwise",
+BUILTIN_MODULES = ("deft_plugin.data.formats.hh_rlhf", "deft_plugin.data.formats.preference",
+                   "deft_plugin.data.formats.listwise",
                    "deft_plugin.filtering.score_variants")
 
 

@@ -67,7 +67,8 @@ def cmd_mt_bench(args) -> int:
     if not args.judge_url:
         print("no --judge-url: answers only")
         return 0
-    endpoint = JudgeEndpoint(args.judge_url, args.judge_model, args.judge_key or os.environ.get("OPENAI_API_KEY", "EMPTY"),
+    endpoint = JudgeEndpoint(args.judge_url, args.judge_model,
+                             args.judge_key or os.environ.get("OPENAI_API_KEY", "EMPTY"),
                              args.judge_timeout, args.judge_retries, parallel=args.parallel)
     judgment_file = out / "model_judgment" / f"{args.judge_model}_single.jsonl"
     judgments = judge_single(questions, {name: {a["question_id"]: a for a in answers}}, args.mt_bench_dir, endpoint,
@@ -87,7 +88,8 @@ def cmd_mt_bench(args) -> int:
                                baseline_name, args.mt_bench_dir, endpoint,
                                out / "model_judgment" / f"{args.judge_model}_pair.jsonl")
         results["pairwise"] = summarise_pairwise(pairs)
-        report += "\n| model | baseline | win | loss | tie | inconsistent | unparseable | win rate |\n|---|---|---|---|---|---|---|---|\n"
+        report += ("\n| model | baseline | win | loss | tie | inconsistent | unparseable | win rate |\n"
+                   "|---|---|---|---|---|---|---|---|\n")
         report += "".join(f"| {m} | {r['baseline']} | {r['win']} | {r['loss']} | {r['tie']} | {r['inconsistent']} | "
                           f"{r['unparseable']} | {r['win_rate']:.3f} |\n" for m, r in results["pairwise"].items())
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
@@ -159,10 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--title", default=None)
     s.set_defaults(func=cmd_score)
 
-    m = sub.add_parser("mt-bench", help="MT-Bench: answers in FastChat's format, judged by an OpenAI-compatible endpoint")
+    m = sub.add_parser("mt-bench",
+                       help="MT-Bench: answers in FastChat's format, judged by an OpenAI-compatible endpoint")
     m.add_argument("--model", required=True, help="local model directory or hub id (a chat model)")
     m.add_argument("--name", default=None, help="model id in the answer files (default: the directory name)")
-    m.add_argument("--mt-bench-dir", required=True, help="folder with question.jsonl, judge_prompts.jsonl, reference_answer/")
+    m.add_argument("--mt-bench-dir", required=True,
+                   help="folder with question.jsonl, judge_prompts.jsonl, reference_answer/")
     m.add_argument("--out", required=True, help="output directory (model_answer/, model_judgment/, results.*)")
     m.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     m.add_argument("--judge-model", default="gpt-4", help="the judge's model name at that endpoint")

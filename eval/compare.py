@@ -21,11 +21,11 @@ def run_metrics(run_dir: str | Path) -> dict[str, float]:
                     metrics[f"{group}/{key}"] = float(value)
     if (run / "results.json").is_file():
         results = json.loads((run / "results.json").read_text())
-        for model, r in results.get("single", {}).items():
+        for _model, r in results.get("single", {}).items():
             metrics["mt_bench/score"] = r["score"]
             metrics.update({f"mt_bench/turn_{t}": v for t, v in r["turn"].items()})
             metrics.update({f"mt_bench/{c}": v for c, v in r["category"].items()})
-        for model, r in results.get("pairwise", {}).items():
+        for _model, r in results.get("pairwise", {}).items():
             metrics[f"mt_bench/win_rate_vs_{r['baseline']}"] = r["win_rate"]
     if not metrics:
         raise ValueError(f"{run}: neither report.json (deft-eval score) nor results.json (deft-eval mt-bench) found")

@@ -45,7 +45,8 @@ def prompt_ids(tokenizer, prompt: str, style: str, max_tokens: int) -> list[int]
 
 
 @torch.inference_mode()
-def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0) -> list[str]:
+def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+                   temperature: float = 0.0) -> list[str]:
     """Continuations of token-id prompts, left padded into one batch: greedy at temperature 0
     (below 1e-4, as FastChat decides), sampled otherwise; special tokens removed."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

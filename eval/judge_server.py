@@ -106,10 +106,13 @@ class LocalJudge:
         controller_port, worker_port = free_port(), free_port()
         controller = f"http://{HOST}:{controller_port}"
         try:
-            self._start("controller", ["-m", "fastchat.serve.controller", "--host", HOST, "--port", str(controller_port)])
-            self._start("worker", ["-m", "deft_eval.judge_server", "worker", "--model-path", self.model_path, "--model-names",
+            self._start("controller", ["-m", "fastchat.serve.controller", "--host", HOST, "--port",
+                                       str(controller_port)])
+            self._start("worker", ["-m", "deft_eval.judge_server", "worker",
+                                   "--model-path", self.model_path, "--model-names",
                                    self.name, "--device", self.device, "--host", HOST, "--port", str(worker_port),
-                                   "--worker-address", f"http://{HOST}:{worker_port}", "--controller-address", controller])
+                                   "--worker-address", f"http://{HOST}:{worker_port}",
+                                   "--controller-address", controller])
             self._start("api", ["-m", "deft_eval.judge_server", "api", self.model_path, "--host", HOST, "--port",
                                 str(self.port), "--controller-address", controller])
             self._wait_until_it_answers()

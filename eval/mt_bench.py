@@ -248,7 +248,8 @@ def results_markdown(summary: dict) -> str:
     for model, r in sorted(summary.items()):
         turns = [r["turn"].get(t, float("nan")) for t in (1, 2)]
         lines.append(f"| {model} | {r['score']:.3f} | {turns[0]:.3f} | {turns[1]:.3f} | {r['judged']} | "
-                     f"{r['unparseable']} | " + " | ".join(f"{r['category'].get(c, float('nan')):.2f}" for c in categories)
+                     f"{r['unparseable']} | "
+                     + " | ".join(f"{r['category'].get(c, float('nan')):.2f}" for c in categories)
                      + " |")
     return "\n".join(lines) + "\n"
 

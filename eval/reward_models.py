@@ -72,9 +72,11 @@ def load_reward_model(name_or_path: str, device: str = "auto", dtype: str = "aut
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=dt)
     except OSError as err:
         raise RuntimeError(f"could not load the reward model {name_or_path!r} ({err}). Without hub access, give a "
-                           "local copy with --reward-model DIR (a directory with config.json and the weights).") from err
+                           "local copy with --reward-model DIR "
+                           "(a directory with config.json and the weights).") from err
     if getattr(model.config, "num_labels", 1) != 1 and not isinstance(model, GPTNeoXRewardModel):
-        raise ValueError(f"{name_or_path}: a reward model must output one logit, this one has {model.config.num_labels}")
+        raise ValueError(f"{name_or_path}: a reward model must output one logit, "
+                         f"this one has {model.config.num_labels}")
     kind = "openassistant" if config.model_type == GPTNeoXRewardModelConfig.model_type else "standard"
     return model.to(dev).eval(), tokenizer, kind
 
@@ -95,7 +97,8 @@ def reward_text(tokenizer, kind: str, messages: list[dict], answer: str) -> str:
 
 
 @torch.inference_mode()
-def reward_logits(model, tokenizer, texts: list[str], batch_size: int = 8, add_special_tokens: bool = False) -> list[float]:
+def reward_logits(model, tokenizer, texts: list[str], batch_size: int = 8,
+                  add_special_tokens: bool = False) -> list[float]:
     """One logit per text, each left-truncated to its last MAX_TOKENS tokens, right padded.
     add_special_tokens: for raw text (a chat template already writes the model's BOS)."""
     device = next(model.parameters()).device
@@ -104,7 +107,8 @@ def reward_logits(model, tokenizer, texts: list[str], batch_size: int = 8, add_s
         model.config.pad_token_id = pad  # standard heads find the last token through it
     out: list[float] = []
     for start in range(0, len(texts), batch_size):
-        ids = [tokenizer(text=t, add_special_tokens=add_special_tokens)["input_ids"][-MAX_TOKENS:] for t in texts[start:start + batch_size]]
+        ids = [tokenizer(text=t, add_special_tokens=add_special_tokens)["input_ids"][-MAX_TOKENS:]
+               for t in texts[start:start + batch_size]]
         width = max(map(len, ids))
         input_ids = torch.tensor([i + [pad] * (width - len(i)) for i in ids], device=device)
         attention = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device)

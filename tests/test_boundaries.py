@@ -40,7 +40,8 @@ RULES = {
     "deft_plugin.data": Rule(TRAINING_STACK, ("deft_plugin.data", "deft_plugin.hookspecs", "deft_plugin.registry",
                                               "deft_plugin.utils"), transitive=True),
     "deft_plugin.filtering": Rule(TRAINING_STACK, ("deft_plugin.core", "deft_plugin.data", "deft_plugin.filtering",
-                                                   "deft_plugin.hookspecs", "deft_plugin.registry", "deft_plugin.utils"),
+                                                   "deft_plugin.hookspecs", "deft_plugin.registry",
+                                                   "deft_plugin.utils"),
                                   transitive=True),
     "deft_plugin.utils": Rule(TRAINING_STACK, ("deft_plugin.utils",), transitive=True),
     "deft_plugin.cli": Rule(TRAINING_STACK, None, transitive=True),
@@ -162,7 +163,8 @@ CORE_TREE = {"__init__": "", "core/__init__": "", "utils/__init__": "", "utils/p
 
 @pytest.mark.parametrize("source, expected", [
     ("import axolotl\n", "core/reward.py:1: deft_plugin.core.reward imports axolotl (deft_plugin.core may not"),
-    ("\ndef f():\n    from transformers import Trainer\n", "core/reward.py:3: deft_plugin.core.reward imports transformers"),
+    ("\ndef f():\n    from transformers import Trainer\n",
+     "core/reward.py:3: deft_plugin.core.reward imports transformers"),
     ("from deft_plugin.data.encoding import EncodedRow\n",
      "core/reward.py:1: deft_plugin.core.reward imports deft_plugin.data.encoding (deft_plugin.core may import "
      "deft_plugin.core, deft_plugin.utils of the project)"),
@@ -178,7 +180,8 @@ def test_a_break_is_named_by_file_and_line(tmp_path, source, expected):
 
 def test_a_chain_of_imports_to_axolotl_is_named(tmp_path):
     root = tmp_path / "deft_plugin"
-    write_package(root, {"__init__": "", "cli/__init__": "", "cli/demo": "import json\nfrom deft_plugin.integration import hook\n",
+    write_package(root, {"__init__": "", "cli/__init__": "",
+                         "cli/demo": "import json\nfrom deft_plugin.integration import hook\n",
                          "integration/__init__": "", "integration/hook": "\n\nimport axolotl.cli\n"})
     assert violations({"deft_plugin": root}, root) == [
         "cli/demo.py:2: deft_plugin.cli.demo reaches axolotl.cli (integration/hook.py:3) through "

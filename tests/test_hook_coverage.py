@@ -28,7 +28,8 @@ def hook_names(spec_class, project: str) -> list[str]:
 
 
 def required() -> set[str]:
-    hooks = hook_names(plugin_specs.DeftSpecs, plugin_specs.PROJECT) + hook_names(eval_specs.EvalSpecs, eval_specs.PROJECT)
+    hooks = (hook_names(plugin_specs.DeftSpecs, plugin_specs.PROJECT)
+             + hook_names(eval_specs.EvalSpecs, eval_specs.PROJECT))
     return ({f"hook:{h}" for h in hooks} | {f"plugin:{m}" for m in PLUGIN_BUILTINS + EVAL_BUILTINS}
             | {f"format:{n}" for n in dataset_formats()} | {f"score:{n}" for n in score_variants()}
             | {f"scorer:{n}" for n in scorers()})

@@ -14,6 +14,7 @@ from deft_plugin.data.formats import hh_rlhf, preference
 from deft_plugin.filtering import score_variants
 from deft_plugin.hookspecs import DatasetFormat, RowError, hookimpl
 
+
 def test_every_builtin_module_is_an_installed_entry_point():
     """registry.BUILTIN_MODULES (the source-tree fallback) and pyproject's entry points name the
     same modules, so an installed and a source-tree run register the same built-ins."""

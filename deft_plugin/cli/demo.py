@@ -170,7 +170,8 @@ def run_demo(args) -> dict:
     with phases("heldout_before"):
         before = heldout(model_dir, heldout_rows, args, "held-out (before)")
     config_path = run_dir / "axolotl.yaml"
-    atomic_write_text(config_path, yaml.safe_dump(axolotl_config(args, model_dir, train_file, run_dir), sort_keys=False))
+    atomic_write_text(config_path, yaml.safe_dump(axolotl_config(args, model_dir, train_file, run_dir),
+                                                  sort_keys=False))
     with phases("axolotl_train"):
         run_axolotl_train(config_path, run_dir / "train.log")
     with phases("heldout_after"):

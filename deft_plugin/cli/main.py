@@ -84,7 +84,8 @@ def cmd_inspect(args) -> int:
     from deft_plugin.core.qdiff import QDiff
 
     qdiff = QDiff.load(args.qdiff)
-    tokenizer = _tokenizer(args.tokenizer or qdiff.meta.get("tokenizer")) if (args.tokenizer or qdiff.meta.get("tokenizer")) else None
+    tokenizer = (_tokenizer(args.tokenizer or qdiff.meta.get("tokenizer"))
+                 if (args.tokenizer or qdiff.meta.get("tokenizer")) else None)
     print(json.dumps({k: v for k, v in qdiff.meta.items() if k != "special_ids"}, indent=2))
     _show(qdiff, tokenizer, args.out or args.qdiff, args.top)
     return 0
@@ -155,7 +156,8 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="deft", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("qdiff", help="build and save the discrepancy distribution")

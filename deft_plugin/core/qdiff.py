@@ -36,7 +36,8 @@ def token_counts(sequences: Iterable[Sequence[int]], vocab_size: int, exclude: I
     return counts
 
 
-def discrepancy(chosen_counts: torch.Tensor, rejected_counts: torch.Tensor, norm: str = "maxabs") -> tuple[torch.Tensor, torch.Tensor]:
+def discrepancy(chosen_counts: torch.Tensor, rejected_counts: torch.Tensor,
+                norm: str = "maxabs") -> tuple[torch.Tensor, torch.Tensor]:
     """(Q, Qn): Q = P+ - P- in float64, Qn normalised by `norm` in float32."""
     if norm not in NORMS:
         raise ValueError(f"deft_qdiff_norm must be one of {NORMS}, got {norm!r}")
@@ -80,7 +81,8 @@ class QDiff:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {"q": self.q, "qn": self.qn, "chosen_counts": self.chosen_counts, "rejected_counts": self.rejected_counts}
+        tensors = {"q": self.q, "qn": self.qn, "chosen_counts": self.chosen_counts,
+                   "rejected_counts": self.rejected_counts}
         atomic_write_bytes(directory / "qdiff.safetensors", st_save({k: v.contiguous() for k, v in tensors.items()}))
         atomic_write_text(directory / "qdiff.json", json.dumps(self.meta, indent=2, sort_keys=True))
         return directory

@@ -1,7 +1,8 @@
 """Tokenising preference and ranked rows the way TRL's DPO trainer does, so that the
-sequences scored here are the sequences trained on (by TRL's DPO and by the PRO trainer): the prompt alone (with the generation prompt for chat
-messages), then prompt + reply, the reply being the tail. Text replies get EOS appended.
-Sequences longer than max_length are cut at the end (TRL's keep_start)."""
+sequences scored here are the sequences trained on (by TRL's DPO and by the PRO trainer):
+the prompt alone (with the generation prompt for chat messages), then prompt + reply, the
+reply being the tail. Text replies get EOS appended. Sequences longer than max_length are
+cut at the end (TRL's keep_start)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def _ids(tokenizer, value, **kwargs) -> list[int]:
     return list(out["input_ids"])
 
 
-def encode_completion(tokenizer, prompt, completion, prompt_ids: list[int] | None = None) -> tuple[list[int], list[int]]:
+def encode_completion(tokenizer, prompt, completion,
+                      prompt_ids: list[int] | None = None) -> tuple[list[int], list[int]]:
     """(prompt_ids, completion_ids) for one prompt/completion in TRL's manner."""
     if prompt_ids is None:
         prompt_ids = _ids(tokenizer, prompt, add_generation_prompt=isinstance(prompt, list))

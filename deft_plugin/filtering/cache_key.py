@@ -33,7 +33,8 @@ def model_fingerprint(name_or_path: str, revision: str | None = None) -> dict:
 
 def tokenizer_fingerprint(tokenizer) -> dict:
     return {"name": getattr(tokenizer, "name_or_path", ""), "size": len(tokenizer),
-            "special": sorted(tokenizer.all_special_ids), "template": fingerprint(getattr(tokenizer, "chat_template", None))}
+            "special": sorted(tokenizer.all_special_ids),
+            "template": fingerprint(getattr(tokenizer, "chat_template", None))}
 
 
 def score_cache_key(rows: list[dict], model: str, revision: str | None, tokenizer, sequence_len: int | None,

@@ -38,13 +38,15 @@ class DEFTArgs(BaseModel):
     deft_score_batch_size: int = Field(8, description="Pairs per scoring batch.")
     deft_score_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Scoring precision; auto = bfloat16 on a GPU that supports it, else float32.")
-    deft_cache_dir: str | None = Field(None, description="Where scores are cached (default: under dataset_prepared_path).")
+    deft_cache_dir: str | None = Field(
+        None, description="Where scores are cached (default: under dataset_prepared_path).")
 
     # loss
     deft_reward_weight: float = Field(DEFAULT_REWARD_WEIGHT, description="lambda, the weight of the DEFT loss term.")
     deft_loss_form: Literal["pair", "chosen"] = Field("pair", description="DEFT term: R(y+) - R(y-), or R(y+) alone.")
     deft_pro_sft_weight: float = Field(
-        DEFAULT_PRO_SFT_WEIGHT, description="PRO: weight w of the SFT term, w * (n-1)^2 * summed NLL of the best response.")
+        DEFAULT_PRO_SFT_WEIGHT,
+        description="PRO: weight w of the SFT term, w * (n-1)^2 * summed NLL of the best response.")
 
     @field_validator("deft_filter_ratio")
     @classmethod

@@ -38,7 +38,8 @@ def load_deft_datasets(cfg, tokenizer=None) -> tuple[Dataset, Dataset | None, in
     cache_dir = cache_dir_for(cfg, rows, tokenizer)
     result = run_filter(rows, tokenizer, lambda: load_scoring_model(cfg.base_model, cfg.deft_score_dtype,
                                                                     cfg.revision_of_model, bool(cfg.trust_remote_code)),
-                        filter_settings(cfg), cache_dir, QDiff.load(cfg.deft_qdiff_path) if cfg.deft_qdiff_path else None,
+                        filter_settings(cfg), cache_dir,
+                        QDiff.load(cfg.deft_qdiff_path) if cfg.deft_qdiff_path else None,
                         source_report={**source_report, "prompt_style": style})
     if pro:
         kept = listwise_dataset(result.kept, result.encoded, rows)
@@ -95,7 +96,8 @@ def filter_settings(cfg) -> FilterSettings:
 
 
 def cache_dir_for(cfg, rows: list[dict], tokenizer) -> Path:
-    root = Path(cfg.deft_cache_dir) if cfg.deft_cache_dir else Path(cfg.dataset_prepared_path or "last_run_prepared") / "deft"
+    root = (Path(cfg.deft_cache_dir) if cfg.deft_cache_dir
+            else Path(cfg.dataset_prepared_path or "last_run_prepared") / "deft")
     return root / score_cache_key(rows, cfg.base_model, cfg.revision_of_model, tokenizer, cfg.sequence_len,
                                   {k: cfg.get(k) for k in REWARD_KEYS})
 

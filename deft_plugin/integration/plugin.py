@@ -98,7 +98,8 @@ class DEFTPlugin(BasePlugin):
             from deft_plugin.integration.pro_trainer import DeftPROTrainer
 
             if not isinstance(trainer, DeftPROTrainer):
-                raise RuntimeError(f"deft_method: pro needs the DEFT-PRO trainer, but Axolotl built {type(trainer).__name__} "
+                raise RuntimeError("deft_method: pro needs the DEFT-PRO trainer, but Axolotl built "
+                                   f"{type(trainer).__name__} "
                                    "(another plugin's get_trainer_cls or trainer_cls took precedence)")
             sft = cfg.deft_pro_sft_weight if cfg.deft_pro_sft_weight is not None else DEFAULT_PRO_SFT_WEIGHT
             trainer.configure_deft(qn, weight, form, self.special_ids, sft)

@@ -124,7 +124,8 @@ def test_admin_results_and_export_in_the_browser(served, browser, tmp_path):
     page.locator("#export").click()
     # the file list shows each name as "votes" and its extension in separate elements
     page.wait_for_function("() => ['.jsonl', '.csv'].every("
-                           "n => ((document.querySelector('#exports') || {}).innerText || '').includes(n))", timeout=30_000)
+                           "n => ((document.querySelector('#exports') || {}).innerText || '').includes(n))",
+                           timeout=30_000)
     exported = sorted(p.name for p in (served["tmp"] / "exports").rglob("votes.*"))
     assert exported == ["votes.csv", "votes.jsonl"]
 

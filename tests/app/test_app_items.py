@@ -70,8 +70,10 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(InputError, match="other.jsonl: line 1 lacks prompt, answer"):
         items_from_files([good, other])
     with pytest.raises(InputError, match="same model name"):
-        items_from_files([good, write(tmp_path / "copy.jsonl", [json.loads(line) for line in good.read_text().splitlines()])])
-    unrelated = write(tmp_path / "unrelated.jsonl", [{"id": "helpful/9", "model": "u", "prompt": "\n\nHuman: x\n\nAssistant:",
+        items_from_files([good, write(tmp_path / "copy.jsonl",
+                                      [json.loads(line) for line in good.read_text().splitlines()])])
+    unrelated = write(tmp_path / "unrelated.jsonl", [{"id": "helpful/9", "model": "u",
+                                                       "prompt": "\n\nHuman: x\n\nAssistant:",
                                                        "answer": "y"}])
     with pytest.raises(InputError, match="no prompt in common"):
         items_from_files([good, unrelated])

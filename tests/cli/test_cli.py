@@ -65,7 +65,8 @@ def test_filter_refuses_bad_arguments(tmp_path, tiny_model_dir, hh_file):
     with pytest.raises(SystemExit, match=r"--ratio must be in \(0, 1\]"):
         main(base + ["--ratio", "1.5"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        main(["score", "--data", str(tmp_path / "missing.jsonl"), "--model", str(tiny_model_dir), "--out", str(tmp_path)])
+        main(["score", "--data", str(tmp_path / "missing.jsonl"), "--model", str(tiny_model_dir),
+              "--out", str(tmp_path)])
 
 
 def test_unparseable_rows_are_counted_not_lost(tmp_path, tiny_model_dir):
@@ -84,7 +85,8 @@ def test_unparseable_rows_are_counted_not_lost(tmp_path, tiny_model_dir):
 
 
 def test_console_script_lists_formats():
-    out = subprocess.run([sys.executable, "-m", "deft_plugin.cli", "formats"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "deft_plugin.cli", "formats"], capture_output=True, text=True,
+                         check=True)
     assert "deft.hh_rlhf" in out.stdout and "deft.preference" in out.stdout and "deft.listwise" in out.stdout
     assert "delta" in out.stdout and "chosen" in out.stdout
 

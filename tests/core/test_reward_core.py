@@ -79,7 +79,8 @@ def _peak_kib(mode: str) -> int:
     # Large blocks straight from mmap, so that freed chunks leave the peak RSS and it tracks
     # the tensors alive at once rather than the allocator's heap growth.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, mode, str(TESTS)], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, mode, str(TESTS)],
+                         capture_output=True, text=True, check=True,
                          env=env)
     return int(out.stdout.strip().splitlines()[-1])
 

@@ -63,7 +63,8 @@ def test_batched_answers_equal_one_at_a_time(tiny_model, tiny_tokenizer, prompts
         alone = tiny_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                     max_new_tokens=12, pad_token_id=tiny_tokenizer.pad_token_id)
         assert r["answer"] == cut_answer(tiny_tokenizer.decode(alone[0, ids.shape[1]:], skip_special_tokens=True))
-        assert (r["subset"], r["chosen"], r["rejected"], r["model"]) == (p["subset"], p["chosen"], p["rejected"], "tiny")
+        assert ((r["subset"], r["chosen"], r["rejected"], r["model"])
+                == (p["subset"], p["chosen"], p["rejected"], "tiny"))
         assert r["generation"]["max_new_tokens"] == 12 and r["generation"]["prompt_style"] == "raw"
     lines = (tmp_path / "a.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["id"] for line in lines) == sorted(p["id"] for p in prompts)

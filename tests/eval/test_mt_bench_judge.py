@@ -91,7 +91,8 @@ def test_cli_answers_and_judges_a_small_fixture(tiny_model_dir, tmp_path):
     shutil.copy(MT_BENCH / "reference_answer" / "gpt-4.jsonl", data / "reference_answer")
     out = tmp_path / "out"
     baseline = tmp_path / "gpt-3.5-turbo.jsonl"
-    baseline.write_text("".join(json.dumps(a) + "\n" for a in fake_answers(picked, "gpt-3.5-turbo")["gpt-3.5-turbo"].values()))
+    baseline.write_text("".join(json.dumps(a) + "\n"
+                                for a in fake_answers(picked, "gpt-3.5-turbo")["gpt-3.5-turbo"].values()))
     with JudgeServer() as server:
         assert main(["mt-bench", "--model", str(tiny_model_dir), "--name", "tiny", "--mt-bench-dir", str(data),
                      "--out", str(out), "--judge-url", server.base_url, "--judge-model", "local-judge",

@@ -213,7 +213,8 @@ def test_run_filter_counts_and_selection(rows, tiny_tokenizer, sharp_model, naiv
     ]
     all_rows = rows + degenerate_rows
     loader = CountingLoader(sharp_model)
-    result = run_filter(all_rows, tiny_tokenizer, loader, FilterSettings(ratio=RATIO, batch_size=8, max_length=SEQUENCE_LEN),
+    result = run_filter(all_rows, tiny_tokenizer, loader,
+                        FilterSettings(ratio=RATIO, batch_size=8, max_length=SEQUENCE_LEN),
                         progress=False)
     report = result.report
     assert loader.calls == 1
@@ -236,7 +237,8 @@ def test_run_filter_counts_and_selection(rows, tiny_tokenizer, sharp_model, naiv
     assert result.kept == sorted(result.kept)
     # ... and is the top KEPT by the naive scores too (the threshold is not a near tie)
     ranked = sorted(naive, key=lambda i: -(naive[i][0] - naive[i][1]))
-    margin = (naive[ranked[KEPT - 1]][0] - naive[ranked[KEPT - 1]][1]) - (naive[ranked[KEPT]][0] - naive[ranked[KEPT]][1])
+    margin = ((naive[ranked[KEPT - 1]][0] - naive[ranked[KEPT - 1]][1])
+              - (naive[ranked[KEPT]][0] - naive[ranked[KEPT]][1]))
     assert margin > 1e-3
     assert result.kept == sorted(ranked[:KEPT])
     assert report["score_stats"]["threshold"] == pytest.approx(min(result.scores[i] for i in result.kept))
