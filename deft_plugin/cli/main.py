@@ -91,7 +91,7 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _filter(args, ratio, count) -> int:
+def _filter(args, ratio, count, select="top", seed=0) -> int:
     from deft_plugin.core.qdiff import QDiff
     from deft_plugin.filtering.pipeline import FilterSettings, best_and_rest, run_filter
     from deft_plugin.filtering.scoring_model import load_scoring_model
@@ -99,7 +99,7 @@ def _filter(args, ratio, count) -> int:
     tokenizer = _tokenizer(args.model)
     parsed = _read(args, tokenizer)
     settings = FilterSettings(ratio=ratio, count=count, score=args.score, norm=args.norm,
-                              batch_size=args.batch_size, max_length=args.max_length)
+                              batch_size=args.batch_size, max_length=args.max_length, select=select, seed=seed)
     out = Path(args.out)
     result = run_filter(parsed.rows, tokenizer, lambda: load_scoring_model(args.model, args.dtype), settings,
                         cache_dir=out / "cache", qdiff=QDiff.load(args.qdiff) if args.qdiff else None,
@@ -107,17 +107,21 @@ def _filter(args, ratio, count) -> int:
     selected = result.kept if args.command == "filter" else sorted(result.scores)
     lines = []
     for i in selected:
-        best, rest = best_and_rest(result.rewards[i])
-        extra = {"deft_rewards": list(result.rewards[i])} if len(result.rewards[i]) > 2 else {}
-        lines.append(json.dumps({**parsed.raw[i], "deft_score": result.scores[i], "deft_reward_chosen": best,
-                                 "deft_reward_rejected": rest, **extra}, ensure_ascii=False))
+        scored = {}
+        if i in result.rewards:  # a random subset is drawn without scoring
+            best, rest = best_and_rest(result.rewards[i])
+            scored = {"deft_score": result.scores[i], "deft_reward_chosen": best, "deft_reward_rejected": rest}
+            if len(result.rewards[i]) > 2:
+                scored["deft_rewards"] = list(result.rewards[i])
+        lines.append(json.dumps({**parsed.raw[i], **scored}, ensure_ascii=False))
     name = "kept.jsonl" if args.command == "filter" else "scores.jsonl"
     atomic_write_text(out / name, "".join(line + "\n" for line in lines))
     atomic_write_text(out / "report.json", json.dumps(result.report, indent=2))
     from deft_plugin.utils.plots import plot_score_distribution
 
-    plot_score_distribution(list(result.scores.values()), result.report.get("score_stats", {}).get("threshold")
-                            if args.command == "filter" else None, out / "scores.png")
+    cut = result.report.get("score_stats", {}).get("threshold")
+    cut = cut if args.command == "filter" and select == "top" else None
+    plot_score_distribution(list(result.scores.values()), cut, out / "scores.png")
     r = result.report
     print(f"{r['read']} rows read, {r['unparseable']} unparseable, {r['degenerate']} degenerate "
           f"{r['degenerate_reasons'] or ''}, {r['scored']} scored, {len(lines)} written to {out / name}")
@@ -136,7 +140,7 @@ def cmd_filter(args) -> int:
     if args.count is not None and args.count < 1:
         raise SystemExit(f"--count must be at least 1, got {args.count}")
     ratio = args.ratio if args.ratio is not None or args.count is not None else 0.05
-    return _filter(args, ratio=ratio, count=args.count)
+    return _filter(args, ratio=ratio, count=args.count, select=args.select, seed=args.seed)
 
 
 def cmd_formats(args) -> int:
@@ -187,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "filter":
             p.add_argument("--ratio", type=float, default=None, help="fraction to keep (default 0.05)")
             p.add_argument("--count", type=int, default=None, help="number of pairs to keep")
+            p.add_argument("--select", choices=("top", "random", "bottom"), default="top",
+                           help="top by the score (DEFT), or a control of the same size: random or bottom")
+            p.add_argument("--seed", type=int, default=0, help="seed of --select random")
             p.set_defaults(func=cmd_filter)
         else:
             p.set_defaults(func=cmd_score)

@@ -1,8 +1,10 @@
-"""Choosing the pairs to keep from their filtering scores."""
+"""Choosing the pairs to keep: the top of the filtering scores (DEFT), and two controls, the
+bottom of the scores and a seeded random subset of the same size."""
 
 from __future__ import annotations
 
 import math
+import random
 from typing import Sequence
 
 DEFAULT_FILTER_RATIO = 0.05  # the paper's 5%
@@ -32,3 +34,18 @@ def select_top(scores: Sequence[float], ratio: float | None = None, count: int |
     k = keep_count(len(scores), ratio, count)
     ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     return sorted(ranked[:k])
+
+
+SELECTIONS = ("top", "random", "bottom")
+
+
+def select_bottom(scores: Sequence[float], ratio: float | None = None, count: int | None = None) -> list[int]:
+    """Indices of the lowest-scoring pairs (a control: what the score ranks last), ties broken
+    by dataset order, returned in dataset order."""
+    return select_top([-s for s in scores], ratio, count)
+
+
+def select_random(n: int, ratio: float | None = None, count: int | None = None, seed: int = 0) -> list[int]:
+    """keep_count(n) indices drawn uniformly without replacement by a seeded generator (the same
+    seed gives the same subset on every machine), returned in dataset order."""
+    return sorted(random.Random(seed).sample(range(n), keep_count(n, ratio, count)))

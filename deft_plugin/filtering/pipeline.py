@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from deft_plugin.core.qdiff import QDiff
-from deft_plugin.core.selection import DEFAULT_FILTER_RATIO, select_top
+from deft_plugin.core.selection import DEFAULT_FILTER_RATIO, SELECTIONS, select_bottom, select_random, select_top
 from deft_plugin.data.encoding import EncodedRow, encode_rows
 from deft_plugin.filtering.cache_key import rows_fingerprint
 from deft_plugin.filtering.distributed import barrier, is_main_process
@@ -41,6 +41,8 @@ class FilterSettings:
     norm: str = "maxabs"
     batch_size: int = 8
     max_length: int | None = None
+    select: str = "top"  # top (DEFT) | bottom | random: the two controls
+    seed: int = 0  # of the random subset
 
 
 @dataclass
@@ -85,16 +87,22 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
     text or chat messages."""
     if settings.score not in score_variants():
         raise ValueError(f"deft_filter_score: unknown variant {settings.score!r}; known: {sorted(score_variants())}")
+    if settings.select not in SELECTIONS:
+        raise ValueError(f"deft_filter_select: unknown selection {settings.select!r}; known: {', '.join(SELECTIONS)}")
     cache_dir = Path(cache_dir) if cache_dir else None
     timer = _Timer()
     usable, degenerate = timer("encode", encode_usable_rows, rows, tokenizer, settings.max_length)
     qdiff = timer("qdiff", load_or_build_qdiff, qdiff, usable, rows, tokenizer, settings.norm, cache_dir)
     rewards, scores, kept = {}, {}, [r.index for r in usable]
-    if settings.filter:
+    if settings.filter and settings.select == "random":  # needs no scores: reports them only when cached
+        rewards = cached_rewards(usable, cache_dir)
+        scores = filtering_scores(rewards, settings.score)
+        kept = [usable[j].index for j in select_random(len(usable), settings.ratio, settings.count, settings.seed)]
+    elif settings.filter:
         rewards = timer("score", score_replies, usable, tokenizer, load_model, qdiff, settings.batch_size, cache_dir,
                         progress)
         scores = filtering_scores(rewards, settings.score)
-        kept = keep_top(usable, scores, settings)
+        kept = keep_by_score(usable, scores, settings)
     report = filter_report(rows, degenerate, rewards, scores, kept, settings, qdiff, timer.seconds, source_report)
     result = FilterResult(kept, scores, rewards, qdiff, report, {r.index: r for r in usable})
     if cache_dir and is_main_process():
@@ -124,13 +132,19 @@ def load_or_build_qdiff(qdiff: QDiff | None, usable: list[EncodedRow], rows: lis
     return qdiff
 
 
+def cached_rewards(usable: list[EncodedRow], cache_dir: Path | None) -> dict[int, tuple[float, ...]]:
+    """R of every reply when the cache holds all of them, else nothing."""
+    cached = ScoreCache(cache_dir).done() if cache_dir else {}
+    return {r.index: cached[r.index] for r in usable} if all(r.index in cached for r in usable) else {}
+
+
 def score_replies(usable: list[EncodedRow], tokenizer, load_model: Callable[[], torch.nn.Module], qdiff: QDiff,
                   batch_size: int, cache_dir: Path | None, progress: bool) -> dict[int, tuple[float, ...]]:
     """R of every reply: read from the cache where scored, the model loaded only when some are not."""
+    cached = cached_rewards(usable, cache_dir)
+    if cached:
+        return cached
     cache = ScoreCache(cache_dir) if cache_dir else None
-    cached = cache.done() if cache else {}
-    if all(r.index in cached for r in usable):
-        return {r.index: cached[r.index] for r in usable}
     scorer = ReplyScorer(load_model(), qdiff.qn, tokenizer.all_special_ids, tokenizer.pad_token_id or 0, batch_size)
     return scorer.score(usable, cache, progress=progress)
 
@@ -140,9 +154,11 @@ def filtering_scores(rewards: dict[int, tuple[float, ...]], variant_name: str) -
     return {i: float(variant(*map(torch.tensor, best_and_rest(r)))) for i, r in rewards.items()}
 
 
-def keep_top(usable: list[EncodedRow], scores: dict[int, float], settings: FilterSettings) -> list[int]:
+def keep_by_score(usable: list[EncodedRow], scores: dict[int, float], settings: FilterSettings) -> list[int]:
+    """The top (or, as a control, the bottom) of the usable rows by their filtering score."""
     order = [r.index for r in usable]
-    return [order[j] for j in select_top([scores[i] for i in order], settings.ratio, settings.count)]
+    select = select_bottom if settings.select == "bottom" else select_top
+    return [order[j] for j in select([scores[i] for i in order], settings.ratio, settings.count)]
 
 
 def filter_report(rows, degenerate: Counter, rewards, scores, kept, settings: FilterSettings, qdiff: QDiff,
@@ -160,9 +176,12 @@ def filter_report(rows, degenerate: Counter, rewards, scores, kept, settings: Fi
     }
     if scores:
         values = torch.tensor(list(scores.values()))
+        kept_scores = [scores[i] for i in kept if i in scores]
+        cut = {"top": min, "bottom": max}.get(settings.select)  # random subsets have no cut
         report["score_stats"] = {"mean": float(values.mean()), "std": float(values.std()) if len(values) > 1 else 0.0,
                                  "min": float(values.min()), "max": float(values.max()),
-                                 "threshold": min(scores[i] for i in kept)}
+                                 "threshold": cut(kept_scores) if cut and kept_scores else None,
+                                 "kept_mean": sum(kept_scores) / len(kept_scores) if kept_scores else None}
     return report
 
 

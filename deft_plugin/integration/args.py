@@ -31,6 +31,9 @@ class DEFTArgs(BaseModel):
     deft_filter_ratio: float | None = Field(None, description="Fraction of pairs to keep, in (0, 1]; default 0.05.")
     deft_filter_count: int | None = Field(None, description="Number of pairs to keep (instead of a ratio).")
     deft_filter_score: str = Field("delta", description="Filtering score: delta (R(y+) - R(y-)) or chosen (R(y+)).")
+    deft_filter_select: Literal["top", "random", "bottom"] = Field(
+        "top", description="Which pairs to keep: top by the score (DEFT); random or bottom (controls, same size).")
+    deft_filter_seed: int = Field(0, description="Seed of deft_filter_select: random.")
     deft_qdiff_norm: str = Field("maxabs", description="Normalisation of Q: maxabs, l2 or none.")
     deft_qdiff_path: str | None = Field(None, description="Directory of a saved discrepancy distribution to use.")
 

@@ -3,6 +3,7 @@ filtered by DEFT, with Axolotl's step count following the kept set."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -14,14 +15,17 @@ from deft_plugin.core.selection import DEFAULT_FILTER_RATIO
 from deft_plugin.data.encoding import EncodedRow, as_ranked, encode_rows, resolve_prompt_style
 from deft_plugin.data.parsing import ParsedRows, parse_source
 from deft_plugin.filtering.cache_key import score_cache_key
+from deft_plugin.filtering.distributed import is_main_process
 from deft_plugin.filtering.pipeline import FilterResult, FilterSettings, run_filter
 from deft_plugin.filtering.scoring_model import load_scoring_model
 from deft_plugin.registry import format_name
+from deft_plugin.utils.atomic import atomic_write_text
 
 LOG = logging.getLogger("axolotl.integrations.deft")
 
 # Keys that change the rewards and so the cache they live in. The others (ratio, count,
 # score variant, loss weight and form) choose among cached rewards or act in training.
+SELECTION_RECORD = "deft_selection.json"  # in output_dir: which rows this run trained on, and the filter's report
 REWARD_KEYS = ("deft_qdiff_norm", "deft_qdiff_path", "deft_prompt_style", "deft_score_dtype", "deft_score_batch_size")
 
 
@@ -47,6 +51,8 @@ def load_deft_datasets(cfg, tokenizer=None) -> tuple[Dataset, Dataset | None, in
     else:
         kept = train.select(result.kept)
     total_num_steps = steps_for(len(kept), cfg)
+    if cfg.output_dir and is_main_process():
+        write_selection(Path(cfg.output_dir), result, cache_dir)
     LOG.info("DEFT: %d rows read, %d unparseable, %d degenerate, %d scored, %d kept -> %d steps (cache %s)",
              result.report.get("read", len(rows)), result.report.get("unparseable", 0), result.report["degenerate"],
              result.report["scored"], len(kept), total_num_steps, cache_dir)
@@ -92,6 +98,8 @@ def filter_settings(cfg) -> FilterSettings:
         norm=cfg.deft_qdiff_norm or "maxabs",
         batch_size=cfg.deft_score_batch_size or 8,
         max_length=cfg.sequence_len,
+        select=cfg.deft_filter_select or "top",
+        seed=cfg.deft_filter_seed or 0,
     )
 
 
@@ -123,3 +131,10 @@ def encoded_eval(evaluation: Dataset, tokenizer, max_length: int | None) -> Data
         LOG.warning("DEFT: %d of %d evaluation rows are degenerate and not evaluated: %s", sum(degenerate.values()),
                     len(rows), dict(degenerate))
     return listwise_dataset([e.index for e in encoded], {e.index: e for e in encoded}, rows)
+
+
+def write_selection(output_dir: Path, result: FilterResult, cache_dir: Path) -> None:
+    """This run's own record of its kept rows (indices into the parsed rows) and filter report:
+    the cache directory is shared by every run with the same rewards, this file is not."""
+    record = {"kept": result.kept, "report": result.report, "cache_dir": str(cache_dir)}
+    atomic_write_text(output_dir / SELECTION_RECORD, json.dumps(record, indent=2))

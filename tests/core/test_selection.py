@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from deft_plugin.core.selection import keep_count, select_top
+from deft_plugin.core.selection import keep_count, select_bottom, select_random, select_top
 
 # ----------------------------------------------------------------------------- keep_count
 
@@ -97,3 +97,21 @@ def test_select_top_matches_brute_force():
         at = [i for i in range(200) if scores[i] == threshold]
         kept_at = [i for i in kept if scores[i] == threshold]
         assert kept_at == at[: len(kept_at)]
+
+
+def test_select_bottom_is_the_top_of_the_negated_scores():
+    scores = [0.5, -1.0, 0.2, -1.0, 3.0]
+    assert select_bottom(scores, count=2) == [1, 3]
+    assert select_bottom(scores, count=3) == [1, 2, 3]
+    assert select_bottom([1.0, 1.0, 1.0], count=1) == [0]  # ties by dataset order, like the top
+
+
+def test_select_random_is_a_seeded_uniform_subset():
+    picks = [select_random(100, ratio=0.05, seed=s) for s in range(200)]
+    assert all(len(p) == 5 and p == sorted(p) and len(set(p)) == 5 and 0 <= p[0] and p[-1] < 100 for p in picks)
+    assert select_random(100, ratio=0.05, seed=7) == picks[7]  # the same seed, the same subset
+    assert len({tuple(p) for p in picks}) == 200
+    counts = [sum(i in p for p in picks) for i in range(100)]  # each index drawn about 200 * 5 / 100 = 10 times
+    assert max(counts) < 30 and sum(c == 0 for c in counts) < 5
+    assert select_random(10, count=20, seed=0) == list(range(10))
+

@@ -255,6 +255,42 @@ def test_run_filter_count_and_chosen_variant(rows, tiny_tokenizer, sharp_model, 
         assert s == pytest.approx(result.rewards[i][0], abs=1e-6)
 
 
+def test_bottom_selection_keeps_the_lowest_scores(rows, tiny_tokenizer, sharp_model, naive):
+    top = run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model),
+                     FilterSettings(ratio=RATIO, max_length=SEQUENCE_LEN), progress=False)
+    bottom = run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model),
+                        FilterSettings(ratio=RATIO, max_length=SEQUENCE_LEN, select="bottom"), progress=False)
+    assert len(bottom.kept) == len(top.kept) == KEPT and set(bottom.kept).isdisjoint(top.kept)
+    by_delta = sorted(naive, key=lambda i: naive[i][0] - naive[i][1])
+    assert bottom.kept == sorted(by_delta[:KEPT])
+    stats = bottom.report["score_stats"]
+    assert stats["threshold"] == pytest.approx(max(bottom.scores[i] for i in bottom.kept))
+    assert stats["kept_mean"] < top.report["score_stats"]["kept_mean"]
+
+
+def test_random_selection_needs_no_model_and_follows_its_seed(rows, tiny_tokenizer, sharp_model, pairs, tmp_path):
+    def draw(seed, cache=None):
+        loader = NeverLoad()
+        result = run_filter(rows, tiny_tokenizer, loader, FilterSettings(ratio=RATIO, max_length=SEQUENCE_LEN,
+                                                                         select="random", seed=seed),
+                            cache_dir=cache, progress=False)
+        assert loader.calls == 0
+        return result
+
+    first, again, other = draw(0), draw(0), draw(1)
+    usable = {p.index for p in pairs}
+    assert len(first.kept) == KEPT and set(first.kept) <= usable and first.kept == sorted(first.kept)
+    assert first.kept == again.kept and first.kept != other.kept
+    assert first.scores == {} and first.report["scored"] == 0
+    # with every reply already scored (by a top run sharing the cache), the random subset reports its scores
+    cache = tmp_path / "shared"
+    run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model), FilterSettings(ratio=RATIO, max_length=SEQUENCE_LEN),
+               cache_dir=cache, progress=False)
+    cached = draw(0, cache)
+    assert cached.kept == first.kept and set(cached.scores) == usable
+    assert cached.report["score_stats"]["threshold"] is None
+
+
 def test_filter_off_keeps_every_usable_pair_without_a_model(rows, tiny_tokenizer, pairs, tmp_path):
     loader = NeverLoad()
     result = run_filter(rows, tiny_tokenizer, loader, FilterSettings(filter=False, max_length=SEQUENCE_LEN),

@@ -130,6 +130,10 @@ def test_train_full_finetune(tmp_path, tiny_model_dir, hh_file):
     report = check_report(cache)
     assert {"parts", "qdiff.safetensors", "qdiff.json"} <= {p.name for p in cache.iterdir()}
     check_training(tmp_path / "out", report["kept"])
+    # the run's own record of what it trained on, beside the model
+    selection = json.loads((tmp_path / "out" / "deft_selection.json").read_text())
+    kept_in_cache = [r["index"] for r in map(json.loads, (cache / "scores.jsonl").read_text().splitlines()) if r["kept"]]
+    assert selection["kept"] == kept_in_cache and selection["report"]["kept"] == KEPT
 
     # the trained weights moved away from the starting ones, and stayed finite
     before = load_file(tiny_model_dir / "model.safetensors")
