@@ -132,7 +132,8 @@ def test_train_full_finetune(tmp_path, tiny_model_dir, hh_file):
     check_training(tmp_path / "out", report["kept"])
     # the run's own record of what it trained on, beside the model
     selection = json.loads((tmp_path / "out" / "deft_selection.json").read_text())
-    kept_in_cache = [r["index"] for r in map(json.loads, (cache / "scores.jsonl").read_text().splitlines()) if r["kept"]]
+    lines = (cache / "scores.jsonl").read_text().splitlines()
+    kept_in_cache = [r["index"] for r in map(json.loads, lines) if r["kept"]]
     assert selection["kept"] == kept_in_cache and selection["report"]["kept"] == KEPT
 
     # the trained weights moved away from the starting ones, and stayed finite
