@@ -50,7 +50,7 @@ def main() -> None:
     from deft_plugin.cli.demo import OFFLINE_ENV, axolotl_config, default_data, heldout, run_axolotl_train, sample_rows
     from deft_plugin.cli.smollm2 import ensure_smollm2
     from deft_plugin.data.sources import load_rows
-    from deft_plugin.integration.callbacks import METRICS_LOG
+    from deft_plugin.integration.artifacts import METRICS_LOG
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_demo_args(p)

@@ -45,6 +45,7 @@ RULES = {
                                   transitive=True),
     "deft_plugin.utils": Rule(TRAINING_STACK, ("deft_plugin.utils",), transitive=True),
     "deft_plugin.cli": Rule(TRAINING_STACK, None, transitive=True),
+    "deft_plugin.study": Rule(TRAINING_STACK, None, transitive=True),  # trains through `axolotl train` only
     "deft_plugin.integration": Rule(),
     "deft_eval": Rule(TRAINING_STACK, ("deft_eval",) + SHARED_WITH_APPS),
     "deft_app": Rule(TRAINING_STACK, ("deft_app",) + SHARED_WITH_APPS),

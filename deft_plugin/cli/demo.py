@@ -196,7 +196,7 @@ def run_demo(args) -> dict:
 
 def read_run_outputs(run_dir: Path) -> dict:
     """The filter's report, scores and cache directory, and the logged training steps."""
-    from deft_plugin.integration.callbacks import METRICS_LOG
+    from deft_plugin.integration.artifacts import METRICS_LOG
 
     cache_dir = next((run_dir / "prepared" / "deft").glob("*/report.json")).parent
     history = [json.loads(line) for line in (run_dir / "model" / METRICS_LOG).read_text().splitlines()]

@@ -5,6 +5,7 @@
     deft score   score every pair of a preference file with a model
     deft filter  keep the top pairs; writes kept pairs with their scores and a report
     deft demo    the end-to-end DEFT-DPO demo on SmolLM2-135M (CPU)
+    deft study   DEFT against random and full-data arms, each through axolotl train, with a report
 """
 
 from __future__ import annotations
@@ -202,10 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_formats)
 
     from deft_plugin.cli.demo import add_demo_args
+    from deft_plugin.cli.study import add_study_args, cmd_study
 
     p = sub.add_parser("demo", help="DEFT-DPO end to end on SmolLM2-135M-Instruct (CPU)")
     add_demo_args(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("study", help="DEFT's 5% against random and full-data arms, through axolotl train")
+    add_study_args(p)
+    p.set_defaults(func=cmd_study)
     return parser
 
 

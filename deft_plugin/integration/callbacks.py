@@ -7,8 +7,6 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-METRICS_LOG = "deft_metrics.jsonl"  # written into output_dir: one JSON record per logging step
-
 
 class MetricsLogCallback(TrainerCallback):
     """Appends every log record (loss, deft/* metrics, ...) with its step to a JSONL file,

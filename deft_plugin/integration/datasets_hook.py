@@ -18,6 +18,7 @@ from deft_plugin.filtering.cache_key import score_cache_key
 from deft_plugin.filtering.distributed import is_main_process
 from deft_plugin.filtering.pipeline import FilterResult, FilterSettings, run_filter
 from deft_plugin.filtering.scoring_model import load_scoring_model
+from deft_plugin.integration.artifacts import SELECTION_RECORD
 from deft_plugin.registry import format_name
 from deft_plugin.utils.atomic import atomic_write_text
 
@@ -25,7 +26,6 @@ LOG = logging.getLogger("axolotl.integrations.deft")
 
 # Keys that change the rewards and so the cache they live in. The others (ratio, count,
 # score variant, loss weight and form) choose among cached rewards or act in training.
-SELECTION_RECORD = "deft_selection.json"  # in output_dir: which rows this run trained on, and the filter's report
 REWARD_KEYS = ("deft_qdiff_norm", "deft_qdiff_path", "deft_prompt_style", "deft_score_dtype", "deft_score_batch_size")
 
 

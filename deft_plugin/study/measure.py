@@ -1,0 +1,91 @@
+"""Held-out measurements of one model, per pair, so that every arm is compared on the same
+pairs: the summed log-probability and the token count of each reply (accuracy by mean token
+log-probability, and by DPO's implicit reward against the starting model), the distribution
+reward of each reply under the study's Q, and greedy answers to a sample of the prompts scored
+with BLEU against the chosen reply."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from deft_plugin.core.chunked import next_tokens, rows_per_chunk
+from deft_plugin.core.reward import fit_q
+from deft_plugin.data.encoding import EncodedRow
+from deft_plugin.filtering.batching import batches_by_length, collate_candidates, values_per_row
+
+PER_PAIR = ("lp_chosen", "lp_rejected", "n_chosen", "n_rejected", "r_chosen", "r_rejected")
+
+
+def load_trained(model_dir: Path, base_model: Path):
+    """A run's model as a plain causal LM in float32: a LoRA adapter is merged into its base."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    if (model_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        return PeftModel.from_pretrained(base, model_dir).merge_and_unload().eval()
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+@torch.inference_mode()
+def measure_pairs(model, rows: list[EncodedRow], qn: torch.Tensor, special_ids, pad_id: int, batch_size: int = 8,
+                  progress: bool = True) -> dict[str, list[float]]:
+    """PER_PAIR values of every row (a pair), in the order of `rows`: one decoder pass per
+    sequence, the LM head on reply positions only, in chunks of positions."""
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    device = next(model.parameters()).device
+    q = fit_q(qn, head.weight.shape[0], device)
+    chunk = rows_per_chunk(head.weight.shape[0])
+    found: dict[int, tuple] = {}
+    with tqdm(total=len(rows), desc="held-out pairs", unit="pair", disable=not progress) as bar:
+        for batch in batches_by_length(rows, batch_size):
+            ids, attn, pred = collate_candidates(batch, set(special_ids), pad_id, device)
+            hidden = decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+            where = pred.nonzero()
+            states, targets = hidden[where[:, 0], where[:, 1]], next_tokens(ids)[where[:, 0], where[:, 1]]
+            logp, reward = torch.empty(len(where)), torch.empty(len(where))
+            for start in range(0, len(where), chunk):
+                logits = head(states[start:start + chunk]).float()
+                logp[start:start + chunk] = logits.log_softmax(-1).gather(1, targets[start:start + chunk, None])[:, 0]
+                reward[start:start + chunk] = logits.softmax(-1) @ q.float()
+            sequences = ids.shape[0]
+            sums = [torch.zeros(sequences).index_add(0, where[:, 0].cpu(), v) for v in (logp, reward)]
+            counts = pred.sum(1).cpu().float()
+            per_seq = list(zip(sums[0].tolist(), counts.tolist(), (sums[1] / counts.clamp_min(1)).tolist()))
+            found.update(values_per_row(per_seq, batch))
+            bar.update(len(batch))
+    out = {key: [] for key in PER_PAIR}
+    for row in rows:
+        (lp_c, n_c, r_c), (lp_r, n_r, r_r) = found[row.index][:2]
+        for key, value in zip(PER_PAIR, (lp_c, lp_r, n_c, n_r, r_c, r_r)):
+            out[key].append(value)
+    return out
+
+
+def generate_and_score(model, tokenizer, prompts: list[dict], out_path: Path, max_new_tokens: int,
+                       max_prompt_tokens: int, batch_size: int, name: str) -> dict:
+    """Greedy answers (PRO's conventions, resumable) and their BLEU against the chosen reply."""
+    from deft_eval.generate import GenerationSettings, generate_answers
+    from deft_eval.registry import scorers
+
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
+                                  batch_size=batch_size)
+    records = generate_answers(model, tokenizer, prompts, out_path, settings, model_name=name, progress=False)
+    bleu = scorers()["bleu"]
+    per_record = bleu.per_record(records, {})
+    return {"prompts": len(records), "bleu_char": [r["bleu_char"] for r in per_record],
+            "answer_chars": [len(r["answer"]) for r in records],
+            "answer_tokens": [len(tokenizer(text=r["answer"])["input_ids"]) for r in records],
+            **bleu.corpus(records, {})}
+
+
+def write_json(path: Path, value: dict) -> None:
+    from deft_plugin.utils.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(value))

@@ -1,0 +1,192 @@
+"""The study's report: report.json computed from the runs' own files (result.json, eval.json),
+report.md rendered from report.json alone, and the plots."""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from deft_plugin.study.runner import run_dir
+from deft_plugin.study.spec import StudySpec
+from deft_plugin.study.stats import mean_interval, pair_metrics, paired_bootstrap
+
+METRICS = ("accuracy", "implicit_accuracy", "margin", "implicit_margin", "reward_gap")
+COMPARED = ("accuracy", "implicit_accuracy", "margin", "reward_gap")
+PACKAGES = ("deft-plugin", "torch", "transformers", "trl", "axolotl", "peft", "accelerate", "datasets")
+
+
+def environment(command: list[str]) -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"command": " ".join(command), "python": platform.python_version(), "machine": platform.machine(),
+            "versions": versions}
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def collect(spec: StudySpec, out: Path) -> dict[str, dict[int, tuple[dict, dict]]]:
+    """arm -> seed -> (result.json, eval.json) for every finished run."""
+    runs = {}
+    for arm in spec.arms:
+        for seed in arm.seeds:
+            result, evaluation = (_load(run_dir(out, arm, seed) / name) for name in ("result.json", "eval.json"))
+            if result and evaluation:
+                runs.setdefault(arm.name, {})[seed] = (result, evaluation)
+    return runs
+
+
+def build_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
+    runs = collect(spec, out)
+    base_arm = next(a.name for a in spec.arms if a.method == "base")
+    if base_arm not in runs:
+        raise SystemExit(f"{out}: the base arm has not been measured yet; run the study first")
+    base = runs[base_arm][0][1]["pairs"]
+    per_pair = {name: {seed: pair_metrics(ev["pairs"], base, spec.recipe.rl_beta) for seed, (_, ev) in seeds.items()}
+                for name, seeds in runs.items()}
+    pool_scoring = max((r["scoring_seconds"] for seeds in runs.values() for r, _ in seeds.values()
+                        if r.get("scoring_seconds")), default=0.0)
+    arms = {name: arm_summary(spec.arm(name), seeds, per_pair[name], pool_scoring) for name, seeds in runs.items()}
+    add_time_ratios(spec, arms)
+    comparisons = []
+    for c in spec.comparisons:
+        if c.a in per_pair and c.b in per_pair:
+            comparisons.append({"a": c.a, "b": c.b, "question": c.question, **{
+                metric: paired_bootstrap(np.stack([m[metric] for m in per_pair[c.a].values()]),
+                                         np.stack([m[metric] for m in per_pair[c.b].values()]))
+                for metric in COMPARED}})
+    pending = [f"{a.name}/seed-{s}" for a in spec.arms for s in a.seeds if s not in runs.get(a.name, {})]
+    return {"spec": spec.to_dict(), "environment": environment(command),
+            "data": {"split": {k: v for k, v in (_load(out / "data" / "split.json") or {}).items() if k != "indices"},
+                     "test": _load(out / "data" / "test_counts.json")},
+            "pool_scoring_seconds": pool_scoring, "arms": arms, "comparisons": comparisons, "pending": pending}
+
+
+def arm_summary(arm, seeds: dict, per_pair: dict, pool_scoring: float) -> dict:
+    results = [r for r, _ in seeds.values()]
+    metrics = {m: mean_interval([float(per_pair[s][m].mean()) for s in seeds]) for m in METRICS}
+    generation = [ev["generation"] for _, ev in seeds.values() if ev.get("generation")]
+    if generation:
+        metrics["bleu_char"] = mean_interval([float(np.mean(g["bleu_char"])) for g in generation])
+        metrics["sacrebleu"] = mean_interval([g["sacrebleu"] for g in generation])
+        metrics["answer_chars"] = mean_interval([float(np.mean(g["answer_chars"])) for g in generation])
+    train = [r["train_seconds"] for r in results]
+    # a scored selection pays for scoring the pool once; the run that happened to score it paid it inside
+    own_scoring = [r.get("scoring_seconds", 0.0) for r in results]
+    selection_cost = pool_scoring if arm.select in ("top", "bottom") else 0.0
+    cost = [t - s + selection_cost for t, s in zip(train, own_scoring)]
+    return {"method": arm.method, "select": arm.select, "ratio": arm.ratio if arm.select != "all" else 1.0,
+            "reward_weight": arm.reward_weight, "seeds": sorted(seeds), "kept": results[0].get("kept", 0),
+            "steps": results[0].get("steps", 0), "metrics": metrics,
+            "train_seconds": mean_interval(train), "cost_seconds": mean_interval(cost),
+            "pairs": len(next(iter(per_pair.values()))["accuracy"])}
+
+
+def add_time_ratios(spec: StudySpec, arms: dict) -> None:
+    """Each arm's cost (training, plus the pool's scoring for a scored selection) over the cost of
+    the plain full-pool arm of its method."""
+    for summary in arms.values():
+        full = next((a.name for a in spec.arms if a.method == summary["method"] and a.select == "all"
+                     and a.reward_weight == 0 and a.name in arms), None)
+        if full and arms[full]["cost_seconds"]["mean"] > 0:
+            summary["time_ratio_to"] = {"arm": full, "ratio": summary["cost_seconds"]["mean"]
+                                        / arms[full]["cost_seconds"]["mean"]}
+
+
+def _interval(m: dict, digits: int = 3) -> str:
+    if m is None:
+        return "-"
+    text = f"{m['mean']:.{digits}f}"
+    return text + (f" [{m['low']:.{digits}f}, {m['high']:.{digits}f}]" if m.get("low") is not None else "")
+
+
+def render_markdown(report: dict) -> str:
+    """report.md, from report.json alone."""
+    env, data = report["environment"], report["data"]
+    lines = ["# DEFT study", "", f"Command: `{env['command']}`", "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+             + f", Python {env['python']}",
+             ""]
+    if data.get("split"):
+        s = data["split"]
+        lines += [f"Data: {s['rows']} rows split with seed {s['seed']} into pool {s['sizes']['pool']}, validation "
+                  f"{s['sizes']['validation']}, test {s['sizes']['test']}"
+                  + (f" ({data['test']['usable']} usable held-out pairs)" if data.get("test") else "") + ".", ""]
+    lines += ["Mean over seeds, 95% t interval in brackets (none for one seed). Accuracy: share of held-out pairs "
+              "whose chosen reply has the higher mean token log-probability (implicit: the higher DPO implicit "
+              "reward against the starting model; ties count half). Reward gap: R(y+) - R(y-) under the pool's Q. "
+              "Cost: training seconds, plus the pool's scoring for a scored selection.", "",
+              "| arm | kept | seeds | accuracy | implicit accuracy | margin | reward gap | BLEU (char) | answer chars "
+              "| cost (s) | cost ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, a in report["arms"].items():
+        m = a["metrics"]
+        ratio = a.get("time_ratio_to")
+        lines.append(f"| {name} | {a['kept']} | {len(a['seeds'])} | {_interval(m['accuracy'])} | "
+                     f"{_interval(m['implicit_accuracy'])} | {_interval(m['margin'], 4)} | "
+                     f"{_interval(m['reward_gap'], 5)} | {_interval(m.get('bleu_char'), 2)} | "
+                     f"{_interval(m.get('answer_chars'), 0)} | {a['cost_seconds']['mean']:.0f} | "
+                     + (f"{ratio['ratio']:.2f} of {ratio['arm']}" if ratio else "-") + " |")
+    if report["comparisons"]:
+        lines += ["", "## Paired comparisons", "",
+                  "Difference A - B on the same held-out pairs, 95% interval from a bootstrap over pairs and seeds; "
+                  "'noise' where the interval holds 0.", "",
+                  "| A | B | question | " + " | ".join(COMPARED) + " |", "|---|---|---|" + "---|" * len(COMPARED)]
+        for c in report["comparisons"]:
+            cells = [f"{c[k]['difference']:+.4f} [{c[k]['low']:+.4f}, {c[k]['high']:+.4f}]"
+                     + (" noise" if c[k]["inside_noise"] else "") for k in COMPARED]
+            lines.append(f"| {c['a']} | {c['b']} | {c['question']} | " + " | ".join(cells) + " |")
+    if report["pending"]:
+        lines += ["", "Not run yet: " + ", ".join(report["pending"]) + "."]
+    lines += ["", "![accuracy and margin per arm](accuracy.png)", "", "![quality against cost](tradeoff.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, out: Path) -> dict[str, str]:
+    from deft_plugin.utils.plots import save_figure, subplots
+
+    names = list(report["arms"])
+    fig, axes = subplots(1, 2, figsize=(12, max(3.0, 0.4 * len(names) + 1.5)))
+    for ax, metric in zip(axes, ("accuracy", "margin")):
+        ms = [report["arms"][n]["metrics"][metric] for n in names]
+        means = [m["mean"] for m in ms]
+        errors = [[m["mean"] - (m["low"] if m["low"] is not None else m["mean"]) for m in ms],
+                  [(m["high"] if m["high"] is not None else m["mean"]) - m["mean"] for m in ms]]
+        ax.errorbar(means, range(len(names)), xerr=errors, fmt="o", capsize=3)
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"held-out {metric} (mean token log-prob)")
+        base = report["arms"][names[0]]["metrics"][metric]["mean"] if names else None
+        if base is not None:
+            ax.axvline(base, color="grey", linestyle=":", label="first arm")
+    paths = {"accuracy": str(save_figure(fig, out / "accuracy.png"))}
+    fig, ax = subplots(figsize=(7, 4.5))
+    for n in names:
+        a = report["arms"][n]
+        ax.errorbar(a["cost_seconds"]["mean"], a["metrics"]["accuracy"]["mean"], fmt="o")
+        ax.annotate(n, (a["cost_seconds"]["mean"], a["metrics"]["accuracy"]["mean"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("symlog")
+    ax.set_xlabel("cost: training seconds (+ the pool's scoring for a scored selection)")
+    ax.set_ylabel("held-out accuracy")
+    paths["tradeoff"] = str(save_figure(fig, out / "tradeoff.png"))
+    return paths
+
+
+def write_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
+    from deft_plugin.utils.atomic import atomic_write_text
+
+    report = build_report(spec, out, command)
+    report["plots"] = {k: Path(v).name for k, v in plot_report(report, out).items()}
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "report.md", render_markdown(json.loads((out / "report.json").read_text())))
+    return report
+

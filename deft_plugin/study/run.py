@@ -1,0 +1,88 @@
+"""A study from start to end: split the data, build the study's Q from the pool, then for every
+(arm, seed) train (runner.py) and measure on the held-out pairs (measure.py), each step skipped
+when its result is on disk; then the report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from deft_plugin.study.measure import generate_and_score, load_trained, measure_pairs, write_json
+from deft_plugin.study.runner import run_dir, split_data, train_run
+from deft_plugin.study.spec import Arm, StudySpec
+
+
+def encoded_split(path: Path, tokenizer, max_length: int):
+    """(usable encoded pairs, parsed rows, counts) of one split file, as the plugin encodes them."""
+    from deft_plugin.data.encoding import encode_rows, resolve_prompt_style
+    from deft_plugin.data.parsing import parse_source
+
+    parsed = parse_source(str(path), "hh_rlhf", resolve_prompt_style("auto", tokenizer))
+    usable, degenerate = encode_rows(parsed.rows, tokenizer, max_length)
+    counts = {"rows": parsed.read, "unparseable": sum(parsed.unparseable.values()),
+              "degenerate": sum(degenerate.values()), "usable": len(usable)}
+    return usable, parsed.rows, counts
+
+
+def study_qdiff(out: Path, pool: Path, tokenizer, spec: StudySpec):
+    """Q of the whole pool: the yardstick of every arm's held-out distribution reward gap."""
+    from deft_plugin.core.qdiff import QDiff
+    from deft_plugin.filtering.pipeline import build_qdiff
+
+    directory = out / "qdiff"
+    if (directory / "qdiff.json").is_file():
+        return QDiff.load(directory)
+    usable, _, _ = encoded_split(pool, tokenizer, spec.recipe.sequence_len)
+    qdiff = build_qdiff(usable, tokenizer, "maxabs")
+    qdiff.save(directory)
+    return qdiff
+
+
+def measure_run(spec: StudySpec, arm: Arm, seed: int, out: Path, model_dir: Path, tokenizer, pairs, qn,
+                prompts: list[dict], progress: bool) -> dict:
+    """eval.json of one (arm, seed) unless it exists: per-pair values and the generation scores."""
+    path = run_dir(out, arm, seed) / "eval.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    start = time.perf_counter()
+    model = (AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval() if arm.method == "base"
+             else load_trained(run_dir(out, arm, seed) / "model", model_dir))
+    m = spec.measure
+    values = measure_pairs(model, pairs, qn, tokenizer.all_special_ids, tokenizer.pad_token_id or 0, m.batch_size,
+                           progress)
+    generation = None
+    if m.generate:
+        generation = generate_and_score(model, tokenizer, prompts, run_dir(out, arm, seed) / "generations.jsonl",
+                                        m.max_new_tokens, m.max_prompt_tokens, m.batch_size, f"{arm.name}/{seed}")
+    result = {"arm": arm.name, "seed": seed, "pairs": values, "generation": generation,
+              "seconds": round(time.perf_counter() - start, 2)}
+    write_json(path, result)
+    return result
+
+
+def run_study(spec: StudySpec, out: Path, model_dir: Path, data: str, only: set[str] | None = None,
+              progress: bool = True) -> None:
+    """Train and measure every (arm, seed) of the spec (or of the arms named in `only`)."""
+    from transformers import AutoTokenizer
+
+    from deft_eval.hh_prompts import load_prompts
+    from deft_plugin.data.sources import load_rows
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = split_data(spec, out, [dict(r) for r in load_rows(data)])
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pairs, _, counts = encoded_split(files["test"], tokenizer, spec.recipe.sequence_len)
+    write_json(out / "data" / "test_counts.json", counts)
+    qdiff = study_qdiff(out, files["pool"], tokenizer, spec)
+    prompts = load_prompts(str(files["test"]))[0][: spec.measure.generate] if spec.measure.generate else []
+    for arm in spec.arms:
+        if only and arm.name not in only and arm.method != "base":
+            continue
+        for seed in arm.seeds:
+            print(f"== {arm.name} seed {seed}", flush=True)
+            train_run(spec, arm, seed, model_dir, files["pool"], out)
+            measure_run(spec, arm, seed, out, model_dir, tokenizer, pairs, qdiff.qn, prompts, progress)

