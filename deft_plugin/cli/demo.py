@@ -25,6 +25,7 @@ from deft_plugin.utils.atomic import atomic_write_text
 
 HH_RELATIVE = Path("shared") / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 HUB_DATASET = "Anthropic/hh-rlhf"
+STUDY_REPORT = "docs/study/report.md"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1",
                "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -185,6 +186,7 @@ def run_demo(args) -> dict:
                     "scoring_inside_train": round(outputs["filter_report"]["timings"].get("score_s", 0.0), 2)},
         "training": training_summary(outputs["steps"], args.method),
         "heldout_preference_accuracy": {"before": before, "after": after},
+        "kept_vs_dropped": kept_vs_dropped(train_rows, outputs["scores"], model_dir),
         "settings": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
         "filter_report": str(outputs["cache_dir"] / "report.json"),
         "plots": draw_plots(outputs, run_dir, model_dir),
@@ -204,6 +206,20 @@ def read_run_outputs(run_dir: Path) -> dict:
             "filter_report": json.loads((cache_dir / "report.json").read_text()),
             "scores": [json.loads(line) for line in (cache_dir / "scores.jsonl").read_text().splitlines()],
             "steps": [h for h in history if "loss" in h]}
+
+
+def kept_vs_dropped(train_rows: list[dict], scores: list[dict], model_dir: Path) -> dict:
+    """What the filter chose: lengths, scores and examples of the kept pairs against the dropped,
+    on the rows as the plugin parsed them (the indices of scores.jsonl)."""
+    from transformers import AutoTokenizer
+
+    from deft_plugin.data.encoding import resolve_prompt_style
+    from deft_plugin.data.parsing import parse_rows
+    from deft_plugin.filtering.describe import describe_selection
+
+    style = resolve_prompt_style("auto", AutoTokenizer.from_pretrained(model_dir))
+    rows = parse_rows(train_rows, "hh_rlhf", style).rows
+    return describe_selection(rows, {s["index"]: s["score"] for s in scores}, [s["index"] for s in scores if s["kept"]])
 
 
 def pair_counts(sampled: int, filter_report: dict) -> dict:
@@ -258,4 +274,20 @@ def print_summary(report: dict) -> None:
     print(f"held-out preference accuracy ({acc['before']['pairs']} pairs): "
           f"before {acc['before']['accuracy']:.3f} (margin {acc['before']['mean_margin']:+.4f}), "
           f"after {acc['after']['accuracy']:.3f} (margin {acc['after']['mean_margin']:+.4f})")
+    if report.get("kept_vs_dropped"):
+        print_kept_vs_dropped(report["kept_vs_dropped"])
     print(f"report: {report['run_dir']}/report.json; plots: " + ", ".join(report["plots"].values()))
+    print(f"the effect at scale: {STUDY_REPORT} (`deft study` runs it on your model and data)")
+
+
+def print_kept_vs_dropped(sides: dict) -> None:
+    print("what DEFT kept, against what it dropped:")
+    for name in ("kept", "dropped"):
+        s = sides[name]
+        if not s["pairs"]:
+            continue
+        print(f"  {name:>7}: {s['pairs']} pairs, mean score {s['score']:+.5f}, chosen reply {s['chosen_chars']:.0f} "
+              f"chars, rejected reply {s['rejected_chars']:.0f} chars")
+        for e in s["examples"]:
+            print(f"           [{e['score']:+.4f}] {e['prompt']!r}\n             chosen: {e['chosen']!r}\n"
+                  f"           rejected: {e['rejected']!r}")
