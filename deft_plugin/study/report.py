@@ -121,6 +121,9 @@ def render_markdown(report: dict) -> str:
         lines += [f"Data: {s['rows']} rows split with seed {s['seed']} into pool {s['sizes']['pool']}, validation "
                   f"{s['sizes']['validation']}, test {s['sizes']['test']}"
                   + (f" ({data['test']['usable']} usable held-out pairs)" if data.get("test") else "") + ".", ""]
+    choices = report["spec"].get("choices") or {}
+    if choices:
+        lines += ["## Choices and reasons", ""] + [f"- {k}: {v}" for k, v in choices.items()] + ["", "## Results", ""]
     lines += ["Mean over seeds, 95% t interval in brackets (none for one seed). Accuracy: share of held-out pairs "
               "whose chosen reply has the higher mean token log-probability (implicit: the higher DPO implicit "
               "reward against the starting model; ties count half). Reward gap: R(y+) - R(y-) under the pool's Q. "

@@ -33,7 +33,11 @@ def split_data(spec: StudySpec, out: Path, raw_rows) -> dict[str, Path]:
     if record_path.is_file():
         found = json.loads(record_path.read_text())
         if {k: found[k] for k in wanted} != wanted:
-            raise SystemExit(f"{out}: holds a study with another split ({found}); use another --out")
+            raise SystemExit(f"{out}: holds a study with another split ({ {k: found[k] for k in wanted} }); "
+                             "use another --out")
+        for name in SPLITS:  # the split's files are rebuilt from its indices (only the indices are kept)
+            if not files[name].is_file():
+                atomic_write_text(files[name], "".join(json.dumps(raw_rows[i]) + "\n" for i in found["indices"][name]))
         return files
     if sum(sizes.values()) > len(raw_rows):
         raise SystemExit(f"split: pool {sizes['pool']} + validation {sizes['validation']} + test {sizes['test']} "

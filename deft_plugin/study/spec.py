@@ -115,6 +115,7 @@ class StudySpec:
     measure: Measure = field(default_factory=Measure)
     arms: list[Arm] = field(default_factory=default_arms)
     comparisons: list[Comparison] = field(default_factory=default_comparisons)
+    choices: dict[str, str] = field(default_factory=dict)  # each choice of the recipe and its reason, reported
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -154,4 +155,5 @@ def load_spec(path: str | Path | None = None, **overrides) -> StudySpec:
             raise ValueError(f"{path}: comparison {c.a} vs {c.b} names an arm the study does not have")
     return StudySpec(model=raw.get("model"), data=raw.get("data"), split=_section(Split, raw.get("split"), "split"),
                      recipe=_section(Recipe, raw.get("recipe"), "recipe"),
-                     measure=_section(Measure, raw.get("measure"), "measure"), arms=arms, comparisons=comparisons)
+                     measure=_section(Measure, raw.get("measure"), "measure"), arms=arms, comparisons=comparisons,
+                     choices={str(k): str(v) for k, v in (raw.get("choices") or {}).items()})

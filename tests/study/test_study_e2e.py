@@ -103,6 +103,12 @@ def test_a_rerun_trains_and_measures_nothing(study):
     out = study["out"]
     finished = sorted(p for p in (out / "arms").rglob("*") if p.name in ("result.json", "eval.json", "train.log"))
     stamps = {p: p.stat().st_mtime_ns for p in finished}
+    # a study folder keeps only the split's indices (the data is not copied around): the files come back
+    split_files = {p: p.read_bytes() for p in (out / "data").glob("*.jsonl")}
+    assert len(split_files) == 3
+    for path in split_files:
+        path.unlink()
     assert main(study["argv"]) == 0
     assert {p: p.stat().st_mtime_ns for p in finished} == stamps
+    assert {p: p.read_bytes() for p in split_files} == split_files
     assert json.loads((out / "report.json").read_text())["arms"] == study["report"]["arms"]
