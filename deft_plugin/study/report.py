@@ -67,7 +67,7 @@ def build_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
     pending = [f"{a.name}/seed-{s}" for a in spec.arms for s in a.seeds if s not in runs.get(a.name, {})]
     return {"spec": spec.to_dict(), "environment": environment(command),
             "data": {"split": {k: v for k, v in (_load(out / "data" / "split.json") or {}).items() if k != "indices"},
-                     "test": _load(out / "data" / "test_counts.json")},
+                     "measured": _load(out / "data" / "measured_counts.json")},
             "pool_scoring_seconds": pool_scoring, "arms": arms, "comparisons": comparisons, "pending": pending}
 
 
@@ -120,7 +120,8 @@ def render_markdown(report: dict) -> str:
         s = data["split"]
         lines += [f"Data: {s['rows']} rows split with seed {s['seed']} into pool {s['sizes']['pool']}, validation "
                   f"{s['sizes']['validation']}, test {s['sizes']['test']}"
-                  + (f" ({data['test']['usable']} usable held-out pairs)" if data.get("test") else "") + ".", ""]
+                  + (f"; measured on the {data['measured']['split']} split ({data['measured']['usable']} usable pairs)"
+                     if data.get("measured") else "") + ".", ""]
     choices = report["spec"].get("choices") or {}
     if choices:
         lines += ["## Choices and reasons", ""] + [f"- {k}: {v}" for k, v in choices.items()] + ["", "## Results", ""]

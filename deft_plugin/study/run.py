@@ -75,10 +75,11 @@ def run_study(spec: StudySpec, out: Path, model_dir: Path, data: str, only: set[
     out.mkdir(parents=True, exist_ok=True)
     files = split_data(spec, out, [dict(r) for r in load_rows(data)])
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    pairs, _, counts = encoded_split(files["test"], tokenizer, spec.recipe.sequence_len)
-    write_json(out / "data" / "test_counts.json", counts)
+    measured = files[spec.measure.heldout]
+    pairs, _, counts = encoded_split(measured, tokenizer, spec.recipe.sequence_len)
+    write_json(out / "data" / "measured_counts.json", {"split": spec.measure.heldout, **counts})
     qdiff = study_qdiff(out, files["pool"], tokenizer, spec)
-    prompts = load_prompts(str(files["test"]))[0][: spec.measure.generate] if spec.measure.generate else []
+    prompts = load_prompts(str(measured))[0][: spec.measure.generate] if spec.measure.generate else []
     for arm in spec.arms:
         if only and arm.name not in only and arm.method != "base":
             continue

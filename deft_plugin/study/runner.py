@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -58,7 +59,7 @@ def split_data(spec: StudySpec, out: Path, raw_rows) -> dict[str, Path]:
 def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path, out: Path) -> dict:
     """The Axolotl config of one run: the shared recipe, the arm's method, selection and weight.
     Every run shares one dataset_prepared_path, so the pool is scored once for all arms."""
-    r = spec.recipe
+    r = replace(spec.recipe, **arm.recipe)
     cfg = {
         "base_model": str(Path(model_dir).resolve()),
         "plugins": ["deft_plugin.DEFTPlugin"],

@@ -40,6 +40,7 @@ class Recipe:
 
 @dataclass
 class Measure:
+    heldout: str = "test"  # test | validation: the split measured (validation while choosing the recipe)
     batch_size: int = 8
     generate: int = 40  # held-out prompts answered greedily (PRO's conventions) and scored with BLEU; 0: none
     max_new_tokens: int = 128
@@ -56,6 +57,7 @@ class Arm:
     seeds: list[int] = field(default_factory=lambda: [0])
     score: str = "delta"
     norm: str = "maxabs"
+    recipe: dict = field(default_factory=dict)  # recipe keys this arm changes (for choosing a recipe, not for a study)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -68,6 +70,9 @@ class Arm:
             raise ValueError(f"arms.{self.name}.seeds: at least one seed")
         if self.method == "base":
             self.seeds = [0]
+        unknown = sorted(set(self.recipe) - {f.name for f in fields(Recipe)})
+        if unknown:
+            raise ValueError(f"arms.{self.name}.recipe: unknown key(s) {', '.join(unknown)}")
 
 
 @dataclass
@@ -142,6 +147,9 @@ def load_spec(path: str | Path | None = None, **overrides) -> StudySpec:
     unknown = sorted(set(raw) - {f.name for f in fields(StudySpec)})
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}")
+    measure = _section(Measure, raw.get("measure"), "measure")
+    if measure.heldout not in ("test", "validation"):
+        raise ValueError(f"{path}: measure.heldout: test or validation, got {measure.heldout!r}")
     arms = [_section(Arm, a, f"arms[{i}]") for i, a in enumerate(raw["arms"])] if "arms" in raw else default_arms()
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
@@ -155,5 +163,5 @@ def load_spec(path: str | Path | None = None, **overrides) -> StudySpec:
             raise ValueError(f"{path}: comparison {c.a} vs {c.b} names an arm the study does not have")
     return StudySpec(model=raw.get("model"), data=raw.get("data"), split=_section(Split, raw.get("split"), "split"),
                      recipe=_section(Recipe, raw.get("recipe"), "recipe"),
-                     measure=_section(Measure, raw.get("measure"), "measure"), arms=arms, comparisons=comparisons,
+                     measure=measure, arms=arms, comparisons=comparisons,
                      choices={str(k): str(v) for k, v in (raw.get("choices") or {}).items()})

@@ -43,7 +43,8 @@ def test_report_structure(study):
     report, out = study["report"], study["out"]
     assert list(report["arms"]) == ["base", "dpo-random", "deft-dpo-top"] and report["pending"] == []
     assert report["data"]["split"]["sizes"] == {"pool": 48, "validation": 8, "test": 16}
-    pairs = report["data"]["test"]["usable"]
+    assert report["data"]["measured"]["split"] == "test"
+    pairs = report["data"]["measured"]["usable"]
     for name, arm in report["arms"].items():
         assert arm["pairs"] == pairs > 0
         for metric in ("accuracy", "implicit_accuracy", "margin", "implicit_margin", "reward_gap", "bleu_char",

@@ -18,11 +18,13 @@ def test_the_default_study_has_the_issue_arms():
 
 @pytest.mark.parametrize("text, words", [
     ("splt: {}\n", "unknown key(s) splt"),
+    ("measure: {heldout: train}\n", "measure.heldout"),
     ("recipe: {lr: 0.1}\n", "recipe: unknown key(s) lr"),
     ("arms: [{name: base, method: base}, {name: x, method: ppo}]\n", "arms.x.method"),
     ("arms: [{name: base, method: base}, {name: x, select: middle}]\n", "arms.x.select"),
     ("arms: [{name: base, method: base}, {name: x, ratio: 2}]\n", "arms.x.ratio"),
     ("arms: [{name: x}]\n", "method: base"),
+    ("arms: [{name: base, method: base}, {name: x, recipe: {lr: 1}}]\n", "arms.x.recipe: unknown key(s) lr"),
     ("arms: [{name: base, method: base}, {name: base}]\n", "unique"),
     ("arms: [{name: base, method: base}]\ncomparisons: [{a: base, b: y}]\n", "does not have"),
 ])
