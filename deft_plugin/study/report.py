@@ -55,7 +55,9 @@ def build_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
                 for name, seeds in runs.items()}
     pool_scoring = max((r["scoring_seconds"] for seeds in runs.values() for r, _ in seeds.values()
                         if r.get("scoring_seconds")), default=0.0)
-    arms = {name: arm_summary(spec.arm(name), seeds, per_pair[name], pool_scoring) for name, seeds in runs.items()}
+    tokens = {int(k): v for k, v in (_load(out / "data" / "pool_tokens.json") or {}).items()}
+    arms = {name: arm_summary(spec.arm(name), seeds, per_pair[name], pool_scoring, tokens, spec.recipe.num_epochs)
+            for name, seeds in runs.items()}
     add_time_ratios(spec, arms)
     comparisons = []
     for c in spec.comparisons:
@@ -71,8 +73,10 @@ def build_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
             "pool_scoring_seconds": pool_scoring, "arms": arms, "comparisons": comparisons, "pending": pending}
 
 
-def arm_summary(arm, seeds: dict, per_pair: dict, pool_scoring: float) -> dict:
+def arm_summary(arm, seeds: dict, per_pair: dict, pool_scoring: float, pool_tokens: dict[int, int],
+                epochs: int) -> dict:
     results = [r for r, _ in seeds.values()]
+    trained_tokens = [epochs * sum(pool_tokens.get(i, 0) for i in r.get("kept_indices", [])) for r in results]
     metrics = {m: mean_interval([float(per_pair[s][m].mean()) for s in seeds]) for m in METRICS}
     generation = [ev["generation"] for _, ev in seeds.values() if ev.get("generation")]
     if generation:
@@ -88,6 +92,7 @@ def arm_summary(arm, seeds: dict, per_pair: dict, pool_scoring: float) -> dict:
             "reward_weight": arm.reward_weight, "seeds": sorted(seeds), "kept": results[0].get("kept", 0),
             "steps": results[0].get("steps", 0), "metrics": metrics,
             "train_seconds": mean_interval(train), "cost_seconds": mean_interval(cost),
+            "train_tokens": mean_interval(trained_tokens),
             "pairs": len(next(iter(per_pair.values()))["accuracy"])}
 
 
@@ -130,14 +135,15 @@ def render_markdown(report: dict) -> str:
               "reward against the starting model; ties count half). Reward gap: R(y+) - R(y-) under the pool's Q. "
               "Cost: training seconds, plus the pool's scoring for a scored selection.", "",
               "| arm | kept | seeds | accuracy | implicit accuracy | margin | reward gap | BLEU (char) | answer chars "
-              "| cost (s) | cost ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| tokens trained | cost (s) | cost ratio |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, a in report["arms"].items():
         m = a["metrics"]
         ratio = a.get("time_ratio_to")
         lines.append(f"| {name} | {a['kept']} | {len(a['seeds'])} | {_interval(m['accuracy'])} | "
                      f"{_interval(m['implicit_accuracy'])} | {_interval(m['margin'], 4)} | "
                      f"{_interval(m['reward_gap'], 5)} | {_interval(m.get('bleu_char'), 2)} | "
-                     f"{_interval(m.get('answer_chars'), 0)} | {a['cost_seconds']['mean']:.0f} | "
+                     f"{_interval(m.get('answer_chars'), 0)} | {a['train_tokens']['mean']:.0f} | "
+                     f"{a['cost_seconds']['mean']:.0f} | "
                      + (f"{ratio['ratio']:.2f} of {ratio['arm']}" if ratio else "-") + " |")
     if report["comparisons"]:
         lines += ["", "## Paired comparisons", "",

@@ -39,6 +39,16 @@ def study_qdiff(out: Path, pool: Path, tokenizer, spec: StudySpec):
     return qdiff
 
 
+def write_pool_tokens(out: Path, pool: Path, tokenizer, spec: StudySpec) -> None:
+    """Tokens one epoch over each usable pool row costs (the prompt once per reply, and the replies),
+    by the row indices the plugin's selection records use."""
+    path = out / "data" / "pool_tokens.json"
+    if not path.is_file():
+        usable, _, _ = encoded_split(pool, tokenizer, spec.recipe.sequence_len)
+        tokens = {r.index: sum(len(r.prompt_ids) + len(c) for c in r.completions) for r in usable}
+        write_json(path, {str(i): n for i, n in tokens.items()})
+
+
 def measure_run(spec: StudySpec, arm: Arm, seed: int, out: Path, model_dir: Path, tokenizer, pairs, qn,
                 prompts: list[dict], progress: bool) -> dict:
     """eval.json of one (arm, seed) unless it exists: per-pair values and the generation scores."""
@@ -79,6 +89,7 @@ def run_study(spec: StudySpec, out: Path, model_dir: Path, data: str, only: set[
     pairs, _, counts = encoded_split(measured, tokenizer, spec.recipe.sequence_len)
     write_json(out / "data" / "measured_counts.json", {"split": spec.measure.heldout, **counts})
     qdiff = study_qdiff(out, files["pool"], tokenizer, spec)
+    write_pool_tokens(out, files["pool"], tokenizer, spec)
     prompts = load_prompts(str(measured))[0][: spec.measure.generate] if spec.measure.generate else []
     for arm in spec.arms:
         if only and arm.name not in only and arm.method != "base":

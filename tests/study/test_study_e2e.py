@@ -76,8 +76,11 @@ def test_arms_train_what_they_declare(study):
     assert configs["deft-dpo-top"]["deft_filter_select"] == "top" and configs["deft-dpo-top"]["deft_reward_weight"] == 1
     top = results["deft-dpo-top"]["filter_report"]
     assert top["kept"] == math.ceil(0.25 * top["scored"])  # the top arm scored the pool through the plugin
-    for result in results.values():
+    tokens = {int(k): v for k, v in json.loads((out / "data" / "pool_tokens.json").read_text()).items()}
+    assert len(tokens) == usable_pool
+    for name, result in results.items():
         assert result["trained"] and result["steps"] == math.ceil(result["kept"] / 2)
+        assert report["arms"][name]["train_tokens"]["mean"] == sum(tokens[i] for i in result["kept_indices"]) > 0
 
 
 def test_accuracy_recomputed_from_the_saved_model(study, tiny_model_dir):
