@@ -13,7 +13,7 @@ from typing import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from deft_plugin.core.chunked import DEFAULT_CHUNK_ELEMENTS
+from deft_plugin.core.chunked import DEFAULT_CHUNK_ELEMENTS, rows_per_chunk
 from deft_plugin.core.reward import distribution_reward_from_hidden
 from deft_plugin.data.encoding import EncodedRow
 from deft_plugin.filtering.batching import batches_by_length, collate_candidates, values_per_row
@@ -67,3 +67,34 @@ class ReplyScorer:
         results = merge_from_all_ranks(results)
         wanted = {r.index for r in rows}
         return {i: v for i, v in {**done, **results}.items() if i in wanted}
+
+
+@torch.inference_mode()
+def mean_distributions(model, rows: list[EncodedRow], special_ids: Iterable[int], pad_id: int = 0,
+                       batch_size: int = 8, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+                       progress: bool = True) -> dict[int, torch.Tensor]:
+    """row index -> [replies, vocab] float32: each reply's next-token distribution averaged over the
+    positions that predict its tokens. R(x, y) under any Q is then mean_distribution @ Qn, so one
+    pass serves every Q (Q built from less data, another norm) without scoring again."""
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    device = next(model.parameters()).device
+    vocab = head.weight.shape[0]
+    chunk = rows_per_chunk(vocab, chunk_elements)
+    out: dict[int, torch.Tensor] = {}
+    with tqdm(total=len(rows), desc="next-token distributions", unit="pair", disable=not progress) as bar:
+        for batch in batches_by_length(rows, batch_size):
+            ids, attn, pred = collate_candidates(batch, set(special_ids), pad_id, device)
+            hidden = decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+            where = pred.nonzero()
+            sums = torch.zeros(ids.shape[0], vocab, dtype=torch.float32, device=device)
+            for start in range(0, len(where), chunk):
+                part = where[start:start + chunk]
+                probs = head(hidden[part[:, 0], part[:, 1]]).float().softmax(-1)
+                sums.index_add_(0, part[:, 0], probs)
+            means = (sums / pred.sum(1, keepdim=True).clamp_min(1)).cpu()
+            first = 0
+            for row in batch:
+                out[row.index] = means[first:first + len(row.completions)].clone()
+                first += len(row.completions)
+            bar.update(len(batch))
+    return out

@@ -447,3 +447,22 @@ def test_run_killed_between_the_two_qdiff_files_resumes(rows, tiny_tokenizer, sh
     assert count_batches == [] and again.kept == first.kept
     assert torch.equal(again.qdiff.qn, first.qdiff.qn)
     assert (cache / "qdiff.json").is_file()
+
+
+def test_mean_distributions_give_the_rewards_under_any_q(pairs, qdiff, sharp_model, tiny_tokenizer):
+    """R under a Q is the reply's mean next-token distribution times Qn: for the pool's Q and for
+    another (Q of half the pairs, l2 norm), equal to scoring with that Q."""
+    from deft_plugin.filtering.pipeline import build_qdiff
+    from deft_plugin.filtering.scorer import mean_distributions
+
+    rows = pairs[:10]
+    dists = mean_distributions(sharp_model, rows, tiny_tokenizer.all_special_ids, tiny_tokenizer.pad_token_id,
+                               batch_size=4, progress=False)
+    assert set(dists) == {p.index for p in rows}
+    assert all(d.shape == (2, len(tiny_tokenizer)) for d in dists.values())
+    assert all(torch.allclose(d.sum(1), torch.ones(2), atol=1e-5) for d in dists.values())
+    other = build_qdiff(pairs[::2], tiny_tokenizer, "l2")
+    for q in (qdiff, other):
+        scored = make_scorer(sharp_model, q, tiny_tokenizer, batch_size=4).score(rows, progress=False)
+        for p in rows:
+            assert (dists[p.index] @ q.qn).tolist() == pytest.approx(list(scored[p.index]), abs=1e-6)
