@@ -66,11 +66,13 @@ def build_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
                 metric: paired_bootstrap(np.stack([m[metric] for m in per_pair[c.a].values()]),
                                          np.stack([m[metric] for m in per_pair[c.b].values()]))
                 for metric in COMPARED}})
+    q_volume = _load(out / "qvolume.json")
     pending = [f"{a.name}/seed-{s}" for a in spec.arms for s in a.seeds if s not in runs.get(a.name, {})]
     return {"spec": spec.to_dict(), "environment": environment(command),
             "data": {"split": {k: v for k, v in (_load(out / "data" / "split.json") or {}).items() if k != "indices"},
                      "measured": _load(out / "data" / "measured_counts.json")},
-            "pool_scoring_seconds": pool_scoring, "arms": arms, "comparisons": comparisons, "pending": pending}
+            "pool_scoring_seconds": pool_scoring, "arms": arms, "comparisons": comparisons, "pending": pending,
+            "q_volume": {k: v for k, v in q_volume.items() if k != "runs"} if q_volume else None}
 
 
 def arm_summary(arm, seeds: dict, per_pair: dict, pool_scoring: float, pool_tokens: dict[int, int],
@@ -154,9 +156,24 @@ def render_markdown(report: dict) -> str:
             cells = [f"{c[k]['difference']:+.4f} [{c[k]['low']:+.4f}, {c[k]['high']:+.4f}]"
                      + (" noise" if c[k]["inside_noise"] else "") for k in COMPARED]
             lines.append(f"| {c['a']} | {c['b']} | {c['question']} | " + " | ".join(cells) + " |")
+    if report.get("q_volume"):
+        v = report["q_volume"]
+        lines += ["", "## Q against data volume", "",
+                  f"Q built from a fraction of the pool ({v['draws']} seeded draws each; the pool has "
+                  f"{v['pool_pairs']} usable pairs) against Q of all of it: cosine of the two, overlap "
+                  f"(Jaccard) of the top {v['ratio']:.0%} each selects from the whole pool, and the share of the "
+                  "pairs a Q selects that helped build it (the fraction itself if Q did not favour its own "
+                  "pairs).", "",
+                  "| fraction | cosine to full Q | Jaccard of the selection | selected from its own pairs |",
+                  "|---|---|---|---|"]
+        for fraction, s in v["summary"].items():
+            lines.append(f"| {float(fraction):.0%} | {_interval(s['cosine'])} | {_interval(s['jaccard'])} | "
+                         f"{_interval(s['kept_from_own_pairs'])} |")
     if report["pending"]:
         lines += ["", "Not run yet: " + ", ".join(report["pending"]) + "."]
     lines += ["", "![accuracy and margin per arm](accuracy.png)", "", "![quality against cost](tradeoff.png)", ""]
+    if report.get("q_volume"):
+        lines += ["![Q against data volume](qvolume.png)", ""]
     return "\n".join(lines)
 
 
@@ -188,6 +205,21 @@ def plot_report(report: dict, out: Path) -> dict[str, str]:
     ax.set_xlabel("cost: training seconds (+ the pool's scoring for a scored selection)")
     ax.set_ylabel("held-out accuracy")
     paths["tradeoff"] = str(save_figure(fig, out / "tradeoff.png"))
+    if report.get("q_volume"):
+        summary = report["q_volume"]["summary"]
+        fractions = [float(f) for f in summary]
+        fig, ax = subplots(figsize=(7, 4.5))
+        for key, label in (("cosine", "cosine to full Q"), ("jaccard", "Jaccard of the selection"),
+                           ("kept_from_own_pairs", "selected from its own pairs")):
+            ms = [summary[f][key] for f in summary]
+            low = [m["mean"] - (m["low"] if m["low"] is not None else m["mean"]) for m in ms]
+            high = [(m["high"] if m["high"] is not None else m["mean"]) - m["mean"] for m in ms]
+            ax.errorbar(fractions, [m["mean"] for m in ms], yerr=[low, high], marker="o", capsize=3, label=label)
+        ax.plot(fractions, fractions, color="grey", linestyle=":", label="the fraction itself")
+        ax.set_xscale("log")
+        ax.set_xlabel("fraction of the pool Q is built from")
+        ax.legend(fontsize=8)
+        paths["qvolume"] = str(save_figure(fig, out / "qvolume.png"))
     return paths
 
 

@@ -98,3 +98,27 @@ def run_study(spec: StudySpec, out: Path, model_dir: Path, data: str, only: set[
             print(f"== {arm.name} seed {seed}", flush=True)
             train_run(spec, arm, seed, model_dir, files["pool"], out)
             measure_run(spec, arm, seed, out, model_dir, tokenizer, pairs, qdiff.qn, prompts, progress)
+    if spec.q_volume.fractions and not only:
+        measure_q_volume(spec, out, model_dir, tokenizer, files["pool"], progress)
+
+
+def measure_q_volume(spec: StudySpec, out: Path, model_dir: Path, tokenizer, pool: Path, progress: bool) -> None:
+    """qvolume.json unless it exists: Q from parts of the pool against Q of all of it."""
+    path = out / "qvolume.json"
+    if path.is_file():
+        return
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from deft_plugin.filtering.scorer import mean_distributions
+    from deft_plugin.study.qvolume import q_volume
+
+    print("== Q against data volume", flush=True)
+    start = time.perf_counter()
+    usable, _, _ = encoded_split(pool, tokenizer, spec.recipe.sequence_len)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    dists = mean_distributions(model, usable, tokenizer.all_special_ids, tokenizer.pad_token_id or 0,
+                               spec.recipe.score_batch_size, progress=progress)
+    v = spec.q_volume
+    result = q_volume(usable, dists, tokenizer, v.fractions, v.draws, v.ratio, spec.split.seed)
+    write_json(path, {**result, "seconds": round(time.perf_counter() - start, 2)})

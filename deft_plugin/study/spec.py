@@ -48,6 +48,13 @@ class Measure:
 
 
 @dataclass
+class QVolume:
+    fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5, 1.0])  # of the pool; [] skips it
+    draws: int = 3
+    ratio: float = 0.05  # the selection compared
+
+
+@dataclass
 class Arm:
     name: str
     method: str = "dpo"  # base (the starting model, no training) | dpo | pro
@@ -120,6 +127,7 @@ class StudySpec:
     measure: Measure = field(default_factory=Measure)
     arms: list[Arm] = field(default_factory=default_arms)
     comparisons: list[Comparison] = field(default_factory=default_comparisons)
+    q_volume: QVolume = field(default_factory=QVolume)
     choices: dict[str, str] = field(default_factory=dict)  # each choice of the recipe and its reason, reported
 
     def arm(self, name: str) -> Arm:
@@ -164,4 +172,5 @@ def load_spec(path: str | Path | None = None, **overrides) -> StudySpec:
     return StudySpec(model=raw.get("model"), data=raw.get("data"), split=_section(Split, raw.get("split"), "split"),
                      recipe=_section(Recipe, raw.get("recipe"), "recipe"),
                      measure=measure, arms=arms, comparisons=comparisons,
+                     q_volume=_section(QVolume, raw.get("q_volume"), "q_volume"),
                      choices={str(k): str(v) for k, v in (raw.get("choices") or {}).items()})
