@@ -86,6 +86,7 @@ def generate_and_score(model, tokenizer, prompts: list[dict], out_path: Path, ma
 
 
 def write_json(path: Path, value: dict) -> None:
+    from deft_plugin.study.runner import portable
     from deft_plugin.utils.atomic import atomic_write_text
 
-    atomic_write_text(path, json.dumps(value))
+    atomic_write_text(path, portable(json.dumps(value)))

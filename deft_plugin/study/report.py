@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deft_plugin.study.runner import run_dir
+from deft_plugin.study.runner import portable, run_dir
 from deft_plugin.study.spec import StudySpec
 from deft_plugin.study.stats import mean_interval, pair_metrics, paired_bootstrap
 
@@ -228,7 +228,7 @@ def write_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
 
     report = build_report(spec, out, command)
     report["plots"] = {k: Path(v).name for k, v in plot_report(report, out).items()}
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "report.json", portable(json.dumps(report, indent=2)))
     atomic_write_text(out / "report.md", render_markdown(json.loads((out / "report.json").read_text())))
     return report
 

@@ -5,6 +5,7 @@ skips it, so a study can be run in pieces and a killed one loses only the run in
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from dataclasses import replace
@@ -18,6 +19,15 @@ from deft_plugin.study.spec import Arm, StudySpec
 from deft_plugin.utils.atomic import atomic_write_text
 
 SPLITS = ("pool", "validation", "test")
+
+
+def portable(text: str) -> str:
+    """Text to keep in a study folder, with this machine's paths made relative: the working
+    directory becomes `.` and the home directory `~`."""
+    for root, short in ((Path.cwd().resolve(), "."), (Path.home().resolve(), "~")):
+        if str(root) != "/":
+            text = text.replace(f"{root}/", f"{short}/")
+    return text
 
 
 def run_dir(out: Path, arm: Arm, seed: int) -> Path:
@@ -58,13 +68,19 @@ def split_data(spec: StudySpec, out: Path, raw_rows) -> dict[str, Path]:
 
 def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path, out: Path) -> dict:
     """The Axolotl config of one run: the shared recipe, the arm's method, selection and weight.
-    Every run shares one dataset_prepared_path, so the pool is scored once for all arms."""
+    Every run shares one dataset_prepared_path, so the pool is scored once for all arms. Paths are
+    relative to the run's folder, where Axolotl runs, so the config names no machine path."""
     r = replace(spec.recipe, **arm.recipe)
+    here = run_dir(out, arm, seed).resolve()
+
+    def local(path: Path) -> str:
+        return os.path.relpath(Path(path).resolve(), here)
+
     cfg = {
-        "base_model": str(Path(model_dir).resolve()),
+        "base_model": local(model_dir),
         "plugins": ["deft_plugin.DEFTPlugin"],
         **({"deft_method": "pro", "sample_packing": False} if arm.method == "pro" else {"rl": "dpo"}),
-        "datasets": [{"path": str(pool.resolve()), "type": "deft.hh_rlhf"}],
+        "datasets": [{"path": local(pool), "type": "deft.hh_rlhf"}],
         "deft_reward_weight": arm.reward_weight,
         "deft_filter_score": arm.score,
         "deft_qdiff_norm": arm.norm,
@@ -77,8 +93,8 @@ def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path
         "optimizer": "adamw_torch",
         "lr_scheduler": r.lr_scheduler,
         "seed": seed,
-        "output_dir": str((run_dir(out, arm, seed) / "model").resolve()),
-        "dataset_prepared_path": str((out / "prepared").resolve()),
+        "output_dir": "model",
+        "dataset_prepared_path": local(out / "prepared"),
         "logging_steps": 1,
         "save_strategy": "no",
         "bf16": False,
@@ -113,9 +129,11 @@ def train_run(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path,
                                                       sort_keys=False))
         start = time.perf_counter()
         run_axolotl_train(config_path, directory / "train.log")
+        log = directory / "train.log"
+        log.write_text(portable(log.read_text()))
         result = {"arm": arm.name, "seed": seed, "trained": True,
                   "train_seconds": round(time.perf_counter() - start, 2), **run_record(directory / "model")}
-    atomic_write_text(result_path, json.dumps(result, indent=2))
+    atomic_write_text(result_path, portable(json.dumps(result, indent=2)))
     return result
 
 

@@ -26,17 +26,22 @@ SPEC = {
              {"name": "dpo-random", "select": "random", "ratio": 0.25},
              {"name": "deft-dpo-top", "select": "top", "ratio": 0.25, "reward_weight": 1.0}],
     "comparisons": [{"a": "deft-dpo-top", "b": "dpo-random", "question": "top against random"}],
+    "q_volume": {"fractions": [0.5, 1.0], "draws": 2, "ratio": 0.25},
 }
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("study")
-    spec, data, out = root / "spec.yaml", write_jsonl(root / "hh.jsonl", hh_rows(80)), root / "out"
-    spec.write_text(yaml.safe_dump(SPEC))
-    argv = ["study", "--spec", str(spec), "--out", str(out), "--model", str(tiny_model_dir), "--data", str(data)]
-    assert main(argv) == 0
-    return {"argv": argv, "out": out, "report": json.loads((out / "report.json").read_text())}
+    write_jsonl(root / "hh.jsonl", hh_rows(80))
+    (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    out = root / "out"
+    # run from the study's parent folder with relative paths, as from a repository
+    argv = ["study", "--spec", "spec.yaml", "--out", "out", "--model", str(tiny_model_dir), "--data", "hh.jsonl"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        assert main(argv) == 0
+    return {"argv": argv, "root": root, "out": out, "report": json.loads((out / "report.json").read_text())}
 
 
 def test_report_structure(study):
@@ -58,7 +63,13 @@ def test_report_structure(study):
         c = comparison[metric]
         assert c["low"] <= c["difference"] <= c["high"] and c["inside_noise"] == (c["low"] <= 0 <= c["high"])
     assert report["environment"]["versions"]["axolotl"] and "deft study --spec" in report["environment"]["command"]
+    volume = report["q_volume"]["summary"]
+    assert volume["1.0"]["cosine"]["mean"] == pytest.approx(1.0) and volume["1.0"]["jaccard"]["mean"] == 1.0
+    assert 0 < volume["0.5"]["cosine"]["mean"] < 1 and volume["0.5"]["cosine"]["n"] == 2
     assert (out / "report.md").read_text() == render_markdown(report)
+    kept = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".yaml", ".log", ".md", ".jsonl")
+            and "model" not in p.parts and "prepared" not in p.parts]
+    assert [p for p in kept if str(study["root"]) in p.read_text()] == []  # no machine path in what a study keeps
     assert all((out / name).read_bytes()[:4] == b"\x89PNG" for name in report["plots"].values())
 
 
@@ -103,10 +114,11 @@ def test_accuracy_recomputed_from_the_saved_model(study, tiny_model_dir):
     assert reported["margin"]["mean"] == pytest.approx(again["mean_margin"], abs=1e-5)
 
 
-def test_a_rerun_trains_and_measures_nothing(study):
+def test_a_rerun_trains_and_measures_nothing(study, monkeypatch):
     out = study["out"]
     finished = sorted(p for p in (out / "arms").rglob("*") if p.name in ("result.json", "eval.json", "train.log"))
     stamps = {p: p.stat().st_mtime_ns for p in finished}
+    monkeypatch.chdir(study["root"])
     # a study folder keeps only the split's indices (the data is not copied around): the files come back
     split_files = {p: p.read_bytes() for p in (out / "data").glob("*.jsonl")}
     assert len(split_files) == 3
