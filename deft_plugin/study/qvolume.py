@@ -24,6 +24,12 @@ def top_pairs(dists: torch.Tensor, qn: torch.Tensor, indices: list[int], ratio: 
     return {indices[j] for j in select_top((rewards[:, 0] - rewards[:, 1]).tolist(), ratio)}
 
 
+def subset_indices(rows: int, fraction: float, draw: int, seed: int = 0) -> list[int]:
+    """The seeded draw of ceil(fraction * rows) row positions a partial Q is built from."""
+    size = max(1, math.ceil(fraction * rows))
+    return sorted(random.Random(f"{seed}-{fraction}-{draw}").sample(range(rows), size))
+
+
 def q_volume(usable: list[EncodedRow], dists: dict[int, torch.Tensor], tokenizer, fractions: list[float],
              draws: int, ratio: float, seed: int = 0) -> dict:
     indices = [r.index for r in usable]
@@ -32,13 +38,12 @@ def q_volume(usable: list[EncodedRow], dists: dict[int, torch.Tensor], tokenizer
     kept_full = top_pairs(stacked, full.qn, indices, ratio)
     runs = []
     for fraction in fractions:
-        size = max(1, math.ceil(fraction * len(usable)))
         for draw in range(draws):
-            chosen = sorted(random.Random(f"{seed}-{fraction}-{draw}").sample(range(len(usable)), size))
+            chosen = subset_indices(len(usable), fraction, draw, seed)
             q = build_qdiff([usable[j] for j in chosen], tokenizer, "maxabs")
             kept = top_pairs(stacked, q.qn, indices, ratio)
             own = {indices[j] for j in chosen}
-            runs.append({"fraction": fraction, "draw": draw, "pairs": size,
+            runs.append({"fraction": fraction, "draw": draw, "pairs": len(chosen),
                          "cosine": float(torch.nn.functional.cosine_similarity(q.q, full.q, dim=0)),
                          "jaccard": len(kept & kept_full) / len(kept | kept_full),
                          "kept_from_own_pairs": len(kept & own) / len(kept)})

@@ -39,6 +39,20 @@ def study_qdiff(out: Path, pool: Path, tokenizer, spec: StudySpec):
     return qdiff
 
 
+def partial_qdiff(out: Path, pool: Path, tokenizer, spec: StudySpec, fraction: float, draw: int) -> Path:
+    """The folder of Q built from a seeded fraction of the pool's usable pairs (as in the volume
+    analysis), saved for the plugin's deft_qdiff_path."""
+    from deft_plugin.filtering.pipeline import build_qdiff
+    from deft_plugin.study.qvolume import subset_indices
+
+    directory = out / "qdiff" / f"fraction-{fraction:g}-draw-{draw}"
+    if not (directory / "qdiff.json").is_file():
+        usable, _, _ = encoded_split(pool, tokenizer, spec.recipe.sequence_len)
+        chosen = subset_indices(len(usable), fraction, draw, spec.split.seed)
+        build_qdiff([usable[j] for j in chosen], tokenizer, "maxabs", fraction=fraction, draw=draw).save(directory)
+    return directory
+
+
 def write_pool_tokens(out: Path, pool: Path, tokenizer, spec: StudySpec) -> None:
     """Tokens one epoch over each usable pool row costs (the prompt once per reply, and the replies),
     by the row indices the plugin's selection records use."""
@@ -96,7 +110,8 @@ def run_study(spec: StudySpec, out: Path, model_dir: Path, data: str, only: set[
             continue
         for seed in arm.seeds:
             print(f"== {arm.name} seed {seed}", flush=True)
-            train_run(spec, arm, seed, model_dir, files["pool"], out)
+            train_run(spec, arm, seed, model_dir, files["pool"], out,
+                      lambda fraction, draw: partial_qdiff(out, files["pool"], tokenizer, spec, fraction, draw))
             measure_run(spec, arm, seed, out, model_dir, tokenizer, pairs, qdiff.qn, prompts, progress)
     if spec.q_volume.fractions and not only:
         measure_q_volume(spec, out, model_dir, tokenizer, files["pool"], progress)

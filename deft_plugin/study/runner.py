@@ -66,7 +66,8 @@ def split_data(spec: StudySpec, out: Path, raw_rows) -> dict[str, Path]:
     return files
 
 
-def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path, out: Path) -> dict:
+def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path, out: Path,
+               qdiff_dir: Path | None = None) -> dict:
     """The Axolotl config of one run: the shared recipe, the arm's method, selection and weight.
     Every run shares one dataset_prepared_path, so the pool is scored once for all arms. Paths are
     relative to the run's folder, where Axolotl runs, so the config names no machine path."""
@@ -107,6 +108,8 @@ def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path
         cfg["deft_filter"] = False
     else:
         cfg.update({"deft_filter_select": arm.select, "deft_filter_ratio": arm.ratio, "deft_filter_seed": seed})
+    if qdiff_dir is not None:  # Q built from part of the pool (the volume question): scored again with it
+        cfg["deft_qdiff_path"] = local(qdiff_dir)
     if r.adapter == "lora":
         cfg.update({"adapter": "lora", "lora_r": r.lora_r, "lora_alpha": r.lora_alpha, "lora_dropout": 0.0,
                     "lora_target_linear": True, "lora_mlp_kernel": False, "lora_qkv_kernel": False,
@@ -114,7 +117,8 @@ def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path
     return cfg
 
 
-def train_run(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path, out: Path) -> dict:
+def train_run(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path, out: Path,
+              partial_qdiff=None) -> dict:
     """Train one (arm, seed) unless its result.json exists; return the result."""
     directory = run_dir(out, arm, seed)
     result_path = directory / "result.json"
@@ -125,7 +129,8 @@ def train_run(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path,
         result = {"arm": arm.name, "seed": seed, "trained": False, "train_seconds": 0.0, "kept": 0, "steps": 0}
     else:
         config_path = directory / "axolotl.yaml"
-        atomic_write_text(config_path, yaml.safe_dump(arm_config(spec, arm, seed, model_dir, pool, out),
+        qdiff_dir = partial_qdiff(arm.q_fraction, seed) if arm.q_fraction is not None else None
+        atomic_write_text(config_path, yaml.safe_dump(arm_config(spec, arm, seed, model_dir, pool, out, qdiff_dir),
                                                       sort_keys=False))
         start = time.perf_counter()
         run_axolotl_train(config_path, directory / "train.log")

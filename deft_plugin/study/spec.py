@@ -65,6 +65,7 @@ class Arm:
     score: str = "delta"
     norm: str = "maxabs"
     recipe: dict = field(default_factory=dict)  # recipe keys this arm changes (for choosing a recipe, not for a study)
+    q_fraction: float | None = None  # select with Q built from this fraction of the pool (draw = the seed)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -73,6 +74,8 @@ class Arm:
             raise ValueError(f"arms.{self.name}.select: one of {', '.join(SELECTIONS)}, got {self.select!r}")
         if not 0 < self.ratio <= 1:
             raise ValueError(f"arms.{self.name}.ratio: in (0, 1], got {self.ratio}")
+        if self.q_fraction is not None and not (0 < self.q_fraction <= 1 and self.select in ("top", "bottom")):
+            raise ValueError(f"arms.{self.name}.q_fraction: in (0, 1], with select top or bottom")
         if not self.seeds:
             raise ValueError(f"arms.{self.name}.seeds: at least one seed")
         if self.method == "base":

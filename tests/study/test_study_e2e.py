@@ -24,7 +24,8 @@ SPEC = {
     "measure": {"batch_size": 8, "generate": 2, "max_new_tokens": 8},
     "arms": [{"name": "base", "method": "base"},
              {"name": "dpo-random", "select": "random", "ratio": 0.25},
-             {"name": "deft-dpo-top", "select": "top", "ratio": 0.25, "reward_weight": 1.0}],
+             {"name": "deft-dpo-top", "select": "top", "ratio": 0.25, "reward_weight": 1.0},
+             {"name": "dpo-top-q50", "select": "top", "ratio": 0.25, "q_fraction": 0.5}],
     "comparisons": [{"a": "deft-dpo-top", "b": "dpo-random", "question": "top against random"}],
     "q_volume": {"fractions": [0.5, 1.0], "draws": 2, "ratio": 0.25},
 }
@@ -46,7 +47,7 @@ def study(tmp_path_factory, tiny_model_dir):
 
 def test_report_structure(study):
     report, out = study["report"], study["out"]
-    assert list(report["arms"]) == ["base", "dpo-random", "deft-dpo-top"] and report["pending"] == []
+    assert list(report["arms"]) == ["base", "dpo-random", "deft-dpo-top", "dpo-top-q50"] and report["pending"] == []
     assert report["data"]["split"]["sizes"] == {"pool": 48, "validation": 8, "test": 16}
     assert report["data"]["measured"]["split"] == "test"
     pairs = report["data"]["measured"]["usable"]
@@ -128,3 +129,16 @@ def test_a_rerun_trains_and_measures_nothing(study, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in finished} == stamps
     assert {p: p.read_bytes() for p in split_files} == split_files
     assert json.loads((out / "report.json").read_text())["arms"] == study["report"]["arms"]
+
+
+def test_an_arm_selects_with_q_from_part_of_the_pool(study):
+    out = study["out"]
+    run = out / "arms" / "dpo-top-q50" / "seed-0"
+    config = yaml.safe_load((run / "axolotl.yaml").read_text())
+    qdiff_dir = (run / config["deft_qdiff_path"]).resolve()
+    assert not config["deft_qdiff_path"].startswith("/") and qdiff_dir == (out / "qdiff" / "fraction-0.5-draw-0")
+    usable_pool = len(json.loads((out / "data" / "pool_tokens.json").read_text()))
+    meta = json.loads((qdiff_dir / "qdiff.json").read_text())
+    assert meta["pairs"] == math.ceil(0.5 * usable_pool) and meta["fraction"] == 0.5
+    report = json.loads((run / "result.json").read_text())["filter_report"]
+    assert report["qdiff"]["pairs"] == meta["pairs"] and report["scored"] == usable_pool  # the whole pool, scored again

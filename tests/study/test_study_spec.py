@@ -24,6 +24,7 @@ def test_the_default_study_has_the_issue_arms():
     ("arms: [{name: base, method: base}, {name: x, select: middle}]\n", "arms.x.select"),
     ("arms: [{name: base, method: base}, {name: x, ratio: 2}]\n", "arms.x.ratio"),
     ("arms: [{name: x}]\n", "method: base"),
+    ("arms: [{name: base, method: base}, {name: x, select: random, q_fraction: 0.5}]\n", "arms.x.q_fraction"),
     ("arms: [{name: base, method: base}, {name: x, recipe: {lr: 1}}]\n", "arms.x.recipe: unknown key(s) lr"),
     ("arms: [{name: base, method: base}, {name: base}]\n", "unique"),
     ("arms: [{name: base, method: base}]\ncomparisons: [{a: base, b: y}]\n", "does not have"),
