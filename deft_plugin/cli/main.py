@@ -40,7 +40,7 @@ def _read(args, tokenizer):
 
     raw = load_rows(args.data, args.split)
     if args.limit is not None:
-        raw = raw.select(range(min(args.limit, len(raw))))
+        raw = raw[: args.limit]
     parsed = parse_rows(raw, args.format, resolve_prompt_style(args.style, tokenizer), source=args.data)
     return parsed
 

@@ -36,21 +36,32 @@ class ParsedRows:
 
 
 def parse_rows(raw_rows, format_name: str, style: str, source: str = "") -> ParsedRows:
+    """Rows through a format. raw_rows: RawRows (rows named by file and line, and the lines that
+    were not JSON objects, counted here) or any sequence of dicts (named `source row N`, 1-based)."""
     fmt = get_format(format_name)
     out = ParsedRows()
+    where = getattr(raw_rows, "where", None)
+    for location, reason in getattr(raw_rows, "bad", ()):
+        out.read += 1
+        _unparseable(out, f"line is not a JSON object: {reason}", location)
     for i, row in enumerate(raw_rows):
         out.read += 1
         try:
             out.rows.append(fmt.parse(row, style))
             out.raw.append(row)
         except RowError as err:
-            out.unparseable[str(err)] += 1
-            if len(out.examples) < EXAMPLES_KEPT:
-                out.examples.append(f"{source} row {i}: {err}")
+            _unparseable(out, str(err), where[i] if where else f"{source} row {i + 1}")
     if out.unparseable:
         LOG.warning("%s: %d of %d rows could not be parsed as %s: %s", source, sum(out.unparseable.values()),
                     out.read, format_name, dict(out.unparseable))
     return out
+
+
+def _unparseable(out: ParsedRows, reason: str, location: str) -> None:
+    # the reason without the line's own text, so that one reason counts many lines
+    out.unparseable[reason.split(" (")[0] if reason.startswith("line is not") else reason] += 1
+    if len(out.examples) < EXAMPLES_KEPT:
+        out.examples.append(f"{location}: {reason}")
 
 
 def parse_source(path: str, format_name: str, style: str, split: str | None = None, data_files=None,

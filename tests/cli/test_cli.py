@@ -80,8 +80,29 @@ def test_unparseable_rows_are_counted_not_lost(tmp_path, tiny_model_dir):
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["read"] == 10 and report["unparseable"] == 2
     assert report["unparseable_reasons"] == {"no '\\n\\nAssistant:' turn": 1, "missing or non-text 'rejected'": 1}
-    assert any("row 3" in e for e in report["unparseable_examples"])
+    examples = report["unparseable_examples"]  # named by file and 1-based line
+    assert examples == [f"{data}:4: no '\\n\\nAssistant:' turn", f"{data}:8: missing or non-text 'rejected'"]
     assert report["rows"] == 8
+
+
+def test_broken_json_lines_are_counted_and_named_and_the_run_goes_on(tmp_path, tiny_model_dir):
+    """A cut-off line, a stray quote, a list instead of an object and a field that turns from text
+    to a number: the datasets JSON loader used to crash on each; now each is counted and named."""
+    from builders import hh_rows
+
+    rows = [json.dumps(r) for r in hh_rows(8)]
+    lines = [rows[0], rows[1][: len(rows[1]) // 2], rows[2], '{"chosen": "x", "rejected": "y"' + '"', rows[3],
+             "[1, 2]", json.dumps({**hh_rows(5)[4], "chosen": 5}), rows[5], "", rows[6]]
+    data = tmp_path / "broken.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    assert main(["score", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")]) == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["read"] == 9 and report["unparseable"] == 4 and report["rows"] == 5
+    assert report["unparseable_reasons"] == {"line is not a JSON object: not valid JSON": 2,
+                                             "line is not a JSON object: a JSON list, not an object": 1,
+                                             "missing or non-text 'chosen'": 1}
+    named = [e.split(": ")[0] for e in report["unparseable_examples"]]
+    assert named == [f"{data}:2", f"{data}:4", f"{data}:6", f"{data}:7"]
 
 
 def test_console_script_lists_formats():

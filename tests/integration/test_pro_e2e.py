@@ -92,7 +92,7 @@ def test_pro_ragged_lists_with_rewards_lora_and_eval(tmp_path, tiny_model_dir):
     # the one-response row is counted (with its reason), never dropped silently
     assert report["read"] == 65 and report["unparseable"] == 1
     assert report["unparseable_reasons"] == {"fewer than 2 responses (1); a ranking needs n >= 2": 1}
-    assert "row 64" in report["unparseable_examples"][0]
+    assert "ranked.jsonl:65: " in report["unparseable_examples"][0]  # its file and 1-based line
     log = axolotl("train", config)
     assert "DEFT scoring" not in log  # cached by preprocess
     state, steps = logged_steps(tmp_path / "out")
