@@ -104,7 +104,7 @@ def _filter(args, ratio, count, select="top", seed=0) -> int:
     out = Path(args.out)
     result = run_filter(parsed.rows, tokenizer, lambda: load_scoring_model(args.model, args.dtype), settings,
                         cache_dir=out / "cache", qdiff=QDiff.load(args.qdiff) if args.qdiff else None,
-                        source_report=parsed.report())
+                        source_report=parsed.report(), row_names=parsed.where)
     selected = result.kept if args.command == "filter" else sorted(result.scores)
     lines = []
     for i in selected:

@@ -84,24 +84,36 @@ def _reply_label(rank: int, n: int) -> str:
     return ("chosen", "rejected")[rank] if n == 2 else f"rank-{rank + 1}"
 
 
-def encode_rows(rows, tokenizer, max_length: int | None = None) -> tuple[list[EncodedRow], Counter]:
+class Dropped(Counter):
+    """Degenerate rows counted by reason, and the input indices of the rows of each reason."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: dict[str, list[int]] = {}
+
+    def add(self, reason: str, index: int) -> None:
+        self[reason] += 1
+        self.rows.setdefault(reason, []).append(index)
+
+
+def encode_rows(rows, tokenizer, max_length: int | None = None) -> tuple[list[EncodedRow], Dropped]:
     """Encode parsed rows (preference or ranked). Returns the usable rows and the degenerate
     ones counted by reason (an empty reply, a reply cut off by max_length, identical
     replies); a degenerate row is dropped whole, never shortened to fewer replies."""
-    out, dropped = [], Counter()
+    out, dropped = [], Dropped()
     for i, row in enumerate(rows):
         replies = completions_of(row)
         prompt_ids, first = encode_completion(tokenizer, row["prompt"], replies[0])
         encoded = [first] + [encode_completion(tokenizer, row["prompt"], reply, prompt_ids)[1] for reply in replies[1:]]
         empty = next((k for k, ids in enumerate(encoded) if not _has_text(tokenizer, ids)), None)
         if empty is not None:
-            dropped[f"empty {_reply_label(empty, len(replies))} reply"] += 1
+            dropped.add(f"empty {_reply_label(empty, len(replies))} reply", i)
             continue
         encoded = [tuple(_truncate(prompt_ids, ids, max_length)) for ids in encoded]
         if not all(_has_text(tokenizer, ids) for ids in encoded):
-            dropped["reply cut off: prompt fills sequence_len"] += 1
+            dropped.add("reply cut off: prompt fills sequence_len", i)
         elif len(set(encoded)) < len(encoded):
-            dropped["chosen and rejected identical" if len(encoded) == 2 else "two replies identical"] += 1
+            dropped.add("chosen and rejected identical" if len(encoded) == 2 else "two replies identical", i)
         else:
             out.append(EncodedRow(i, tuple(prompt_ids), tuple(encoded)))
     return out, dropped

@@ -19,6 +19,7 @@ EXAMPLES_KEPT = 5
 class ParsedRows:
     rows: list[dict] = field(default_factory=list)
     raw: list[dict] = field(default_factory=list)  # the raw row each parsed row came from
+    where: list[str] = field(default_factory=list)  # and where it was: file and 1-based line
     read: int = 0
     unparseable: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
@@ -26,6 +27,7 @@ class ParsedRows:
     def extend(self, other: "ParsedRows") -> None:
         self.rows += other.rows
         self.raw += other.raw
+        self.where += other.where
         self.read += other.read
         self.unparseable += other.unparseable
         self.examples += other.examples[: max(0, EXAMPLES_KEPT - len(self.examples))]
@@ -47,10 +49,13 @@ def parse_rows(raw_rows, format_name: str, style: str, source: str = "") -> Pars
     for i, row in enumerate(raw_rows):
         out.read += 1
         try:
-            out.rows.append(fmt.parse(row, style))
-            out.raw.append(row)
+            parsed = fmt.parse(row, style)
         except RowError as err:
             _unparseable(out, str(err), where[i] if where else f"{source} row {i + 1}")
+            continue
+        out.rows.append(parsed)
+        out.raw.append(row)
+        out.where.append(where[i] if where else f"{source} row {i + 1}")
     if out.unparseable:
         LOG.warning("%s: %d of %d rows could not be parsed as %s: %s", source, sum(out.unparseable.values()),
                     out.read, format_name, dict(out.unparseable))

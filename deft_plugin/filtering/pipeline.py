@@ -82,9 +82,9 @@ def build_qdiff(pairs: list[EncodedRow], tokenizer, norm: str, **meta) -> QDiff:
 
 def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Module], settings: FilterSettings,
                cache_dir: str | Path | None = None, qdiff: QDiff | None = None, progress: bool = True,
-               source_report: dict | None = None) -> FilterResult:
+               source_report: dict | None = None, row_names: list[str] | None = None) -> FilterResult:
     """Filter parsed rows: preference (prompt/chosen/rejected) or ranked (prompt/responses),
-    text or chat messages."""
+    text or chat messages. row_names: where each row came from (file and line), for the report."""
     if settings.score not in score_variants():
         raise ValueError(f"deft_filter_score: unknown variant {settings.score!r}; known: {sorted(score_variants())}")
     if settings.select not in SELECTIONS:
@@ -104,6 +104,8 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
         scores = filtering_scores(rewards, settings.score)
         kept = keep_by_score(usable, scores, settings)
     report = filter_report(rows, degenerate, rewards, scores, kept, settings, qdiff, timer.seconds, source_report)
+    report["degenerate_examples"] = {reason: [row_names[i] if row_names else f"row {i + 1}" for i in indices[:5]]
+                                     for reason, indices in getattr(degenerate, "rows", {}).items()}
     result = FilterResult(kept, scores, rewards, qdiff, report, {r.index: r for r in usable})
     if cache_dir and is_main_process():
         write_outputs(result, cache_dir)

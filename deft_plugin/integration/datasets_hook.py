@@ -26,6 +26,7 @@ LOG = logging.getLogger("axolotl.integrations.deft")
 
 # Keys that change the rewards and so the cache they live in. The others (ratio, count,
 # score variant, loss weight and form) choose among cached rewards or act in training.
+WHERE = "deft_source_line"  # a column that never reaches the trainer
 REWARD_KEYS = ("deft_qdiff_norm", "deft_qdiff_path", "deft_prompt_style", "deft_score_dtype", "deft_score_batch_size")
 
 
@@ -37,6 +38,10 @@ def load_deft_datasets(cfg, tokenizer=None) -> tuple[Dataset, Dataset | None, in
         tokenizer = load_tokenizer(cfg)
     style = resolve_prompt_style(cfg.deft_prompt_style, tokenizer)
     train, evaluation, source_report = load_rows(cfg, style)
+    names = train[WHERE] if WHERE in train.column_names else None
+    if names is not None:
+        train = train.remove_columns(WHERE)
+        evaluation = evaluation.remove_columns(WHERE) if evaluation is not None else None
     pro = cfg.deft_method == "pro"
     rows = [dict(r) for r in train] if pro else [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in train]
     cache_dir = cache_dir_for(cfg, rows, tokenizer)
@@ -44,7 +49,7 @@ def load_deft_datasets(cfg, tokenizer=None) -> tuple[Dataset, Dataset | None, in
                                                                     cfg.revision_of_model, bool(cfg.trust_remote_code)),
                         filter_settings(cfg), cache_dir,
                         QDiff.load(cfg.deft_qdiff_path) if cfg.deft_qdiff_path else None,
-                        source_report={**source_report, "prompt_style": style})
+                        source_report={**source_report, "prompt_style": style}, row_names=names)
     if pro:
         kept = listwise_dataset(result.kept, result.encoded, rows)
         evaluation = encoded_eval(evaluation, tokenizer, cfg.sequence_len) if evaluation is not None else None
@@ -72,8 +77,10 @@ def load_deft_rows(cfg, style: str) -> tuple[Dataset, Dataset | None, dict]:
     for entry in cfg.datasets:
         parsed.extend(parse_source(entry["path"], format_name(entry.get("type")), style, entry.get("split"),
                                    entry.get("data_files"), entry.get("revision")))
-    # PRO may mix pair and list formats: one schema for all (from_list takes the first row's keys)
-    train = Dataset.from_list([as_ranked(r) for r in parsed.rows] if cfg.deft_method == "pro" else parsed.rows)
+    # PRO may mix pair and list formats: one schema for all (from_list takes the first row's keys);
+    # where each row came from rides along as a column through the train/eval split
+    rows = [as_ranked(r) for r in parsed.rows] if cfg.deft_method == "pro" else parsed.rows
+    train = Dataset.from_list([{**r, WHERE: w} for r, w in zip(rows, parsed.where)])
     evaluation = None
     if cfg.val_set_size:
         split = train.train_test_split(test_size=cfg.val_set_size, seed=cfg.seed or 42)

@@ -213,15 +213,20 @@ def test_run_filter_counts_and_selection(rows, tiny_tokenizer, sharp_model, naiv
     ]
     all_rows = rows + degenerate_rows
     loader = CountingLoader(sharp_model)
+    names = [f"data.jsonl:{n}" for n in range(1, len(all_rows) + 1)]
     result = run_filter(all_rows, tiny_tokenizer, loader,
                         FilterSettings(ratio=RATIO, batch_size=8, max_length=SEQUENCE_LEN),
-                        progress=False)
+                        progress=False, row_names=names)
     report = result.report
     assert loader.calls == 1
     assert report["rows"] == 66
     assert report["degenerate_reasons"] == {"reply cut off: prompt fills sequence_len": PROMPT_FILLS_SEQUENCE,
                                             "chosen and rejected identical": 2}
     assert report["degenerate"] == 20 == sum(report["degenerate_reasons"].values())
+    # the degenerate rows are named too, the first few of each reason
+    assert report["degenerate_examples"]["chosen and rejected identical"] == [names[-2], names[-1]]
+    cut_off = report["degenerate_examples"]["reply cut off: prompt fills sequence_len"]
+    assert len(cut_off) == 5 and all(n in names[:HH_PAIRS] for n in cut_off)
     assert report["scored"] == SCORED == len(result.scores) == len(result.rewards)
     assert report["rows"] == report["degenerate"] + report["scored"]
     assert report["kept"] == len(result.kept) == keep_count(SCORED, RATIO) == math.ceil(RATIO * SCORED) == KEPT

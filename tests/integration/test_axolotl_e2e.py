@@ -83,6 +83,8 @@ def check_report(cache: Path) -> dict:
     assert report["unparseable"] == 0
     assert report["degenerate"] + report["scored"] == HH_PAIRS
     assert report["degenerate"] == sum(report["degenerate_reasons"].values())
+    named = [n for names in report["degenerate_examples"].values() for n in names]
+    assert named and all(n.startswith("/") and ".jsonl.gz:" in n for n in named)  # file and line
     assert report["scored"] == SCORED
     assert report["kept"] == math.ceil(RATIO * report["scored"]) == KEPT
     lines = [json.loads(line) for line in (cache / "scores.jsonl").read_text().splitlines()]
