@@ -25,6 +25,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style", default="auto", choices=["auto", "chat_template", "raw"],
                    help="present dialogues as chat messages or raw Human/Assistant text")
     p.add_argument("--max-length", type=int, default=None, help="cut sequences to this many tokens (sequence_len)")
+    p.add_argument("--truncation", choices=("keep_start", "drop"), default="keep_start",
+                   help="a reply that does not fit --max-length: cut to fit (keep_start) or leave the row out (drop)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N rows")
 
 
@@ -58,7 +60,7 @@ def cmd_qdiff(args) -> int:
 
     tokenizer = _tokenizer(args.model)
     parsed = _read(args, tokenizer)
-    pairs, degenerate = encode_rows(parsed.rows, tokenizer, args.max_length)
+    pairs, degenerate = encode_rows(parsed.rows, tokenizer, args.max_length, args.truncation)
     qdiff = build_qdiff(pairs, tokenizer, args.norm, data=rows_fingerprint(parsed.rows), source=args.data)
     qdiff.save(args.out)
     _show(qdiff, tokenizer, args.out, args.top)
@@ -100,7 +102,8 @@ def _filter(args, ratio, count, select="top", seed=0) -> int:
     tokenizer = _tokenizer(args.model)
     parsed = _read(args, tokenizer)
     settings = FilterSettings(ratio=ratio, count=count, score=args.score, norm=args.norm,
-                              batch_size=args.batch_size, max_length=args.max_length, select=select, seed=seed)
+                              batch_size=args.batch_size, max_length=args.max_length, truncation=args.truncation,
+                              select=select, seed=seed)
     out = Path(args.out)
     result = run_filter(parsed.rows, tokenizer, lambda: load_scoring_model(args.model, args.dtype), settings,
                         cache_dir=out / "cache", qdiff=QDiff.load(args.qdiff) if args.qdiff else None,

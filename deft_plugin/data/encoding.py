@@ -90,16 +90,25 @@ class Dropped(Counter):
     def __init__(self):
         super().__init__()
         self.rows: dict[str, list[int]] = {}
+        self.truncated = 0  # usable rows with a reply cut to fit (keep_start)
 
     def add(self, reason: str, index: int) -> None:
         self[reason] += 1
         self.rows.setdefault(reason, []).append(index)
 
 
-def encode_rows(rows, tokenizer, max_length: int | None = None) -> tuple[list[EncodedRow], Dropped]:
+TRUNCATIONS = ("keep_start", "drop")
+
+
+def encode_rows(rows, tokenizer, max_length: int | None = None,
+                truncation: str = "keep_start") -> tuple[list[EncodedRow], Dropped]:
     """Encode parsed rows (preference or ranked). Returns the usable rows and the degenerate
-    ones counted by reason (an empty reply, a reply cut off by max_length, identical
-    replies); a degenerate row is dropped whole, never shortened to fewer replies."""
+    ones counted by reason (an empty reply, identical replies, a reply cut off by max_length:
+    with truncation keep_start, as TRL does, only when the prompt leaves it nothing; with drop,
+    whenever it does not fit whole); a degenerate row is dropped whole, never shortened to fewer
+    replies."""
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"deft_truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
     out, dropped = [], Dropped()
     for i, row in enumerate(rows):
         replies = completions_of(row)
@@ -109,11 +118,16 @@ def encode_rows(rows, tokenizer, max_length: int | None = None) -> tuple[list[En
         if empty is not None:
             dropped.add(f"empty {_reply_label(empty, len(replies))} reply", i)
             continue
-        encoded = [tuple(_truncate(prompt_ids, ids, max_length)) for ids in encoded]
+        cut = [tuple(_truncate(prompt_ids, ids, max_length)) for ids in encoded]
+        shortened = any(len(c) < len(ids) for c, ids in zip(cut, encoded))
+        encoded = cut
         if not all(_has_text(tokenizer, ids) for ids in encoded):
             dropped.add("reply cut off: prompt fills sequence_len", i)
+        elif shortened and truncation == "drop":
+            dropped.add("reply cut off by sequence_len", i)
         elif len(set(encoded)) < len(encoded):
             dropped.add("chosen and rejected identical" if len(encoded) == 2 else "two replies identical", i)
         else:
+            dropped.truncated += shortened
             out.append(EncodedRow(i, tuple(prompt_ids), tuple(encoded)))
     return out, dropped

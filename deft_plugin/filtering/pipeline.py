@@ -41,6 +41,7 @@ class FilterSettings:
     norm: str = "maxabs"
     batch_size: int = 8
     max_length: int | None = None
+    truncation: str = "keep_start"  # keep_start (cut replies to fit, as TRL) | drop (rows that do not fit)
     select: str = "top"  # top (DEFT) | bottom | random: the two controls
     seed: int = 0  # of the random subset
 
@@ -91,7 +92,8 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
         raise ValueError(f"deft_filter_select: unknown selection {settings.select!r}; known: {', '.join(SELECTIONS)}")
     cache_dir = Path(cache_dir) if cache_dir else None
     timer = _Timer()
-    usable, degenerate = timer("encode", encode_usable_rows, rows, tokenizer, settings.max_length)
+    usable, degenerate = timer("encode", encode_usable_rows, rows, tokenizer, settings.max_length,
+                               settings.truncation)
     qdiff = timer("qdiff", load_or_build_qdiff, qdiff, usable, rows, tokenizer, settings.norm, cache_dir)
     rewards, scores, kept = {}, {}, [r.index for r in usable]
     if settings.filter and settings.select == "random":  # needs no scores: reports them only when cached
@@ -113,8 +115,9 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
     return result
 
 
-def encode_usable_rows(rows: list[dict], tokenizer, max_length: int | None) -> tuple[list[EncodedRow], Counter]:
-    usable, degenerate = encode_rows(rows, tokenizer, max_length)
+def encode_usable_rows(rows: list[dict], tokenizer, max_length: int | None,
+                       truncation: str = "keep_start") -> tuple[list[EncodedRow], Counter]:
+    usable, degenerate = encode_rows(rows, tokenizer, max_length, truncation)
     if not usable:
         raise ValueError(f"no usable preference pairs among {len(rows)} rows (degenerate: {dict(degenerate)})")
     return usable, degenerate
@@ -170,6 +173,7 @@ def filter_report(rows, degenerate: Counter, rewards, scores, kept, settings: Fi
         "rows": len(rows),
         "degenerate": sum(degenerate.values()),
         "degenerate_reasons": dict(degenerate),
+        "truncated": getattr(degenerate, "truncated", 0),  # usable rows with a reply cut to fit sequence_len
         "scored": len(rewards),
         "kept": len(kept),
         "filter": asdict(settings),

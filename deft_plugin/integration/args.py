@@ -36,6 +36,9 @@ class DEFTArgs(BaseModel):
     deft_filter_seed: int = Field(0, description="Seed of deft_filter_select: random.")
     deft_qdiff_norm: str = Field("maxabs", description="Normalisation of Q: maxabs, l2 or none.")
     deft_qdiff_path: str | None = Field(None, description="Directory of a saved discrepancy distribution to use.")
+    deft_truncation: Literal["keep_start", "drop"] = Field(
+        "keep_start", description="A reply longer than sequence_len leaves: keep_start cuts it to fit (as TRL does), "
+                                  "drop leaves the row out (counted in the report).")
 
     # scoring
     deft_score_batch_size: int = Field(8, description="Pairs per scoring batch.")

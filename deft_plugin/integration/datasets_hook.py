@@ -27,7 +27,8 @@ LOG = logging.getLogger("axolotl.integrations.deft")
 # Keys that change the rewards and so the cache they live in. The others (ratio, count,
 # score variant, loss weight and form) choose among cached rewards or act in training.
 WHERE = "deft_source_line"  # a column that never reaches the trainer
-REWARD_KEYS = ("deft_qdiff_norm", "deft_qdiff_path", "deft_prompt_style", "deft_score_dtype", "deft_score_batch_size")
+REWARD_KEYS = ("deft_qdiff_norm", "deft_qdiff_path", "deft_prompt_style", "deft_score_dtype", "deft_score_batch_size",
+               "deft_truncation")
 
 
 def load_deft_datasets(cfg, tokenizer=None) -> tuple[Dataset, Dataset | None, int, FilterResult]:
@@ -52,7 +53,8 @@ def load_deft_datasets(cfg, tokenizer=None) -> tuple[Dataset, Dataset | None, in
                         source_report={**source_report, "prompt_style": style}, row_names=names)
     if pro:
         kept = listwise_dataset(result.kept, result.encoded, rows)
-        evaluation = encoded_eval(evaluation, tokenizer, cfg.sequence_len) if evaluation is not None else None
+        evaluation = (encoded_eval(evaluation, tokenizer, cfg.sequence_len, cfg.deft_truncation or "keep_start")
+                      if evaluation is not None else None)
     else:
         kept = train.select(result.kept)
     total_num_steps = steps_for(len(kept), cfg)
@@ -105,6 +107,7 @@ def filter_settings(cfg) -> FilterSettings:
         norm=cfg.deft_qdiff_norm or "maxabs",
         batch_size=cfg.deft_score_batch_size or 8,
         max_length=cfg.sequence_len,
+        truncation=cfg.deft_truncation or "keep_start",
         select=cfg.deft_filter_select or "top",
         seed=cfg.deft_filter_seed or 0,
     )
@@ -131,9 +134,9 @@ def listwise_dataset(indices: list[int], encoded: dict[int, EncodedRow], rows: l
                                "rewards": list(rows[i].get("rewards") or [])} for i in indices])
 
 
-def encoded_eval(evaluation: Dataset, tokenizer, max_length: int | None) -> Dataset:
+def encoded_eval(evaluation: Dataset, tokenizer, max_length: int | None, truncation: str = "keep_start") -> Dataset:
     rows = [dict(r) for r in evaluation]
-    encoded, degenerate = encode_rows(rows, tokenizer, max_length)
+    encoded, degenerate = encode_rows(rows, tokenizer, max_length, truncation)
     if degenerate:
         LOG.warning("DEFT: %d of %d evaluation rows are degenerate and not evaluated: %s", sum(degenerate.values()),
                     len(rows), dict(degenerate))

@@ -188,3 +188,21 @@ def test_real_hh_rlhf_rows_encode(tiny_tokenizer):
     assert dropped == Counter({"empty chosen reply": 4})
     assert len(pairs) == 2303
     assert len({p.index for p in pairs}) == 2303 and [p.index for p in pairs] == sorted(p.index for p in pairs)
+
+
+def test_truncation_keep_start_cuts_and_counts_drop_leaves_out(tiny_tokenizer):
+    from deft_plugin.data.encoding import encode_rows
+
+    rows = [{"prompt": "Q: a short question?", "chosen": " " + "yes " * 40, "rejected": " no"},
+            {"prompt": "Q: another one?", "chosen": " fine", "rejected": " bad"}]
+    whole, _ = encode_rows(rows, tiny_tokenizer)
+    room = len(whole[0].prompt_ids) + 5  # the long reply does not fit, the short ones do
+    kept, dropped = encode_rows(rows, tiny_tokenizer, room, "keep_start")
+    assert [r.index for r in kept] == [0, 1] and dropped.truncated == 1 and sum(dropped.values()) == 0
+    assert len(kept[0].chosen_ids) == 5 and kept[0].rejected_ids == whole[0].rejected_ids
+    kept, dropped = encode_rows(rows, tiny_tokenizer, room, "drop")
+    assert [r.index for r in kept] == [1] and dropped == {"reply cut off by sequence_len": 1}
+    assert dropped.rows == {"reply cut off by sequence_len": [0]} and dropped.truncated == 0
+    with pytest.raises(ValueError, match="deft_truncation"):
+        encode_rows(rows, tiny_tokenizer, room, "middle")
+

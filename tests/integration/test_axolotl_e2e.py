@@ -83,6 +83,7 @@ def check_report(cache: Path) -> dict:
     assert report["unparseable"] == 0
     assert report["degenerate"] + report["scored"] == HH_PAIRS
     assert report["degenerate"] == sum(report["degenerate_reasons"].values())
+    assert report["truncated"] > 0  # replies cut to fit sequence_len (deft_truncation: keep_start), counted
     named = [n for names in report["degenerate_examples"].values() for n in names]
     assert named and all(n.startswith("/") and ".jsonl.gz:" in n for n in named)  # file and line
     assert report["scored"] == SCORED

@@ -302,6 +302,7 @@ BAD = [
     pytest.param({"deft_filter_rato": 0.5}, "deft_filter_rato", id="misspelt-key"),
     pytest.param({"deft_method": "ppo"}, "deft_method", id="method-ppo"),
     pytest.param({"deft_filter_select": "middle"}, "deft_filter_select", id="select-middle"),
+    pytest.param({"deft_truncation": "cut"}, "deft_truncation", id="truncation-cut"),
     pytest.param({"datasets": [{"path": "x.jsonl", "type": "deft.listwise"}]}, "datasets[0].type",
                  id="listwise-with-dpo"),
 ]
