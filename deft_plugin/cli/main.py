@@ -12,10 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from deft_plugin.utils.atomic import atomic_write_text
+
+
+class UsageError(Exception):
+    """A mistake in what the command was given, told in one line with exit code 2
+    (--debug or DEFT_DEBUG=1 shows the traceback)."""
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -39,18 +46,43 @@ def _read(args, tokenizer):
     from deft_plugin.data.encoding import resolve_prompt_style
     from deft_plugin.data.parsing import parse_rows
     from deft_plugin.data.sources import load_rows
+    from deft_plugin.registry import dataset_formats, format_name
 
-    raw = load_rows(args.data, args.split)
+    name = format_name(args.format) or args.format  # `deft.hh_rlhf`, as `deft formats` prints it, or `hh_rlhf`
+    if name not in dataset_formats():
+        raise UsageError(f"--format {args.format}: unknown dataset format; known: "
+                         + ", ".join(sorted(dataset_formats())))
+    try:
+        raw = load_rows(args.data, args.split)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UsageError(f"--data {args.data}: {err}") from err
+    if not len(raw) and not raw.bad:
+        raise UsageError(f"--data {args.data}: no rows (the data is empty)")
     if args.limit is not None:
         raw = raw[: args.limit]
-    parsed = parse_rows(raw, args.format, resolve_prompt_style(args.style, tokenizer), source=args.data)
-    return parsed
+    return parse_rows(raw, name, resolve_prompt_style(args.style, tokenizer), source=args.data)
 
 
 def _tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name)
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--model {name}: neither a model directory nor a hub model available "
+                         f"{'offline' if os.environ.get('HF_HUB_OFFLINE') == '1' else 'here'}") from err
+
+
+def _writable(directory: str | Path) -> Path:
+    """The output folder, made and checked before any work, so a run does not fail at its end."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise UsageError(f"--out {directory}: cannot write there ({err.strerror or err})") from err
+    return directory
 
 
 def cmd_qdiff(args) -> int:
@@ -58,6 +90,7 @@ def cmd_qdiff(args) -> int:
     from deft_plugin.filtering.cache_key import rows_fingerprint
     from deft_plugin.filtering.pipeline import build_qdiff
 
+    _writable(args.out)
     tokenizer = _tokenizer(args.model)
     parsed = _read(args, tokenizer)
     pairs, degenerate = encode_rows(parsed.rows, tokenizer, args.max_length, args.truncation)
@@ -99,12 +132,12 @@ def _filter(args, ratio, count, select="top", seed=0) -> int:
     from deft_plugin.filtering.pipeline import FilterSettings, best_and_rest, run_filter
     from deft_plugin.filtering.scoring_model import load_scoring_model
 
+    out = _writable(args.out)
     tokenizer = _tokenizer(args.model)
     parsed = _read(args, tokenizer)
     settings = FilterSettings(ratio=ratio, count=count, score=args.score, norm=args.norm,
                               batch_size=args.batch_size, max_length=args.max_length, truncation=args.truncation,
                               select=select, seed=seed)
-    out = Path(args.out)
     result = run_filter(parsed.rows, tokenizer, lambda: load_scoring_model(args.model, args.dtype), settings,
                         cache_dir=out / "cache", qdiff=QDiff.load(args.qdiff) if args.qdiff else None,
                         source_report=parsed.report(), row_names=parsed.where)
@@ -138,11 +171,11 @@ def cmd_score(args) -> int:
 
 def cmd_filter(args) -> int:
     if args.ratio is not None and args.count is not None:
-        raise SystemExit("give --ratio or --count, not both")
+        raise UsageError("give --ratio or --count, not both")
     if args.ratio is not None and not 0 < args.ratio <= 1:
-        raise SystemExit(f"--ratio must be in (0, 1], got {args.ratio}")
+        raise UsageError(f"--ratio must be in (0, 1], got {args.ratio}")
     if args.count is not None and args.count < 1:
-        raise SystemExit(f"--count must be at least 1, got {args.count}")
+        raise UsageError(f"--count must be at least 1, got {args.count}")
     ratio = args.ratio if args.ratio is not None or args.count is not None else 0.05
     return _filter(args, ratio=ratio, count=args.count, select=args.select, seed=args.seed)
 
@@ -166,6 +199,7 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deft", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("qdiff", help="build and save the discrepancy distribution")
@@ -220,7 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as err:
+        if args.debug or os.environ.get("DEFT_DEBUG") == "1":
+            raise
+        print(f"deft {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -58,15 +59,50 @@ def test_score_and_filter(tmp_path, tiny_model_dir, hh_file):
     assert len((by_count / "kept.jsonl").read_text().splitlines()) == 3
 
 
-def test_filter_refuses_bad_arguments(tmp_path, tiny_model_dir, hh_file):
-    base = ["filter", "--data", str(hh_file), "--model", str(tiny_model_dir), "--out", str(tmp_path)]
-    with pytest.raises(SystemExit, match="--ratio or --count"):
-        main(base + ["--ratio", "0.1", "--count", "3"])
-    with pytest.raises(SystemExit, match=r"--ratio must be in \(0, 1\]"):
-        main(base + ["--ratio", "1.5"])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        main(["score", "--data", str(tmp_path / "missing.jsonl"), "--model", str(tiny_model_dir),
-              "--out", str(tmp_path)])
+def one_line_error(capsys, argv, words):
+    """The command exits with 2 and one line on stderr that names what is wrong, no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and "Traceback" not in err, err
+    return err
+
+
+def test_bad_input_gets_one_line_and_exit_code_2(tmp_path, tiny_model_dir, hh_file, capsys):
+    base = ["filter", "--data", str(hh_file), "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")]
+    one_line_error(capsys, base + ["--ratio", "0.1", "--count", "3"], "--ratio or --count")
+    one_line_error(capsys, base + ["--ratio", "1.5"], "--ratio must be in (0, 1]")
+    score = ["score", "--model", str(tiny_model_dir), "--out", str(tmp_path / "o")]
+    one_line_error(capsys, score + ["--data", str(tmp_path / "missing.jsonl")], "does not exist")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    one_line_error(capsys, score + ["--data", str(empty)], f"--data {empty}: no rows")
+    one_line_error(capsys, score + ["--data", str(hh_file), "--format", "nope"], "--format nope: unknown")
+    missing_model = tmp_path / "no-model"
+    one_line_error(capsys, ["score", "--data", str(hh_file), "--model", str(missing_model), "--out",
+                            str(tmp_path / "o")], f"--model {missing_model}: neither a model directory")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root writes anywhere: a file in the way stands in for the lock
+            locked = tmp_path / "a-file"
+            locked.write_text("")
+        one_line_error(capsys, ["score", "--data", str(hh_file), "--model", str(tiny_model_dir),
+                                "--out", str(locked / "out")], "cannot write there")
+    finally:
+        (tmp_path / "locked").chmod(0o700)
+    from deft_plugin.cli.main import UsageError
+
+    with pytest.raises(UsageError) as err:  # --debug: the traceback, for a bug report
+        main(["--debug", *score, "--data", str(tmp_path / "missing.jsonl")])
+    assert isinstance(err.value.__cause__, FileNotFoundError)
+
+
+def test_the_format_as_deft_formats_prints_it(tmp_path, tiny_model_dir, hh_file):
+    out = tmp_path / "o"
+    assert main(["score", "--data", str(hh_file), "--model", str(tiny_model_dir), "--out", str(out),
+                 "--format", "deft.hh_rlhf", "--limit", "6"]) == 0
+    assert json.loads((out / "report.json").read_text())["read"] == 6
 
 
 def test_unparseable_rows_are_counted_not_lost(tmp_path, tiny_model_dir):
