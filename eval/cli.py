@@ -20,7 +20,8 @@ def cmd_generate(args) -> int:
         raise SystemExit("no prompts to answer")
     model, tokenizer = load_causal_lm(args.model, args.device, args.dtype)
     settings = GenerationSettings(args.max_new_tokens, args.max_prompt_tokens, args.batch_size, args.prompt_style)
-    records = generate_answers(model, tokenizer, prompts, args.out, settings, model_name=args.name or args.model)
+    name = args.name or Path(args.model.rstrip("/")).name  # the folder's (or the hub id's) own name
+    records = generate_answers(model, tokenizer, prompts, args.out, settings, model_name=name)
     by_subset = {}
     for r in records:
         by_subset[r["subset"]] = by_subset.get(r["subset"], 0) + 1
@@ -32,7 +33,15 @@ def cmd_score(args) -> int:
     from deft_eval.report import markdown, read_answers, score_answers
 
     records = read_answers(args.answers)
-    names = [n.strip() for n in args.scorers.split(",") if n.strip()]
+    if args.scorers is None:  # what runs with what was given: the model-based scorers need their model
+        names = ["bleu"] + ["reward"] * bool(args.reward_model) + ["bartscore"] * bool(args.bart_model)
+        missing = [f"{s} (give {flag})" for s, flag, given in (("reward", "--reward-model DIR", args.reward_model),
+                                                               ("bartscore", "--bart-model DIR", args.bart_model))
+                   if not given]
+        if missing:
+            print("not scored: " + ", ".join(missing), file=sys.stderr)
+    else:
+        names = [n.strip() for n in args.scorers.split(",") if n.strip()]
     options = {"reward_model": args.reward_model, "bart_model": args.bart_model, "batch_size": args.batch_size,
                "device": args.device}
     report = score_answers(records, names, options, args.out, title=args.title or args.answers)
@@ -137,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="answer HH-RLHF test prompts (greedy, PRO's conventions)")
     g.add_argument("--model", required=True, help="local model directory (e.g. a DEFT run's output_dir) or hub id")
-    g.add_argument("--name", default=None, help="model name stored with the answers (default: --model)")
+    g.add_argument("--name", default=None, help="model name stored with the answers (default: the model folder's name)")
     g.add_argument("--data", default=None, help="HH-RLHF test file or directory (default: the hub's four subsets)")
     g.add_argument("--sample", type=int, default=None, help="prompts drawn per subset (default: all)")
     g.add_argument("--seed", type=int, default=0)
@@ -153,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score a generate file: reward model, BLEU, BARTScore; tables and plots")
     s.add_argument("answers", help="answers JSONL from deft-eval generate")
     s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--scorers", default="reward,bleu,bartscore", help="comma-separated scorer names")
+    s.add_argument("--scorers", default=None,
+                   help="comma-separated scorer names (default: bleu, plus reward with --reward-model and bartscore "
+                        "with --bart-model)")
     s.add_argument("--reward-model", default=None, help="reward model directory or hub id")
     s.add_argument("--bart-model", default=None, help="BART model for BARTScore (default facebook/bart-large-cnn)")
     s.add_argument("--batch-size", type=int, default=8)

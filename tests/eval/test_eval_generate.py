@@ -101,6 +101,7 @@ def test_cli_generate_and_clear_errors(tiny_model_dir, tmp_path, capsys):
                  "--out", str(out), "--max-new-tokens", "3", "--batch-size", "2"]) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 4 and {r["subset"] for r in lines} == {"helpful-base"}
+    assert {r["model"] for r in lines} == {tiny_model_dir.name}  # the folder's name, not its path
     captured = capsys.readouterr()
     assert "skipped 1 rows" in captured.err and "4 answers" in captured.out
     with pytest.raises(FileNotFoundError, match="does not exist"):

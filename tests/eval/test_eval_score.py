@@ -66,3 +66,13 @@ def test_bad_input_is_named(tmp_path):
     with pytest.raises(ValueError, match="line 1 lacks subset, prompt, answer, chosen"):
         read_answers(other)
     assert not (tmp_path / "o").exists()  # nothing written for a failed run
+
+
+def test_score_without_models_runs_what_it_can_and_says_what_it_did_not(tmp_path, capsys):
+    path, _ = answers_file(tmp_path)
+    out = tmp_path / "o"
+    assert main(["score", str(path), "--out", str(out)]) == 0
+    assert json.loads((out / "report.json").read_text())["scorers"] == ["bleu"]
+    err = capsys.readouterr().err
+    assert "not scored: reward (give --reward-model DIR), bartscore (give --bart-model DIR)" in err
+
