@@ -111,10 +111,14 @@ def cmd_mt_bench(args) -> int:
 def cmd_compare(args) -> int:
     import json
 
-    from deft_eval.compare import compare_runs, comparison_markdown, plot_comparison
+    from deft_eval.compare import compare_runs, comparison_markdown, overlap, plot_comparison
     from deft_plugin.utils.atomic import atomic_write_text
 
     name_a, name_b = args.name_a or Path(args.run_a).name, args.name_b or Path(args.run_b).name
+    counts = overlap(args.run_a, args.run_b)  # refuses runs that share no answer
+    if counts["only_a"] or counts["only_b"]:
+        print(f"warning: {counts['only_a']} answers only in {name_a} and {counts['only_b']} only in {name_b}; "
+              f"the intervals use the {counts['shared']} shared, the totals each run's own", file=sys.stderr)
     rows = compare_runs(args.run_a, args.run_b)
     out = Path(args.out)
     atomic_write_text(out / "comparison.json", json.dumps({"a": name_a, "b": name_b, "rows": rows}, indent=2))

@@ -32,22 +32,78 @@ def run_metrics(run_dir: str | Path) -> dict[str, float]:
     return metrics
 
 
+def per_record(run_dir: str | Path) -> dict[str, dict[str, float]]:
+    """id -> {metric: value} of a score run's scores.jsonl ({} for a run without one)."""
+    path = Path(run_dir) / "scores.jsonl"
+    if not path.is_file():
+        return {}
+    from deft_plugin.utils.jsonl import read_jsonl
+
+    return {r["id"]: {k: float(v) for k, v in r.items() if k not in ("id", "subset") and isinstance(v, (int, float))}
+            for _, r in read_jsonl(path)}
+
+
+def paired_intervals(run_a: str | Path, run_b: str | Path, rounds: int = 2000, seed: int = 0) -> dict:
+    """For each per-record metric both score runs have: the mean of b - a over the answers they
+    share, with a paired bootstrap 95% interval (scipy). Runs that share no answer are refused."""
+    a, b = per_record(run_a), per_record(run_b)
+    counts = overlap(run_a, run_b, a, b)
+    if not counts["shared"]:
+        return {**counts, "metrics": {}}
+    shared = sorted(set(a) & set(b))
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    metrics = {}
+    for metric in sorted(set.intersection(*(set(a[i]) & set(b[i]) for i in shared))):
+        x = np.array([a[i][metric] for i in shared])
+        y = np.array([b[i][metric] for i in shared])
+        low = high = float(np.mean(y - x))
+        if len(shared) > 1 and np.ptp(y - x) > 0:
+            ci = bootstrap((x, y), lambda u, v, axis=-1: np.mean(v - u, axis=axis), paired=True, n_resamples=rounds,
+                           method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+            low, high = float(ci.low), float(ci.high)
+        metrics[metric] = {"mean_delta": float(np.mean(y - x)), "low": low, "high": high,
+                           "inside_noise": low <= 0 <= high}
+    return {**counts, "metrics": metrics}
+
+
+def overlap(run_a, run_b, a: dict | None = None, b: dict | None = None) -> dict:
+    """Answers both score runs have, and those only one has; runs that share none are refused."""
+    a = per_record(run_a) if a is None else a
+    b = per_record(run_b) if b is None else b
+    shared = set(a) & set(b)
+    if a and b and not shared:
+        raise ValueError(f"{run_a} and {run_b} share no answer id: they did not answer the same prompts")
+    return {"shared": len(shared), "only_a": len(set(a) - shared), "only_b": len(set(b) - shared)}
+
+
 def compare_runs(run_a: str | Path, run_b: str | Path) -> list[dict]:
-    """Rows {metric, a, b, delta} over the union of metrics (a missing side is None)."""
+    """Rows {metric, a, b, delta} over the union of metrics (a missing side is None), and for a
+    per-record metric of two score runs the paired bootstrap interval of the delta."""
     a, b = run_metrics(run_a), run_metrics(run_b)
+    paired = paired_intervals(run_a, run_b)["metrics"]
     rows = []
     for metric in sorted(set(a) | set(b)):
         va, vb = a.get(metric), b.get(metric)
         delta = vb - va if va is not None and vb is not None and not (math.isnan(va) or math.isnan(vb)) else None
-        rows.append({"metric": metric, "a": va, "b": vb, "delta": delta})
+        row = {"metric": metric, "a": va, "b": vb, "delta": delta}
+        interval = paired.get(metric.split("/", 1)[1]) if metric.startswith("total/") else None
+        if interval and delta is not None:
+            row["interval"] = [interval["low"], interval["high"]]
+        rows.append(row)
     return rows
 
 
 def comparison_markdown(rows: list[dict], name_a: str, name_b: str) -> str:
     show = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
-    lines = [f"| metric | {name_a} | {name_b} | delta |", "|---|---|---|---|"]
+    lines = [f"| metric | {name_a} | {name_b} | delta | 95% interval (paired, over shared answers) |",
+             "|---|---|---|---|---|"]
     lines += [f"| {r['metric']} | {show(r['a'])} | {show(r['b'])} | "
-              + ("–" if r["delta"] is None else f"{r['delta']:+.4f}") + " |" for r in rows]
+              + ("–" if r["delta"] is None else f"{r['delta']:+.4f}") + " | "
+              + (f"[{r['interval'][0]:+.4f}, {r['interval'][1]:+.4f}]" + (" noise" if r["interval"][0] <= 0
+                                                                          <= r["interval"][1] else "")
+                 if r.get("interval") else "–") + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

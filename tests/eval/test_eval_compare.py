@@ -43,3 +43,27 @@ def test_cli_compare_writes_table_and_plot(tmp_path, capsys):
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="neither report.json"):
         main(["compare", str(a), str(tmp_path), "--out", str(tmp_path / "x")])
+
+
+def write_scores(directory, values: dict[str, float]):
+    (directory / "scores.jsonl").write_text("".join(json.dumps({"id": i, "subset": "harmless-base", "bleu_char": v})
+                                                    + "\n" for i, v in values.items()))
+
+
+def test_paired_interval_over_shared_answers_and_a_refusal(tmp_path, capsys):
+    a = write_run(tmp_path / "a", bleu=10.0, reward=50.0)
+    b = write_run(tmp_path / "b", bleu=11.0, reward=50.0)
+    ids = [f"harmless-base/{i}" for i in range(40)]
+    write_scores(a, {i: 10.0 + (k % 5) for k, i in enumerate(ids)})
+    write_scores(b, {i: 11.0 + (k % 5) + (0.5 if k % 2 else -0.5) for k, i in enumerate(ids[:30] + ["extra/0"])})
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    rows = {r["metric"]: r for r in json.loads((out / "comparison.json").read_text())["rows"]}
+    low, high = rows["total/bleu_char"]["interval"]  # per answer b - a is 1 +- 0.5 over the 30 shared
+    assert 0.5 < low < 1.0 < high < 1.5
+    assert "interval" not in rows["total/reward"]  # no per-answer reward scores: no interval
+    assert "10 answers only in a and 1 only in b" in capsys.readouterr().err
+    write_scores(b, {"other/1": 1.0})
+    with pytest.raises(ValueError, match="share no answer id"):
+        main(["compare", str(a), str(b), "--out", str(out)])
+
