@@ -66,6 +66,14 @@ def cmd_mt_bench(args) -> int:
     from deft_plugin.utils.atomic import atomic_write_text
 
     questions = load_mt_questions(args.mt_bench_dir)
+    if args.question_ids:
+        wanted = {int(q) for q in args.question_ids.split(",")}
+        unknown = wanted - {q["question_id"] for q in questions}
+        if unknown:
+            raise SystemExit(f"--question-ids: no question {', '.join(map(str, sorted(unknown)))} in the question file")
+        questions = [q for q in questions if q["question_id"] in wanted]
+    if args.questions is not None:
+        questions = questions[: args.questions]
     out = Path(args.out)
     name = args.name or Path(args.model).name
     answer_file = out / "model_answer" / f"{name}.jsonl"
@@ -191,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--parallel", type=int, default=4, help="concurrent judge calls")
     m.add_argument("--baseline-answers", default=None,
                    help="FastChat answer JSONL of a baseline model: also judge pairwise against it (both orders)")
+    m.add_argument("--questions", type=int, default=None, help="only the first N questions")
+    m.add_argument("--question-ids", default=None, help="only these question ids, comma-separated")
     m.add_argument("--max-new-tokens", type=int, default=1024)
     m.add_argument("--batch-size", type=int, default=8)
     m.add_argument("--seed", type=int, default=0)

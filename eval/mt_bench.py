@@ -143,12 +143,45 @@ def _reference_answers(data_dir: Path, judge_model: str) -> dict:
     return {judge_model: refs.get(judge_model) or refs.get("gpt-4") or next(iter(refs.values()))}
 
 
+API_ERROR = "$ERROR$"  # FastChat's judgment text when the judge call failed: judged again on a rerun
+
+
+def _single_key(model: str, question_id, turn: int) -> tuple:
+    return model, question_id, turn
+
+
+def _pair_key(model_1: str, model_2: str, question_id, turn: int) -> tuple:
+    return model_1, model_2, question_id, turn
+
+
+def done_judgments(path: str | Path, key) -> dict[tuple, dict]:
+    """Judgments already in a FastChat judgment file, by key; failed judge calls are left out
+    (judged again), a line cut off by a killed run is skipped."""
+    from deft_plugin.data.sources import read_json_lines
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    failed = lambda j: API_ERROR in (j.get("judgment"), j.get("g1_judgment"), j.get("g2_judgment"))  # noqa: E731
+    return {key(j): j for j in read_json_lines(path) if not failed(j)}
+
+
+def _play_new(matches, play, out_file: Path, done: dict, key, parallel: int) -> list[dict]:
+    """Judge the matches not yet in `done` (appending to out_file, as FastChat does); return the
+    judgments of every match, the earlier ones read back, so a rerun never pays the judge twice."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [m for m in matches if key(m) not in done]
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        new = list(pool.map(lambda m: play(m, output_file=str(out_file)), todo))
+    return [done[key(m)] for m in matches if key(m) in done] + new
+
+
 def judge_single(questions: list[dict], model_answers: dict[str, dict], data_dir: str | Path,
                  endpoint: JudgeEndpoint, out_file: str | Path) -> list[dict]:
     """FastChat's single-answer grading (1-10) of every model's two turns; math, reasoning and
     coding with reference answers. Returns FastChat's judgment records (score -1: unparseable)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from fastchat.llm_judge.common import NEED_REF_CATS, load_judge_prompts, play_a_match_single
     from fastchat.llm_judge.gen_judgment import make_judge_single, make_match_single
 
@@ -164,17 +197,16 @@ def judge_single(questions: list[dict], model_answers: dict[str, dict], data_dir
                + make_match_single(plain, models, model_answers, judges["default-mt"], multi_turn=True)
                + make_match_single(with_ref, models, model_answers, judges["math-mt"], ref_answers=refs,
                                    multi_turn=True))
-    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=endpoint.parallel) as pool:
-        return list(pool.map(lambda m: play_a_match_single(m, output_file=str(out_file)), matches))
+    done = done_judgments(out_file, lambda j: _single_key(j["model"], j["question_id"], j["turn"]))
+    return _play_new(matches, play_a_match_single, Path(out_file), done,
+                     lambda m: _single_key(m.model, m.question["question_id"], 2 if m.multi_turn else 1),
+                     endpoint.parallel)
 
 
 def judge_pairwise(questions: list[dict], model_answers: dict[str, dict], baseline: str, data_dir: str | Path,
                    endpoint: JudgeEndpoint, out_file: str | Path) -> list[dict]:
     """FastChat's pairwise judging of every model against `baseline`, each pair judged in both
     orders (g1, g2); math, reasoning and coding with reference answers."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from fastchat.llm_judge.common import NEED_REF_CATS, load_judge_prompts, play_a_match_pair
     from fastchat.llm_judge.gen_judgment import make_judge_pairwise, make_match
 
@@ -192,9 +224,10 @@ def judge_pairwise(questions: list[dict], model_answers: dict[str, dict], baseli
                + make_match(plain, models, model_answers, judges["default-mt"], baseline, multi_turn=True)
                + make_match(with_ref, models, model_answers, judges["math-mt"], baseline, ref_answers=refs,
                             multi_turn=True))
-    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=endpoint.parallel) as pool:
-        return list(pool.map(lambda m: play_a_match_pair(m, output_file=str(out_file)), matches))
+    done = done_judgments(out_file, lambda j: _pair_key(j["model_1"], j["model_2"], j["question_id"], j["turn"]))
+    return _play_new(matches, play_a_match_pair, Path(out_file), done,
+                     lambda m: _pair_key(m.model_1, m.model_2, m.question["question_id"], 2 if m.multi_turn else 1),
+                     endpoint.parallel)
 
 
 def summarise_pairwise(judgments: list[dict]) -> dict:
@@ -245,12 +278,15 @@ def results_markdown(summary: dict) -> str:
     categories = sorted({c for r in summary.values() for c in r["category"]})
     lines = ["| model | score | turn 1 | turn 2 | judged | unparseable | " + " | ".join(categories) + " |",
              "|---|---|---|---|---|---|" + "---|" * len(categories)]
+    def cell(value, digits: int) -> str:  # no parseable judgment: a dash, never "nan"
+        return "–" if value is None or value != value else f"{value:.{digits}f}"
+
     for model, r in sorted(summary.items()):
-        turns = [r["turn"].get(t, float("nan")) for t in (1, 2)]
-        lines.append(f"| {model} | {r['score']:.3f} | {turns[0]:.3f} | {turns[1]:.3f} | {r['judged']} | "
-                     f"{r['unparseable']} | "
-                     + " | ".join(f"{r['category'].get(c, float('nan')):.2f}" for c in categories)
-                     + " |")
+        lines.append(f"| {model} | {cell(r['score'], 3)} | {cell(r['turn'].get(1), 3)} | {cell(r['turn'].get(2), 3)} "
+                     f"| {r['judged']} | {r['unparseable']} | "
+                     + " | ".join(cell(r["category"].get(c), 2) for c in categories) + " |")
+    if any(not r["judged"] for r in summary.values()):
+        lines.append("\n(–: no parseable judgment)")
     return "\n".join(lines) + "\n"
 
 

@@ -77,6 +77,28 @@ def test_unreachable_judge_gives_error_judgments_not_a_hang(tmp_path):
     assert summarise_judgments(judgments, questions)["tiny"]["unparseable"] == 2
 
 
+def test_a_rerun_pays_the_judge_only_for_what_is_missing(tmp_path):
+    """Judgments already in the file are read back, not judged again; a failed judge call is."""
+    from deft_eval.mt_bench import results_markdown
+
+    questions = [q for q in load_mt_questions(MT_BENCH) if q["category"] == "writing"][:3]
+    out = tmp_path / "judgment.jsonl"
+    unreachable = JudgeEndpoint("http://127.0.0.1:9/v1", "local-judge", timeout_s=2, retries=1, retry_sleep_s=0.01)
+    failed = judge_single(questions[:1], fake_answers(questions[:1]), MT_BENCH, unreachable, out)
+    assert [j["judgment"] for j in failed] == ["$ERROR$", "$ERROR$"]
+    summary = summarise_judgments(failed, questions)
+    assert "| tiny | – | – | – | 0 | 2 |" in results_markdown(summary) and "nan" not in results_markdown(summary)
+    with JudgeServer() as server:
+        endpoint = JudgeEndpoint(server.base_url, "local-judge", parallel=2)
+        first = judge_single(questions[:2], fake_answers(questions[:2]), MT_BENCH, endpoint, out)
+        assert len(first) == 4 and len(server.requests) == 4  # the two failed calls again, and question 2
+        again = judge_single(questions, fake_answers(questions), MT_BENCH, endpoint, out)
+        assert len(again) == 6 and len(server.requests) == 6  # only question 3 is new
+    assert sorted((j["question_id"], j["turn"]) for j in again) == sorted((q["question_id"], t) for q in questions
+                                                                          for t in (1, 2))
+    assert all(j["score"] != -1 for j in again)
+
+
 def test_cli_answers_and_judges_a_small_fixture(tiny_model_dir, tmp_path):
     """`deft-eval mt-bench` end to end on a three-question fixture (writing, math, coding)."""
     import shutil
@@ -108,6 +130,12 @@ def test_cli_answers_and_judges_a_small_fixture(tiny_model_dir, tmp_path):
     assert results["category"] == {"writing": 7.0, "math": 4.0, "coding": 4.0}
     assert "| tiny | 5.000 |" in (out / "results.md").read_text()
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    with JudgeServer() as server:  # a rerun on the first question only: nothing new to answer or judge
+        assert main(["mt-bench", "--model", str(tiny_model_dir), "--name", "tiny", "--mt-bench-dir", str(data),
+                     "--out", str(out), "--judge-url", server.base_url, "--judge-model", "local-judge",
+                     "--max-new-tokens", "3", "--question-ids", "81"]) == 0
+        assert server.requests == []
+    assert json.loads((out / "results.json").read_text())["single"]["tiny"]["judged"] == 2
 
 
 def test_pairwise_against_a_baseline_judged_in_both_orders(tmp_path):
