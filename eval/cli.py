@@ -137,13 +137,20 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # as Ctrl-C: the `with` below stops the three FastChat processes
+
+
 def cmd_judge_server(args) -> int:
+    import signal
     import time
 
     from deft_eval.judge_server import LocalJudge
 
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     with LocalJudge(args.model, args.name, args.device, args.port, args.log_dir, args.start_timeout) as judge:
-        print(f"judge {args.name!r} answering at {judge.base_url} (OpenAI-compatible); Ctrl-C stops it", flush=True)
+        print(f"judge {args.name!r} answering at {judge.base_url} (OpenAI-compatible); Ctrl-C or SIGTERM stops it",
+              flush=True)
         try:
             while all(p.poll() is None for p in judge.procs):
                 time.sleep(1.0)

@@ -5,6 +5,7 @@ then stopped with nothing left running."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -37,3 +38,52 @@ def test_local_judge_answers_then_stops(tiny_model_dir, tmp_path):
     assert "<|im_start|>user\\nRate this.<|im_end|>\\n<|im_start|>assistant\\n" in (tmp_path / "api.log").read_text()
     with pytest.raises(ConnectionRefusedError):  # nothing listens on the API port any more
         socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if int(fields.get("PPid", "0").strip()) == pid:
+            found.add(int(status.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_three_processes(tiny_model_dir, tmp_path):
+    """`deft-eval judge-server` stopped by SIGTERM (as a job scheduler or `kill` stops it) leaves
+    no FastChat process running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    server = subprocess.Popen([sys.executable, "-m", "deft_eval.cli", "judge-server", "--model", str(tiny_model_dir),
+                               "--name", "tiny-judge", "--device", "cpu", "--log-dir", str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 300
+        line = ""
+        while "answering at" not in line and time.monotonic() < deadline and server.poll() is None:
+            line = server.stdout.readline()
+        assert "answering at http://127.0.0.1:" in line, line
+        children = children_of(server.pid)
+        assert len(children) == 3
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+        time.sleep(1)
+        assert [pid for pid in children if Path(f"/proc/{pid}").exists()
+                and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]] == []
+    finally:  # nothing outlives the test, whatever it found
+        for pid in [server.pid, *children]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        server.wait(timeout=30)
+
