@@ -84,10 +84,12 @@ def all_results(votes: list[dict], seed: int = 0) -> dict:
 
 def plot_results(results: dict, path) -> "Path":
     """Win rate (ties half) of model A per pair, with its bootstrap interval; and per category."""
+    from deft_app.text import plot_label
     from deft_plugin.utils.plots import save_figure, subplots
 
-    rows = [(f"{r['model_a']} vs {r['model_b']}", r) for r in results["pairs"]]
-    rows += [(f"{c}: {r['model_a']} vs {r['model_b']}", r) for c, rs in results["by_category"].items() for r in rs]
+    rows = [(plot_label(f"{r['model_a']} vs {r['model_b']}"), r) for r in results["pairs"]]
+    rows += [(plot_label(f"{c}: {r['model_a']} vs {r['model_b']}"), r) for c, rs in results["by_category"].items()
+             for r in rs]
     fig, ax = subplots(figsize=(7, max(2.2, 0.35 * len(rows) + 1)))
     for y, (_, r) in enumerate(rows):
         lo, hi = r["win_rate_ci"]

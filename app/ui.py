@@ -14,6 +14,7 @@ import gradio as gr
 from deft_app.export import export_votes
 from deft_app.results import all_results, plot_results
 from deft_app.store import Store, left_is_a
+from deft_app.text import markdown_text, visible_controls
 
 SIDES = ("left", "right", "tie", "both_bad")
 SHORTCUTS = """
@@ -31,7 +32,7 @@ document.addEventListener("keydown", (event) => {
 
 def dialogue_text(turns: list[dict]) -> str:
     names = {"user": "User", "assistant": "Assistant", "system": "System"}
-    return "\n\n".join(f"{names.get(t['role'], t['role'])}: {t['content']}" for t in turns)
+    return visible_controls("\n\n".join(f"{names.get(t['role'], t['role'])}: {t['content']}" for t in turns))
 
 
 def verdict_for(side: str, item: dict) -> str:
@@ -43,16 +44,18 @@ def verdict_for(side: str, item: dict) -> str:
 
 
 def results_markdown(results: dict) -> str:
+    """The admin's results as Markdown; every name from the data is escaped (markdown_text)."""
+    e = markdown_text
     lines = [f"**{results['votes']} votes**", "",
              "| model A | model B | n | win | tie | loss | win rate (ties half) | 95% CI |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results["pairs"]:
         lo, hi = r["win_rate_ci"]
-        lines.append(f"| {r['model_a']} | {r['model_b']} | {r['n']} | {r['win']} | {r['tie']} | {r['loss']} | "
+        lines.append(f"| {e(r['model_a'])} | {e(r['model_b'])} | {r['n']} | {r['win']} | {r['tie']} | {r['loss']} | "
                      f"{r['win_rate']:.3f} | {lo:.3f} - {hi:.3f} |")
     if results["strengths"]:
         lines += ["", "| model | Bradley-Terry strength | 95% CI |", "|---|---|---|"]
-        lines += [f"| {m} | {s['strength']:.3f} | {s['ci'][0]:.3f} - {s['ci'][1]:.3f} |"
+        lines += [f"| {e(m)} | {s['strength']:.3f} | {s['ci'][0]:.3f} - {s['ci'][1]:.3f} |"
                   for m, s in results["strengths"].items()]
     pb = results["position_bias"]
     lines += ["", f"Position bias: the left answer won {pb['left_win_rate']:.3f} of {pb['decided']} decided votes."]
@@ -61,14 +64,15 @@ def results_markdown(results: dict) -> str:
         lines += ["", "Agreement: fewer than two items judged by the same annotators so far."]
     if ag["cohen"]:
         lines += ["", "| annotators | shared items | Cohen's kappa |", "|---|---|---|"]
-        lines += [f"| {k} | {v['items']} | {v['kappa']:.3f} |" for k, v in ag["cohen"].items()]
+        lines += [f"| {e(k)} | {v['items']} | {v['kappa']:.3f} |" for k, v in ag["cohen"].items()]
     if ag["fleiss"]:
         f = ag["fleiss"]
         lines += ["", f"Fleiss' kappa: {f['kappa']:.3f} over {f['items']} items "
                       f"with {f['annotators_per_item']} annotators each."]
     for category, rows in results["by_category"].items():
-        lines += ["", f"**{category}**: " + "; ".join(f"{r['model_a']} vs {r['model_b']}: {r['win_rate']:.3f} "
-                                                       f"({r['win']}/{r['tie']}/{r['loss']})" for r in rows)]
+        lines += ["", f"**{e(category)}**: " + "; ".join(f"{e(r['model_a'])} vs {e(r['model_b'])}: "
+                                                          f"{r['win_rate']:.3f} ({r['win']}/{r['tie']}/{r['loss']})"
+                                                          for r in rows)]
     return "\n".join(lines)
 
 
@@ -97,11 +101,12 @@ class JudgingApp:
                  "left": item["model_a"] if a_left else item["model_b"],
                  "right": item["model_b"] if a_left else item["model_a"]}
         left, right = (item["answer_a"], item["answer_b"]) if a_left else (item["answer_b"], item["answer_a"])
-        return state, progress, dialogue_text(item["dialogue"]), left, right, ""
+        return state, progress, dialogue_text(item["dialogue"]), visible_controls(left), visible_controls(right), ""
 
     def on_load(self, request: gr.Request):
         user = request.username
-        return (*self._show(user), gr.update(visible=self.store.role(user) == "admin"), f"Logged in as **{user}**")
+        return (*self._show(user), gr.update(visible=self.store.role(user) == "admin"),
+                f"Logged in as **{markdown_text(user)}**")
 
     def vote(self, side: str, comment: str, state: dict | None, request: gr.Request):
         user = request.username

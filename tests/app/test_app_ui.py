@@ -118,3 +118,35 @@ def test_serve_checks_its_paths_then_loads_items_and_annotators(tmp_path, monkey
     assert host == "127.0.0.1" and port == 7860 and app.overlap == 2
     assert app.store.authenticate("ann", "long password") == "annotator"
     assert app.store.progress("ann", 2) == (0, 4)
+
+
+def test_names_from_the_data_are_escaped_in_the_admin_tables_and_plots(tmp_path):
+    """A model or category name holding HTML, table syntax or dollar signs stays literal text."""
+    from deft_app.results import all_results, plot_results
+    from deft_app.ui import results_markdown
+
+    evil_model, evil_category = "<img src=x onerror=alert(1)>|x", "**bold** $\\alpha$"
+    store = Store(tmp_path / "v.db")
+    store.add_items([{"id": f"q{i}", "dialogue": [{"role": "user", "content": "q"}], "category": evil_category,
+                      "model_a": evil_model, "answer_a": "a", "model_b": "deft", "answer_b": "b"} for i in range(2)])
+    store.add_annotator("ann", "annotator-pw")
+    app = JudgingApp(store, overlap=1, export_dir=tmp_path / "exports")
+    for _ in range(2):
+        state = app.on_load(req("ann"))[0]
+        app.vote("left", "", state, req("ann"))
+    text = results_markdown(all_results(store.votes()))
+    assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;\\|x" in text
+    assert "\\*\\*bold\\*\\* \\$\\\\alpha\\$" in text
+    assert plot_results(all_results(store.votes()), tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_invisible_controls_in_answers_are_shown(tmp_path):
+    from deft_app.text import visible_controls
+
+    assert visible_controls("abc\u202edef\u200b\n\tx") == "abc<U+202E>def<U+200B>\n\tx"
+    store = Store(tmp_path / "v.db")
+    store.add_items([{"id": "q0", "dialogue": [{"role": "user", "content": "hi\u2066"}], "category": "c",
+                      "model_a": "a", "answer_a": "safe \u202eeulav", "model_b": "b", "answer_b": "plain"}])
+    store.add_annotator("ann", "annotator-pw")
+    _, _, dialogue, left, right, _ = JudgingApp(store, overlap=1, export_dir=tmp_path / "e")._show("ann")
+    assert "<U+202E>" in left + right and "\u202e" not in left + right and dialogue.endswith("hi<U+2066>")
