@@ -131,7 +131,9 @@ class JudgingApp:
         with gr.Blocks(title="DEFT side-by-side judging") as demo:
             state = gr.State(None)
             with gr.Tab("Judge"):
-                who = gr.Markdown(elem_id="who")
+                with gr.Row():
+                    who = gr.Markdown(elem_id="who")
+                    gr.Button("Log out", link="/logout", size="sm", scale=0, elem_id="logout")
                 progress = gr.HTML(elem_id="progress")
                 dialogue = gr.Textbox(label="Dialogue", interactive=False, lines=6, elem_id="dialogue")
                 with gr.Row():
@@ -169,5 +171,6 @@ def launch(app: JudgingApp, host: str = "127.0.0.1", port: int | None = None, bl
     demo.launch(server_name=host, server_port=port, auth=lambda user, password: app.store.authenticate(user, password)
                 is not None, auth_message="DEFT judging: log in with the name and password your organiser gave you.",
                 head=SHORTCUTS, prevent_thread_lock=not block, quiet=True, show_error=True,
-                allowed_paths=[str(app.export_dir)])
+                allowed_paths=[str(app.export_dir)], footer_links=["gradio", "settings"])  # no API page link
+    print(f"deft-app: serving at {demo.local_url}", flush=True)
     return demo

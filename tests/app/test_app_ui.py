@@ -76,9 +76,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_only_listed_annotators_get_in(app):
+def test_only_listed_annotators_get_in(app, capsys):
     port = free_port()
     demo = launch(app, port=port, block=False)
+    assert f"deft-app: serving at http://127.0.0.1:{port}/" in capsys.readouterr().out
     try:
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=30) as client:
@@ -86,7 +87,11 @@ def test_only_listed_annotators_get_in(app):
             assert client.post("/login", data={"username": "mallory", "password": "annotator-pw"}).status_code == 400
             ok = client.post("/login", data={"username": "ann", "password": "annotator-pw"})
             assert ok.status_code == 200 and client.cookies
-            assert client.get("/config").status_code == 200
+            config = client.get("/config")
+            assert config.status_code == 200
+            # a logout button for annotators, no link to the API page in the footer
+            assert any(c.get("props", {}).get("link") == "/logout" for c in config.json()["components"])
+            assert "api" not in config.json().get("footer_links", ["api"])
         with httpx.Client(base_url=base, timeout=30) as anonymous:
             assert anonymous.get("/config").status_code in (401, 403)
     finally:
