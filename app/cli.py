@@ -1,4 +1,5 @@
-"""`deft-app serve`: the blind side-by-side judging app."""
+"""`deft-app serve`: the blind side-by-side judging app; `deft-app export`: every vote of a
+database as JSONL and CSV, for the organiser on the machine that holds it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def cmd_serve(args) -> int:
         raise InputError(f"--db {db}: the folder {db.parent} does not exist")
     if args.overlap < 1:
         raise InputError(f"--overlap must be at least 1, got {args.overlap}")
+    if args.hold_minutes <= 0:
+        raise InputError(f"--hold-minutes must be positive, got {args.hold_minutes}")
     items = items_from_files(args.answers, args.mt_bench_questions)
     annotators = read_annotators(args.annotators)
     store = Store(db)
@@ -24,7 +27,20 @@ def cmd_serve(args) -> int:
     for a in annotators:
         store.add_annotator(a["name"], a["password"], a.get("role", "annotator"))
     print(f"{len(items)} items ({added} new) for {len(annotators)} annotators, overlap {args.overlap}; votes in {db}")
-    ui.launch(ui.JudgingApp(store, args.overlap, args.export_dir or db.parent / "exports"), args.host, args.port)
+    ui.launch(ui.JudgingApp(store, args.overlap, hold=args.hold_minutes * 60), args.host, args.port)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from deft_app.export import export_votes
+    from deft_app.items import InputError
+    from deft_app.store import Store
+
+    if not Path(args.db).is_file():
+        raise InputError(f"--db {args.db}: no such database")
+    votes = Store(args.db).votes()
+    jsonl, table = export_votes(votes, args.out)
+    print(f"{len(votes)} votes written to {jsonl} and {table}")
     return 0
 
 
@@ -41,14 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overlap", type=int, default=1, help="annotators who judge each item")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=7860)
-    s.add_argument("--export-dir", default=None, help="where exports are written (default: beside the database)")
+    s.add_argument("--hold-minutes", type=float, default=15,
+                   help="how long an item handed to an annotator stays reserved for them before it goes back")
     s.set_defaults(func=cmd_serve)
+    e = sub.add_parser("export", help="write every vote as votes.jsonl and votes.csv")
+    e.add_argument("--db", required=True, help="the app's SQLite database")
+    e.add_argument("--out", required=True, help="folder for votes.jsonl and votes.csv")
+    e.set_defaults(func=cmd_export)
     return parser
 
 
 def main(argv=None) -> int:
+    from deft_app.items import InputError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except InputError as error:  # bad input is the user's to fix: one line, no traceback
+        print(f"deft-app: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

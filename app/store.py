@@ -2,7 +2,9 @@
 
 One vote per (item, annotator) is a primary key, so a double click or a retried request
 never counts twice; every write is one committed transaction, so a restart loses nothing.
-Passwords are stored as salted scrypt hashes."""
+Passwords are stored as salted scrypt hashes. An item handed out is reserved for its
+annotator (in the transaction that picks it) until they vote or the reservation expires, so
+annotators working at the same time never give an item more than `overlap` votes."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import time
 from pathlib import Path
 
 VERDICTS = ("a", "b", "tie", "both_bad")
+HOLD_SECONDS = 15 * 60  # how long an item handed out stays reserved for its annotator
+STORED, DUPLICATE, FULL = "stored", "duplicate", "full"  # what became of a vote
 ROLES = ("annotator", "admin")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS annotators (
@@ -38,6 +42,12 @@ CREATE TABLE IF NOT EXISTS votes (
     left_model TEXT NOT NULL,         -- which model's answer was shown on the left
     comment TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL,
+    PRIMARY KEY (item_id, annotator)
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    item_id TEXT NOT NULL REFERENCES items(id),
+    annotator TEXT NOT NULL REFERENCES annotators(name),
+    expires REAL NOT NULL,
     PRIMARY KEY (item_id, annotator)
 );
 """
@@ -132,14 +142,26 @@ class Store:
             row = conn.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
         return _item(row) if row else None
 
-    def next_item(self, annotator: str, overlap: int) -> dict | None:
-        """An item this annotator has not judged and that fewer than `overlap` annotators have:
-        items closest to complete first (so overlapping judgments accumulate), then by id."""
+    def next_item(self, annotator: str, overlap: int, hold: float = HOLD_SECONDS) -> dict | None:
+        """The item this annotator holds, or else one they have not judged whose votes and live
+        reservations number fewer than `overlap`: items closest to complete first (so overlapping
+        judgments accumulate), then by id. The item is reserved for them for `hold` seconds."""
+        now = time.time()
         with self._conn() as conn:
+            conn.execute("DELETE FROM reservations WHERE expires <= ?", (now,))
             row = conn.execute(
-                "SELECT items.*, COUNT(votes.item_id) AS n FROM items LEFT JOIN votes ON votes.item_id = items.id "
-                "WHERE items.id NOT IN (SELECT item_id FROM votes WHERE annotator = ?) "
-                "GROUP BY items.id HAVING n < ? ORDER BY n DESC, items.id LIMIT 1", (annotator, overlap)).fetchone()
+                "SELECT items.*, 0 AS n FROM reservations JOIN items ON items.id = reservations.item_id "
+                "WHERE reservations.annotator = ? ORDER BY reservations.expires DESC LIMIT 1", (annotator,)).fetchone()
+            if row is None:
+                row = conn.execute(
+                    "SELECT * FROM (SELECT items.*, "
+                    "(SELECT COUNT(*) FROM votes WHERE votes.item_id = items.id) + "
+                    "(SELECT COUNT(*) FROM reservations WHERE reservations.item_id = items.id) AS n FROM items "
+                    "WHERE items.id NOT IN (SELECT item_id FROM votes WHERE annotator = ?)) "
+                    "WHERE n < ? ORDER BY n DESC, id LIMIT 1", (annotator, overlap)).fetchone()
+            if row is not None:
+                conn.execute("INSERT INTO reservations VALUES (?, ?, ?) ON CONFLICT(item_id, annotator) "
+                             "DO UPDATE SET expires = excluded.expires", (row["id"], annotator, now + hold))
         return _item(row) if row else None
 
     def progress(self, annotator: str, overlap: int) -> tuple[int, int]:
@@ -153,15 +175,23 @@ class Store:
         return done, done + open_
 
     # ---------------------------------------------------------------- votes
-    def record_vote(self, item_id: str, annotator: str, verdict: str, left_model: str, comment: str = "") -> bool:
-        """True when stored; False when this annotator had already voted on the item (a double
-        click or a retried request): the first vote stands."""
+    def record_vote(self, item_id: str, annotator: str, verdict: str, left_model: str, comment: str = "",
+                    overlap: int | None = None) -> str:
+        """STORED; DUPLICATE when this annotator had already voted on the item (a double click or
+        a retried request: the first vote stands); FULL when `overlap` others voted on it while
+        this annotator's reservation had expired. Ends the annotator's reservation of the item."""
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
         with self._conn() as conn:
-            cur = conn.execute("INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                               (item_id, annotator, verdict, left_model, comment, time.time()))
-            return cur.rowcount == 1
+            conn.execute("DELETE FROM reservations WHERE item_id = ? AND annotator = ?", (item_id, annotator))
+            if conn.execute("SELECT 1 FROM votes WHERE item_id = ? AND annotator = ?", (item_id, annotator)).fetchone():
+                return DUPLICATE
+            if overlap is not None and conn.execute(
+                    "SELECT COUNT(*) FROM votes WHERE item_id = ?", (item_id,)).fetchone()[0] >= overlap:
+                return FULL
+            conn.execute("INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?)",
+                         (item_id, annotator, verdict, left_model, comment, time.time()))
+            return STORED
 
     def votes(self) -> list[dict]:
         """Every vote with its item's models and category, oldest first."""

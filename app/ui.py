@@ -1,19 +1,23 @@
 """The Gradio judging app: annotators log in, judge one item at a time (two anonymous answers,
-sides fixed per item and annotator), and admins see the results and export the votes.
+sides fixed per item and annotator), and admins see the results and download the votes.
 
 Answers are shown in read-only text boxes, never rendered as HTML. Every admin action checks
-the caller's role on the server, whatever the page shows."""
+the caller's role on the server, whatever the page shows; exports are built per download and
+served only to the admin's own login (downloads.py), never from a folder on a static path."""
 
 from __future__ import annotations
 
-import time
+import tempfile
 from pathlib import Path
 
 import gradio as gr
+from fastapi import HTTPException, Request, Response
+from PIL import Image
 
-from deft_app.export import export_votes
+from deft_app.downloads import DownloadGrants
+from deft_app.export import EXPORTS
 from deft_app.results import all_results, plot_results
-from deft_app.store import Store, left_is_a
+from deft_app.store import FULL, HOLD_SECONDS, Store, left_is_a
 from deft_app.text import markdown_text, visible_controls
 
 SIDES = ("left", "right", "tie", "both_bad")
@@ -76,10 +80,16 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+DOWNLOAD_ROUTE = "deft-export"
+FULL_NOTE = ("<p>Your last item was completed by other annotators while it waited, so that vote was not "
+             "needed; here is a new one.</p>")
+
+
 class JudgingApp:
-    def __init__(self, store: Store, overlap: int, export_dir: str | Path):
-        self.store, self.overlap, self.export_dir = store, overlap, Path(export_dir)
+    def __init__(self, store: Store, overlap: int, hold: float = HOLD_SECONDS):
+        self.store, self.overlap, self.hold = store, overlap, hold
         self.secret = store.secret()
+        self.grants = DownloadGrants()
 
     def _require_admin(self, request: gr.Request) -> str:
         user = getattr(request, "username", None)
@@ -87,13 +97,14 @@ class JudgingApp:
             raise gr.Error("Only an admin can see results and export votes.")
         return user
 
-    def _show(self, user: str):
-        """(state, progress, dialogue, left, right, comment) for the annotator's next item."""
+    def _show(self, user: str, note: str = ""):
+        """(state, progress, dialogue, left, right, comment) for the annotator's next item,
+        which stays reserved for them until they vote or the hold expires."""
+        item = self.store.next_item(user, self.overlap, self.hold)
         done, total = self.store.progress(user, self.overlap)
-        item = self.store.next_item(user, self.overlap)
-        # numbers only in this HTML: nothing from the data reaches it
+        # numbers and fixed text only in this HTML: nothing from the data reaches it
         progress = (f"<div><b>{done} / {total} judged</b> <progress value='{int(done)}' max='{int(max(total, 1))}' "
-                    f"style='width: 60%'></progress></div>")
+                    f"style='width: 60%'></progress></div>{note}")
         if item is None:
             return None, progress + "<p>All done, thank you.</p>", "", "", "", ""
         a_left = left_is_a(item["id"], user, self.secret)
@@ -110,22 +121,40 @@ class JudgingApp:
 
     def vote(self, side: str, comment: str, state: dict | None, request: gr.Request):
         user = request.username
+        outcome = None
         if state is not None:
-            self.store.record_vote(state["id"], user, verdict_for(side, state), state["left"], comment or "")
-        return self._show(user)
+            outcome = self.store.record_vote(state["id"], user, verdict_for(side, state), state["left"],
+                                             comment or "", overlap=self.overlap)
+        return self._show(user, FULL_NOTE if outcome == FULL else "")
 
     def results(self, request: gr.Request):
         self._require_admin(request)
         results = all_results(self.store.votes())
         plot = None
-        if results["pairs"]:
-            plot = str(plot_results(results, self.export_dir / "plots" / f"results-{time.time_ns()}.png"))
+        if results["pairs"]:  # drawn in memory: no file of results is left on a served path
+            with tempfile.TemporaryDirectory() as tmp:
+                with Image.open(plot_results(results, Path(tmp) / "results.png")) as image:
+                    plot = image.copy()
         return results_markdown(results), plot
 
     def export(self, request: gr.Request):
-        self._require_admin(request)
-        jsonl, table = export_votes(self.store.votes(), self.export_dir / time.strftime("%Y%m%d-%H%M%S"))
-        return [str(jsonl), str(table)]
+        """Download links for this admin's login, valid for a few minutes; each download is
+        built from the votes at the moment it is fetched."""
+        user = self._require_admin(request)
+        token = self.grants.grant(user, request.cookies)
+        links = " · ".join(f"[{name}]({DOWNLOAD_ROUTE}/{token}/{name})" for name in EXPORTS)
+        minutes = round(self.grants.seconds / 60)
+        return f"{links}  \n(links for your login only, valid {minutes} minutes; every vote as of the download)"
+
+    def download(self, token: str, name: str, request: Request) -> Response:
+        """The download route: the same 404 for a wrong name, a stale or foreign link and a
+        non-admin, so that nothing tells an annotator an export exists."""
+        user = self.grants.holder(token, request.cookies)
+        if name not in EXPORTS or user is None or self.store.role(user) != "admin":
+            raise HTTPException(status_code=404)
+        build, media_type = EXPORTS[name]
+        return Response(build(self.store.votes()), media_type=media_type,
+                        headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
 
     def build(self) -> gr.Blocks:
         with gr.Blocks(title="DEFT side-by-side judging") as demo:
@@ -148,9 +177,9 @@ class JudgingApp:
             with gr.Tab("Results", visible=False) as results_tab:
                 refresh = gr.Button("Show results", elem_id="show-results")
                 table = gr.Markdown(elem_id="results")
-                plot = gr.Image(label="Win rates", type="filepath", interactive=False, elem_id="results-plot")
+                plot = gr.Image(label="Win rates", type="pil", interactive=False, elem_id="results-plot")
                 export = gr.Button("Export votes (JSONL, CSV)", elem_id="export")
-                files = gr.File(label="Exports", file_count="multiple", elem_id="exports")
+                files = gr.Markdown(elem_id="exports")
             shown = [state, progress, dialogue, left, right, comment]
             demo.load(self.on_load, outputs=[*shown, results_tab, who])
             for side, button in zip(SIDES, buttons):
@@ -170,7 +199,10 @@ def launch(app: JudgingApp, host: str = "127.0.0.1", port: int | None = None, bl
     demo = app.build()
     demo.launch(server_name=host, server_port=port, auth=lambda user, password: app.store.authenticate(user, password)
                 is not None, auth_message="DEFT judging: log in with the name and password your organiser gave you.",
-                head=SHORTCUTS, prevent_thread_lock=not block, quiet=True, show_error=True,
-                allowed_paths=[str(app.export_dir)], footer_links=["gradio", "settings"])  # no API page link
+                head=SHORTCUTS, prevent_thread_lock=True, quiet=True, show_error=True,
+                footer_links=["gradio", "settings"])  # no API page link
+    demo.app.add_api_route(f"/{DOWNLOAD_ROUTE}/{{token}}/{{name}}", app.download, methods=["GET"])
     print(f"deft-app: serving at {demo.local_url}", flush=True)
+    if block:
+        demo.block_thread()
     return demo

@@ -36,7 +36,7 @@ def served(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = JudgingApp(store, overlap=2, export_dir=tmp / "exports")
+    app = JudgingApp(store, overlap=2)
     demo = launch(app, port=port, block=False)
     yield {"url": f"http://127.0.0.1:{port}/", "store": store, "tmp": tmp}
     demo.close()
@@ -122,12 +122,30 @@ def test_admin_results_and_export_in_the_browser(served, browser, tmp_path):
     page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
     shutil.copy(tmp_path / "results.png", served["tmp"] / "results.png")
     page.locator("#export").click()
-    # the file list shows each name as "votes" and its extension in separate elements
-    page.wait_for_function("() => ['.jsonl', '.csv'].every("
-                           "n => ((document.querySelector('#exports') || {}).innerText || '').includes(n))",
-                           timeout=30_000)
-    exported = sorted(p.name for p in (served["tmp"] / "exports").rglob("votes.*"))
-    assert exported == ["votes.csv", "votes.jsonl"]
+    link = page.locator("#exports a", has_text="votes.jsonl")
+    link.wait_for(timeout=30_000)
+    url = link.evaluate("a => a.href")
+    assert url.startswith(served["url"] + "deft-export/")
+    fetched = page.request.get(url)
+    assert fetched.status == 200 and fetched.headers["content-disposition"] == 'attachment; filename="votes.jsonl"'
+    assert len(fetched.text().splitlines()) == n
+    served["export_url"] = url
+
+
+def test_an_annotator_cannot_fetch_an_export(served, browser):
+    """The admin's live export link, its neighbours and the files beside the database: all
+    refused to a logged-in annotator."""
+    url = served.get("export_url")
+    assert url, "runs after the admin's export test"
+    page, _ = login(browser, served["url"], "ann2", "annotator-pw")
+    assert page.request.get(url).status == 404
+    assert page.request.get(url.replace("votes.jsonl", "votes.csv")).status == 404
+    assert page.request.get(served["url"] + "deft-export/guess/votes.jsonl").status == 404
+    (served["tmp"] / "exports").mkdir(exist_ok=True)
+    (served["tmp"] / "exports" / "votes.jsonl").write_text('{"verdict": "a"}\n')  # an export on the server's disk
+    for path in ("exports/votes.jsonl", "votes.db"):
+        response = page.request.get(f"{served['url']}gradio_api/file={served['tmp'] / path}")
+        assert response.status in (403, 404) and "verdict" not in response.text()
 
 
 def test_wrong_password_stays_out(served, browser):

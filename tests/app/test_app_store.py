@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from deft_app.store import Store, hash_password, left_is_a, verify_password
+from deft_app.store import DUPLICATE, FULL, SCHEMA, STORED, Store, hash_password, left_is_a, verify_password
 
 
 def items(n: int) -> list[dict]:
@@ -37,7 +37,7 @@ def test_twenty_threads_fifty_votes_each_counted_exactly_once(tmp_path):
         th.start()
     for th in threads:
         th.join()
-    assert stored.count(True) == 1000 and stored.count(False) == 1000
+    assert stored.count(STORED) == 1000 and stored.count(DUPLICATE) == 1000
     votes = Store(tmp_path / "votes.db").votes()  # reopened: nothing lost
     assert len(votes) == 1000
     assert len({(v["item_id"], v["annotator"]) for v in votes}) == 1000
@@ -49,8 +49,8 @@ def test_the_schema_refuses_a_second_vote_and_bad_verdicts(tmp_path):
     store = Store(tmp_path / "v.db")
     store.add_items(items(1))
     store.add_annotator("ann", "pw")
-    assert store.record_vote("q000", "ann", "a", "dpo", "first") is True
-    assert store.record_vote("q000", "ann", "b", "deft", "second") is False
+    assert store.record_vote("q000", "ann", "a", "dpo", "first") == STORED
+    assert store.record_vote("q000", "ann", "b", "deft", "second") == DUPLICATE
     assert [(v["verdict"], v["comment"]) for v in store.votes()] == [("a", "first")]  # the first vote stands
     with pytest.raises(ValueError, match="verdict"):
         store.record_vote("q000", "ann", "left", "dpo")
@@ -107,3 +107,66 @@ def test_side_layout_is_stable_per_annotator_and_balanced():
     assert layouts == [left_is_a(f"q{i}", "ann", secret) for i in range(400)]
     assert 160 < sum(layouts) < 240
     assert layouts != [left_is_a(f"q{i}", "other", secret) for i in range(400)]
+
+
+def test_an_item_handed_out_is_reserved_until_the_vote_or_the_expiry(tmp_path):
+    store = Store(tmp_path / "v.db")
+    store.add_items(items(3))
+    for name in ("ann1", "ann2", "ann3"):
+        store.add_annotator(name, "pw")
+    assert store.next_item("ann1", overlap=1)["id"] == "q000"
+    assert store.next_item("ann2", overlap=1)["id"] == "q001"  # q000 is held by ann1
+    assert store.next_item("ann1", overlap=1)["id"] == "q000"  # a reload gives ann1 the same item
+    assert store.record_vote("q000", "ann1", "a", "dpo", overlap=1) == STORED
+    # ann2 walks away: a reservation that has expired returns the item to the pool
+    assert store.next_item("ann2", overlap=1, hold=0)["id"] == "q001"
+    assert store.next_item("ann3", overlap=1)["id"] == "q001"
+    assert store.record_vote("q001", "ann3", "b", "dpo", overlap=1) == STORED
+    # ann2 comes back and votes on the item that ann3 completed meanwhile: refused, not a second vote
+    assert store.record_vote("q001", "ann2", "a", "dpo", overlap=1) == FULL
+    assert sorted((v["item_id"], v["annotator"]) for v in store.votes()) == [("q000", "ann1"), ("q001", "ann3")]
+    assert store.next_item("ann2", overlap=1)["id"] == "q002"
+
+
+def test_concurrent_annotators_never_exceed_the_overlap_and_cover_every_item(tmp_path):
+    store = Store(tmp_path / "votes.db")
+    store.add_items(items(30))
+    for t in range(10):
+        store.add_annotator(f"ann{t}", "pw")
+    outcomes, lock = [], threading.Lock()
+    barrier = threading.Barrier(10)
+
+    def annotate(t: int) -> None:
+        mine = Store(tmp_path / "votes.db")
+        barrier.wait()  # all ten ask for their first item at once
+        while (item := mine.next_item(f"ann{t}", overlap=2)) is not None:
+            outcome = mine.record_vote(item["id"], f"ann{t}", "tie", "dpo", overlap=2)
+            with lock:
+                outcomes.append(outcome)
+
+    threads = [threading.Thread(target=annotate, args=(t,)) for t in range(10)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not any(th.is_alive() for th in threads)
+    votes = Store(tmp_path / "votes.db").votes()
+    per_item = {f"q{i:03d}": 0 for i in range(30)}
+    for v in votes:
+        per_item[v["item_id"]] += 1
+    assert set(per_item.values()) == {2}  # every item exactly `overlap` votes: none over, none left out
+    assert outcomes == [STORED] * 60
+
+
+def test_a_database_from_before_reservations_opens_and_assigns(tmp_path):
+    old_schema = SCHEMA[:SCHEMA.index("CREATE TABLE IF NOT EXISTS reservations")]
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.executescript(old_schema)
+    conn.execute("INSERT INTO annotators VALUES ('ann', 'x', 'annotator')")
+    conn.executemany("INSERT INTO items VALUES (?, '[]', NULL, 'dpo', 'A', 'deft', 'B')", [("q0",), ("q1",)])
+    conn.execute("INSERT INTO votes VALUES ('q0', 'ann', 'a', 'dpo', '', 0)")
+    conn.commit()
+    conn.close()
+    store = Store(tmp_path / "old.db")
+    assert [v["item_id"] for v in store.votes()] == ["q0"]
+    assert store.next_item("ann", overlap=1)["id"] == "q1"

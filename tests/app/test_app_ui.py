@@ -5,12 +5,14 @@ lets only listed annotators in."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from types import SimpleNamespace
 
 import gradio as gr
 import httpx
 import pytest
+from fastapi import HTTPException
 
 from deft_app.store import Store
 from deft_app.ui import JudgingApp, launch, verdict_for
@@ -27,11 +29,12 @@ def app(tmp_path):
     store.add_annotator("ann", "annotator-pw")
     store.add_annotator("ann2", "annotator-pw")
     store.add_annotator("boss", "admin-pw-123", "admin")
-    return JudgingApp(store, overlap=2, export_dir=tmp_path / "exports")
+    return JudgingApp(store, overlap=2)
 
 
-def req(user):
-    return SimpleNamespace(username=user)
+def req(user, cookies=None):
+    login = {"access-token-x": f"token of {user}"}  # what Gradio's login cookie carries
+    return SimpleNamespace(username=user, cookies=login if cookies is None else cookies)
 
 
 def test_vote_flow_blind_sides_and_resume(app):
@@ -65,9 +68,23 @@ def test_results_and_export_are_for_admins_only(app):
     assert app.on_load(req("boss"))[-2]["visible"] is True
     table, plot = app.results(req("boss"))
     assert "| dpo | deft | 1 | 0 | 1 | 0 | 0.500 |" in table
-    assert open(plot, "rb").read(4) == b"\x89PNG"
-    jsonl, csv_file = app.export(req("boss"))
-    assert [json.loads(line)["verdict"] for line in open(jsonl)] == ["tie"] and csv_file.endswith("votes.csv")
+    assert plot.format is None and plot.size[0] > 300  # an image in memory, no file on disk
+    links = re.findall(r"\((deft-export/[^/]+/(votes\.\w+))\)", app.export(req("boss")))
+    assert [name for _, name in links] == ["votes.jsonl", "votes.csv"]
+    token = links[0][0].split("/")[1]
+    download = app.download(token, "votes.jsonl", req("boss"))
+    assert [json.loads(line)["verdict"] for line in download.body.decode().splitlines()] == ["tie"]
+    assert download.headers["content-disposition"] == 'attachment; filename="votes.jsonl"'
+    # the link serves only the admin's own login, and only names it knows
+    for token_, name, request in [(token, "votes.jsonl", req("ann")), (token, "votes.jsonl", req("boss", {})),
+                                  (token, "../votes.db", req("boss")), ("guess", "votes.jsonl", req("boss"))]:
+        with pytest.raises(HTTPException) as refused:
+            app.download(token_, name, request)
+        assert refused.value.status_code == 404
+    # a demoted admin's live link stops working
+    app.store.add_annotator("boss", "admin-pw-123", "annotator")
+    with pytest.raises(HTTPException):
+        app.download(token, "votes.csv", req("boss"))
 
 
 def free_port():
@@ -92,15 +109,23 @@ def test_only_listed_annotators_get_in(app, capsys):
             # a logout button for annotators, no link to the API page in the footer
             assert any(c.get("props", {}).get("link") == "/logout" for c in config.json()["components"])
             assert "api" not in config.json().get("footer_links", ["api"])
+            # the download route is served, to the login the link was granted to
+            admin = httpx.Client(base_url=base, timeout=30)
+            assert admin.post("/login", data={"username": "boss", "password": "admin-pw-123"}).status_code == 200
+            token = app.grants.grant("boss", dict(admin.cookies))
+            fetched = admin.get(f"/deft-export/{token}/votes.csv")
+            assert fetched.status_code == 200 and fetched.text.startswith("item_id,annotator,verdict")
+            assert client.get(f"/deft-export/{token}/votes.csv").status_code == 404  # an annotator's login
+            admin.close()
         with httpx.Client(base_url=base, timeout=30) as anonymous:
             assert anonymous.get("/config").status_code in (401, 403)
+            assert anonymous.get(f"/deft-export/{token}/votes.csv").status_code == 404
     finally:
         demo.close()
 
 
-def test_serve_checks_its_paths_then_loads_items_and_annotators(tmp_path, monkeypatch):
+def test_serve_checks_its_paths_then_loads_items_and_annotators(tmp_path, monkeypatch, capsys):
     from deft_app import cli, ui
-    from deft_app.items import InputError
 
     answers = []
     for model in ("dpo", "deft"):
@@ -111,18 +136,24 @@ def test_serve_checks_its_paths_then_loads_items_and_annotators(tmp_path, monkey
     annotators = tmp_path / "annotators.jsonl"
     annotators.write_text(json.dumps({"name": "ann", "password": "long password"}) + "\n")
     base = ["serve", "--answers", *answers, "--annotators", str(annotators)]
-    with pytest.raises(InputError, match="does not exist"):
-        cli.main(base + ["--db", str(tmp_path / "missing" / "v.db")])
-    with pytest.raises(InputError, match="no such file"):
-        cli.main(["serve", "--answers", answers[0], str(tmp_path / "nope.jsonl"), "--annotators", str(annotators),
-                  "--db", str(tmp_path / "v.db")])
+    assert cli.main(base + ["--db", str(tmp_path / "missing" / "v.db")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["serve", "--answers", answers[0], str(tmp_path / "nope.jsonl"), "--annotators", str(annotators),
+                     "--db", str(tmp_path / "v.db")]) == 2
+    assert "no such file" in capsys.readouterr().err
     served = []
     monkeypatch.setattr(ui, "launch", lambda app, host, port: served.append((app, host, port)))
     assert cli.main(base + ["--db", str(tmp_path / "v.db"), "--overlap", "2"]) == 0
     (app, host, port), = served
-    assert host == "127.0.0.1" and port == 7860 and app.overlap == 2
+    assert host == "127.0.0.1" and port == 7860 and app.overlap == 2 and app.hold == 15 * 60
     assert app.store.authenticate("ann", "long password") == "annotator"
     assert app.store.progress("ann", 2) == (0, 4)
+    # the organiser's export on the server's machine
+    app.store.record_vote(app.store.next_item("ann", 2)["id"], "ann", "tie", "dpo")
+    assert cli.main(["export", "--db", str(tmp_path / "v.db"), "--out", str(tmp_path / "out")]) == 0
+    assert "1 votes written" in capsys.readouterr().out
+    assert [json.loads(line)["verdict"] for line in (tmp_path / "out" / "votes.jsonl").open()] == ["tie"]
+    assert cli.main(["export", "--db", str(tmp_path / "none.db"), "--out", str(tmp_path / "out")]) == 2
 
 
 def test_names_from_the_data_are_escaped_in_the_admin_tables_and_plots(tmp_path):
@@ -135,7 +166,7 @@ def test_names_from_the_data_are_escaped_in_the_admin_tables_and_plots(tmp_path)
     store.add_items([{"id": f"q{i}", "dialogue": [{"role": "user", "content": "q"}], "category": evil_category,
                       "model_a": evil_model, "answer_a": "a", "model_b": "deft", "answer_b": "b"} for i in range(2)])
     store.add_annotator("ann", "annotator-pw")
-    app = JudgingApp(store, overlap=1, export_dir=tmp_path / "exports")
+    app = JudgingApp(store, overlap=1)
     for _ in range(2):
         state = app.on_load(req("ann"))[0]
         app.vote("left", "", state, req("ann"))
@@ -153,5 +184,21 @@ def test_invisible_controls_in_answers_are_shown(tmp_path):
     store.add_items([{"id": "q0", "dialogue": [{"role": "user", "content": "hi\u2066"}], "category": "c",
                       "model_a": "a", "answer_a": "safe \u202eeulav", "model_b": "b", "answer_b": "plain"}])
     store.add_annotator("ann", "annotator-pw")
-    _, _, dialogue, left, right, _ = JudgingApp(store, overlap=1, export_dir=tmp_path / "e")._show("ann")
+    _, _, dialogue, left, right, _ = JudgingApp(store, overlap=1)._show("ann")
     assert "<U+202E>" in left + right and "\u202e" not in left + right and dialogue.endswith("hi<U+2066>")
+
+
+def test_a_late_vote_on_an_item_others_completed_is_not_counted_and_said(tmp_path):
+    store = Store(tmp_path / "votes.db")
+    store.add_items([{"id": f"q{i}", "dialogue": [{"role": "user", "content": f"question {i}"}], "category": "c",
+                      "model_a": "dpo", "answer_a": "x", "model_b": "deft", "answer_b": "y"} for i in range(2)])
+    for name in ("ann", "ann2"):
+        store.add_annotator(name, "annotator-pw")
+    app = JudgingApp(store, overlap=1, hold=0)  # every reservation lapses at once: ann walked away
+    slow = app.on_load(req("ann"))[0]
+    fast = app.on_load(req("ann2"))[0]
+    assert slow["id"] == fast["id"] == "q0"
+    app.vote("left", "", fast, req("ann2"))
+    state, progress = app.vote("right", "", slow, req("ann"))[:2]
+    assert "completed by other annotators" in progress and state["id"] == "q1"
+    assert [(v["item_id"], v["annotator"]) for v in store.votes()] == [("q0", "ann2")]
