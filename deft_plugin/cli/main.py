@@ -128,7 +128,20 @@ def cmd_inspect(args) -> int:
 
 
 def _filter(args, ratio, count, select="top", seed=0) -> int:
+    """Under torchrun or accelerate launch each rank scores a shard; rank 0 writes the outputs."""
+    from deft_plugin.filtering.distributed import join_launched_group, leave_group
+
+    made_group = join_launched_group()
+    try:
+        return _filter_on_this_rank(args, ratio, count, select, seed)
+    finally:
+        if made_group:
+            leave_group()
+
+
+def _filter_on_this_rank(args, ratio, count, select, seed) -> int:
     from deft_plugin.core.qdiff import QDiff
+    from deft_plugin.filtering.distributed import is_main_process
     from deft_plugin.filtering.pipeline import FilterSettings, best_and_rest, run_filter
     from deft_plugin.filtering.scoring_model import load_scoring_model
 
@@ -141,6 +154,8 @@ def _filter(args, ratio, count, select="top", seed=0) -> int:
     result = run_filter(parsed.rows, tokenizer, lambda: load_scoring_model(args.model, args.dtype), settings,
                         cache_dir=out / "cache", qdiff=QDiff.load(args.qdiff) if args.qdiff else None,
                         source_report=parsed.report(), row_names=parsed.where)
+    if not is_main_process():
+        return 0
     selected = result.kept if args.command == "filter" else sorted(result.scores)
     lines = []
     for i in selected:

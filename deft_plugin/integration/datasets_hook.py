@@ -15,7 +15,7 @@ from deft_plugin.core.selection import DEFAULT_FILTER_RATIO
 from deft_plugin.data.encoding import EncodedRow, as_ranked, encode_rows, resolve_prompt_style
 from deft_plugin.data.parsing import ParsedRows, parse_source
 from deft_plugin.filtering.cache_key import score_cache_key
-from deft_plugin.filtering.distributed import is_main_process
+from deft_plugin.filtering.distributed import is_main_process, join_launched_group
 from deft_plugin.filtering.pipeline import FilterResult, FilterSettings, run_filter
 from deft_plugin.filtering.scoring_model import load_scoring_model
 from deft_plugin.integration.artifacts import SELECTION_RECORD
@@ -46,6 +46,7 @@ def load_deft_datasets(cfg, tokenizer=None) -> tuple[Dataset, Dataset | None, in
     pro = cfg.deft_method == "pro"
     rows = [dict(r) for r in train] if pro else [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in train]
     cache_dir = cache_dir_for(cfg, rows, tokenizer)
+    join_launched_group()  # each rank of a DDP/FSDP launch scores its own shard
     result = run_filter(rows, tokenizer, lambda: load_scoring_model(cfg.base_model, cfg.deft_score_dtype,
                                                                     cfg.revision_of_model, bool(cfg.trust_remote_code)),
                         filter_settings(cfg), cache_dir,
