@@ -39,8 +39,9 @@ class DeftDPOLossMixin:
         if self.deft_qn is None:
             raise RuntimeError("DEFT loss attached without a discrepancy distribution (configure_deft not called)")
         pred = self._deft_prediction_mask(inputs)
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        weight = self.deft_reward_weight
+        dpo_loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+        loss, weight = dpo_loss, self.deft_reward_weight
         with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
             rewards = distribution_reward(outputs.logits, self.deft_qn, pred)
             r_chosen, r_rejected = rewards.chunk(2)
@@ -49,6 +50,8 @@ class DeftDPOLossMixin:
             loss = loss - weight * term.to(loss.dtype)
         mode = "train" if self.model.training else "eval"
         gather = self.accelerator.gather_for_metrics
+        # the plain DPO loss beside the total, to compare with a plain run's loss curve
+        self._metrics[mode]["deft/dpo_loss"].append(gather(dpo_loss.detach().reshape(1)).mean().item())
         self._metrics[mode]["deft/reward_chosen"].append(gather(r_chosen.detach()).mean().item())
         self._metrics[mode]["deft/reward_rejected"].append(gather(r_rejected.detach()).mean().item())
         self._metrics[mode]["deft/term"].append(gather(term.detach().reshape(1)).mean().item())

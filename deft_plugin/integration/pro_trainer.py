@@ -80,8 +80,10 @@ class DeftPROTrainer(AxolotlTrainer):
         return (loss, outputs) if return_outputs else loss
 
     def _log_metrics(self, rank_loss, sft_loss, term, rewards, mask) -> None:
-        values = {"pro/rank_loss": rank_loss, "pro/sft_loss": sft_loss, "deft/term": term,
-                  "deft/reward_chosen": rewards[:, 0], "deft/reward_rejected": mean_of_rest(rewards, mask)}
+        # pro/loss: the plain PRO loss beside the total, to compare with a plain run's loss curve
+        values = {"pro/loss": rank_loss + sft_loss, "pro/rank_loss": rank_loss, "pro/sft_loss": sft_loss,
+                  "deft/term": term, "deft/reward_chosen": rewards[:, 0],
+                  "deft/reward_rejected": mean_of_rest(rewards, mask)}
         mode = "train" if self.model.training else "eval"
         for key, value in values.items():
             # one scalar per rank: the same shape everywhere, whatever each rank's batch holds

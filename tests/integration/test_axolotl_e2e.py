@@ -93,7 +93,7 @@ def check_report(cache: Path) -> dict:
     return report
 
 
-def check_training(out: Path, kept: int) -> dict:
+def check_training(out: Path, kept: int, weight: float = 0.5) -> dict:
     """One checkpoint, at the last step; ceil(kept / micro_batch) steps in one epoch; the
     DEFT metrics logged at every step."""
     steps = math.ceil(kept / MICRO_BATCH)
@@ -109,6 +109,8 @@ def check_training(out: Path, kept: int) -> dict:
             assert math.isfinite(h[key]), (key, h)
         assert h["deft/term"] == pytest.approx(h["deft/reward_chosen"] - h["deft/reward_rejected"], abs=1e-5)
         assert math.isfinite(h["loss"])
+        # the logged loss is the plain DPO loss minus the weighted term (Axolotl rounds to 5 decimals)
+        assert h["loss"] == pytest.approx(h["deft/dpo_loss"] - weight * h["deft/term"], abs=1e-4)
     return state
 
 

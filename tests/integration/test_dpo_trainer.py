@@ -143,6 +143,7 @@ def test_weighted_loss_is_dpo_minus_weighted_reward_term(full_ft, form):
     assert metrics["deft/reward_chosen"][-1] == pytest.approx(r_c.mean().item(), abs=1e-6)
     assert metrics["deft/reward_rejected"][-1] == pytest.approx(r_r.mean().item(), abs=1e-6)
     assert metrics["deft/term"][-1] == pytest.approx(term.item(), abs=1e-6)
+    assert metrics["deft/dpo_loss"][-1] == pytest.approx(plain_loss.item(), abs=1e-6)  # the plain run's loss
     assert {"rewards/margins", "logps/chosen"} <= set(metrics)  # TRL's own DPO metrics are still there
 
 

@@ -37,6 +37,7 @@ def check_metrics(steps: list[dict]) -> None:
         # Axolotl rounds its stored metrics to 5 decimals
         assert h["deft/term"] == pytest.approx(h["deft/reward_chosen"] - h["deft/reward_rejected"], abs=2e-5)
         assert h["pro/sft_loss"] > 0
+        assert h["pro/loss"] == pytest.approx(h["pro/rank_loss"] + h["pro/sft_loss"], abs=2e-5)
 
 
 def test_pro_on_hh_rlhf_pairs(tmp_path, tiny_model_dir, hh_file):

@@ -126,6 +126,8 @@ def test_metrics_are_logged_per_mode(trainer):
     captured = {}
     trainer.callback_handler.on_log = lambda args, state, control, logs: captured.update(logs) or control
     trainer.log(logs)
-    assert {"pro/rank_loss", "pro/sft_loss", "deft/term", "deft/reward_chosen", "deft/reward_rejected"} <= set(captured)
+    assert {"pro/loss", "pro/rank_loss", "pro/sft_loss", "deft/term", "deft/reward_chosen",
+            "deft/reward_rejected"} <= set(captured)
+    assert captured["pro/loss"] == pytest.approx(captured["pro/rank_loss"] + captured["pro/sft_loss"])
     assert captured["deft/term"] == pytest.approx(captured["deft/reward_chosen"] - captured["deft/reward_rejected"])
     assert not trainer._deft_metrics["train"]  # emptied once logged
