@@ -82,9 +82,10 @@ def _restore_fp32_precision(state: dict) -> None:
         _backend(path).fp32_precision = value
 
 
-def _localised(path: Path, tiny_model_dir, hh_file, tmp_path, changes: dict | None = None) -> dict:
-    """The YAML with the model, the data and the output paths made local; everything else as written."""
-    raw = yaml.safe_load(path.read_text())
+def _localised(path: Path | dict, tiny_model_dir, hh_file, tmp_path, changes: dict | None = None) -> dict:
+    """The YAML (a file, or one already read) with the model, the data and the output paths made
+    local; everything else as written."""
+    raw = dict(path) if isinstance(path, dict) else yaml.safe_load(path.read_text())
     raw["base_model"] = str(tiny_model_dir)
     for key in ("base_model_config", "tokenizer_config"):
         if key in raw:
@@ -175,6 +176,28 @@ def test_config_loads_through_axolotl(path, tiny_model_dir, hh_file, tmp_path, a
         assert os.environ["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == str(stage)
         assert os.environ.get("ACCELERATE_DEEPSPEED_ZERO3_INIT") == ("true" if stage == 3 else None)
         assert os.environ["ACCELERATE_MIXED_PRECISION"] == "bf16"
+
+
+def readme_configs() -> list[dict]:
+    """The YAML blocks of the README that are Axolotl configs."""
+    blocks = re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    return [raw for raw in map(yaml.safe_load, blocks) if isinstance(raw, dict) and "plugins" in raw]
+
+
+def test_readme_has_a_config_per_method():
+    assert sorted(raw.get("deft_method", "dpo") for raw in readme_configs()) == ["dpo", "pro"]
+
+
+@pytest.mark.parametrize("index", range(2))
+def test_readme_config_loads_through_axolotl(index, tiny_model_dir, hh_file, tmp_path, axolotl_process):
+    """Each README config as written, but for the model and the data files, passes Axolotl's
+    validation with every key kept."""
+    written = readme_configs()[index]
+    cfg = _load(_localised(written, tiny_model_dir, hh_file, tmp_path), tmp_path, axolotl_process)
+    assert [k for k in written if cfg.get(k) is None] == []
+    for key in ("learning_rate", "micro_batch_size", "sequence_len", "deft_filter_ratio", "deft_method"):
+        if key in written:
+            assert cfg[key] == written[key], key
 
 
 @pytest.mark.parametrize("method", ["dpo", "pro"])
