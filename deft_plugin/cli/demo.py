@@ -22,6 +22,7 @@ import yaml
 
 from deft_plugin.core.losses import DEFAULT_REWARD_WEIGHT
 from deft_plugin.utils.atomic import atomic_write_text
+from deft_plugin.utils.quiet import keep_dependency_noise_in
 
 HH_RELATIVE = Path("shared") / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 HUB_DATASET = "Anthropic/hh-rlhf"
@@ -161,6 +162,7 @@ def run_demo(args) -> dict:
     # absolute: axolotl runs in the run directory, where a relative path would point elsewhere
     run_dir = Path(args.run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    keep_dependency_noise_in(run_dir)
     phases = Phases()
 
     with phases("model"):

@@ -268,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from deft_plugin.utils.quiet import keep_dependency_noise_in
+
     args = build_parser().parse_args(argv)
+    keep_dependency_noise_in(getattr(args, "out", None) or getattr(args, "run_dir", None))
     try:
         return args.func(args)
     except UsageError as err:
