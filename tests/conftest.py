@@ -8,7 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from builders import HH_PAIRS, HH_TEST, build_llama, build_tokenizer, hh_rows, write_jsonl  # noqa: E402
+from builders import HH_PAIRS, HH_TEST, build_llama, build_tokenizer, hh_rows, sharpened, write_jsonl  # noqa: E402
 
 
 def pytest_configure(config):
@@ -43,3 +43,13 @@ def tiny_model(tiny_model_dir):
 def hh_file(tmp_path_factory):
     """The first HH_PAIRS real HH-RLHF pairs as a local .jsonl.gz."""
     return write_jsonl(tmp_path_factory.mktemp("hh") / f"hh-{HH_PAIRS}.jsonl.gz", hh_rows(HH_PAIRS))
+
+
+@pytest.fixture(scope="session")
+def sharp_model_dir(tiny_model, tiny_tokenizer, tmp_path_factory):
+    """The tiny model with a scaled LM head (rewards of order 0.1 instead of 1e-4, so that the
+    ranking is not float noise), saved."""
+    d = tmp_path_factory.mktemp("sharp-llama")
+    sharpened(tiny_model, 100.0).save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return d

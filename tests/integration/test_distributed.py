@@ -28,23 +28,12 @@ from builders import (
     SEQUENCE_LEN,
     hh_rows,
     listwise_rows,
-    sharpened,
 )
 
 WORKER = Path(__file__).with_name("dist_filter_worker.py")
 SETTINGS = {"ratio": RATIO, "batch_size": 4, "max_length": SEQUENCE_LEN}
 WORLD = 2
 DEADLINE_S = 60  # both ranks together, start-up included; the process group itself times out at 45 s
-
-
-
-@pytest.fixture(scope="module")
-def sharp_model_dir(tiny_model, tiny_tokenizer, tmp_path_factory):
-    """The tiny model with a scaled LM head (rewards of order 0.1 instead of 1e-4), saved."""
-    d = tmp_path_factory.mktemp("sharp-llama")
-    sharpened(tiny_model, 100.0).save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from builders import HH_PAIRS, KEPT, RATIO, REPO, SCORED, SEQUENCE_LEN, sharpened
+from builders import HH_PAIRS, KEPT, RATIO, REPO, SCORED, SEQUENCE_LEN
 
 pytestmark = pytest.mark.slow
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 WORLD = 2
 RUN_TIMEOUT_S = 300
-
-
-@pytest.fixture(scope="module")
-def sharp_model_dir(tiny_model, tiny_tokenizer, tmp_path_factory):
-    """The tiny model with a scaled LM head (rewards of order 0.1, so the ranking is not noise)."""
-    d = tmp_path_factory.mktemp("sharp-llama")
-    sharpened(tiny_model, 100.0).save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return d
 
 
 def free_port() -> int:
