@@ -14,7 +14,7 @@ export WANDB_MODE=disabled
 export TOKENIZERS_PARALLELISM=false
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test lint install benchmark
+.PHONY: demo test lint install benchmark test-axolotl-0.21 test-all
 
 install: $(STAMP)
 
@@ -47,3 +47,28 @@ $(CHROMIUM):
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/scoring_throughput.py
+
+# The second supported stack, Python 3.12 with Axolotl 0.21 (TRL 1.14), in its own environment,
+# for the tests that touch Axolotl: configs, end-to-end train/preprocess, the DPO and PRO trainers,
+# the plugin's hooks and the multi-process launches.
+VENV_021 ?= .venv-axolotl-0.21
+STAMP_021 := $(VENV_021)/.deft-installed
+AXOLOTL_TESTS ?= tests/integration
+# python3.12 on PATH, else the newest 3.12 that pyenv holds
+PYTHON_312 ?= $(shell command -v python3.12 >/dev/null 2>&1 && python3.12 -c '' 2>/dev/null && echo python3.12 || \
+	ls -d "$$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+
+$(STAMP_021): pyproject.toml Makefile
+	@test -n "$(PYTHON_312)" || { echo "Python 3.12 is needed for $(VENV_021): set PYTHON_312" >&2; exit 1; }
+	test -x $(VENV_021)/bin/python || $(PYTHON_312) -m venv $(VENV_021)
+	$(VENV_021)/bin/python -m pip install -q --upgrade pip
+	# No CPU torch wheel for Python 3.12 is reachable: PyPI's build (CUDA) also runs on the CPU.
+	$(VENV_021)/bin/pip install -q torch==2.13.0
+	DS_BUILD_OPS=0 $(VENV_021)/bin/pip install -q -e ".[axolotl,deepspeed,test]" "axolotl==0.21.*"
+	touch $(STAMP_021)
+
+test-axolotl-0.21: $(STAMP_021)
+	PATH=$(abspath $(VENV_021)/bin):$$PATH $(VENV_021)/bin/python -m pytest $(AXOLOTL_TESTS) $(PYTEST_ARGS)
+
+# Both supported stacks: what CI runs.
+test-all: test test-axolotl-0.21
