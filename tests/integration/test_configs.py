@@ -44,11 +44,14 @@ def axolotl_process(monkeypatch):
     """Keep what `load_cfg` does to this process (environment variables, the stdout tee of its
     debug log, Axolotl's distributed state) from leaking into other tests."""
     import axolotl.utils.distributed as axolotl_dist
+    from axolotl.integrations.base import PluginManager
     from axolotl.utils.tee import close_debug_log
 
     saved_env, saved_precision = dict(os.environ), _fp32_precision()
     monkeypatch.setenv("AXOLOTL_TEE_STDOUT", "0")
     monkeypatch.setattr(axolotl_dist, "distributed_state", None)
+    # a fresh plugin registry, as in a new `axolotl` process: none left over from another test
+    monkeypatch.setattr(PluginManager, "_instance", None)
     close_debug_log()
     yield monkeypatch
     close_debug_log()
@@ -102,7 +105,7 @@ def _localised(path: Path | dict, tiny_model_dir, hh_file, tmp_path, changes: di
 
 def _load(raw: dict, tmp_path: Path, monkeypatch):
     """Axolotl's own `load_cfg` on a temporary copy of the YAML. For configs meant for GPUs:
-    the capabilities of an 8-GPU H100 node, WORLD_SIZE=8, and no process group."""
+    the capabilities of an 8-GPU H100 node (peer access included), WORLD_SIZE=8, and no process group."""
     import axolotl.cli.config as axolotl_config
     import axolotl.utils.trainer as axolotl_trainer
 
@@ -112,6 +115,9 @@ def _load(raw: dict, tmp_path: Path, monkeypatch):
         monkeypatch.setenv("WORLD_SIZE", str(N_GPU))
         monkeypatch.setenv("LOCAL_RANK", "0")
         monkeypatch.setattr(axolotl_trainer, "init_distributed_state", lambda: None)
+        # the node's GPUs reach each other (NVLink); without this, Axolotl asks torch, which on a
+        # CUDA build of torch without a driver raises RuntimeError (the CPU build: AssertionError)
+        monkeypatch.setattr(axolotl_trainer, "check_cuda_p2p_ib_support", lambda: True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return axolotl_config.load_cfg(str(path))
