@@ -59,6 +59,17 @@ def cache_parts(cache: Path) -> dict[str, set[int]]:
     return writers
 
 
+def test_accelerate_reuses_the_group_the_plugin_made(tmp_path):
+    """The group made in the datasets hook is the one Axolotl's trainer then runs on: accelerate
+    finds it and joins it instead of making another."""
+    out = run(torchrun(str(Path(__file__).with_name("accelerate_reuse_worker.py"))), REPO, tmp_path / "reuse.log")
+    seen = sorted((json.loads(line) for line in out.splitlines() if line.startswith("{")), key=lambda r: r["ours"])
+    assert [r["ours"] for r in seen] == [[0, WORLD], [1, WORLD]]
+    for rank, r in enumerate(seen):
+        assert r["made"] is True and r["same_group"] is True and r["backend"] == "gloo"
+        assert r["accelerate"] == [rank, WORLD] and r["type"] == "DistributedType.MULTI_CPU"
+
+
 def test_torchrun_filter_shards_the_scoring_and_matches_one_process(tmp_path, sharp_model_dir, hh_file):
     command = ["-m", "deft_plugin.cli", "filter", "--data", str(hh_file), "--model", str(sharp_model_dir),
                "--ratio", str(RATIO), "--max-length", str(SEQUENCE_LEN), "--batch-size", "4"]
