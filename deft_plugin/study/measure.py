@@ -68,6 +68,33 @@ def measure_pairs(model, rows: list[EncodedRow], qn: torch.Tensor, special_ids, 
     return out
 
 
+def distinct_word_share(text: str) -> float:
+    """Distinct words over words of an answer: near 1 for ordinary prose, near 0 for an answer
+    that repeats itself (a degenerate model); 0 for an empty answer."""
+    words = text.split()
+    return len(set(words)) / len(words) if words else 0.0
+
+
+def generation_stats(answers: list[str]) -> dict:
+    """The per-answer statistics that need no reference: length and repetition."""
+    return {"answer_chars": [len(a) for a in answers], "distinct_words": [distinct_word_share(a) for a in answers]}
+
+
+def backfill_generation_stats(eval_path: Path, generations_path: Path) -> dict:
+    """eval.json with any reference-free generation statistic it lacks (a measure added after
+    the run) computed from the saved answers; rewritten only when something was added."""
+    result = json.loads(eval_path.read_text())
+    generation = result.get("generation")
+    if not generation or not generations_path.is_file():
+        return result
+    answers = [json.loads(line)["answer"] for line in generations_path.read_text().splitlines() if line.strip()]
+    missing = {k: v for k, v in generation_stats(answers).items() if k not in generation}
+    if missing:
+        generation.update(missing)
+        write_json(eval_path, result)
+    return result
+
+
 def generate_and_score(model, tokenizer, prompts: list[dict], out_path: Path, max_new_tokens: int,
                        max_prompt_tokens: int, batch_size: int, name: str) -> dict:
     """Greedy answers (PRO's conventions, resumable) and their BLEU against the chosen reply."""
@@ -80,7 +107,7 @@ def generate_and_score(model, tokenizer, prompts: list[dict], out_path: Path, ma
     bleu = scorers()["bleu"]
     per_record = bleu.per_record(records, {})
     return {"prompts": len(records), "bleu_char": [r["bleu_char"] for r in per_record],
-            "answer_chars": [len(r["answer"]) for r in records],
+            **generation_stats([r["answer"] for r in records]),
             "answer_tokens": [len(tokenizer(text=r["answer"])["input_ids"]) for r in records],
             **bleu.corpus(records, {})}
 

@@ -85,6 +85,8 @@ def arm_summary(arm, seeds: dict, per_pair: dict, pool_scoring: float, pool_toke
         metrics["bleu_char"] = mean_interval([float(np.mean(g["bleu_char"])) for g in generation])
         metrics["sacrebleu"] = mean_interval([g["sacrebleu"] for g in generation])
         metrics["answer_chars"] = mean_interval([float(np.mean(g["answer_chars"])) for g in generation])
+        if all("distinct_words" in g for g in generation):
+            metrics["distinct_words"] = mean_interval([float(np.mean(g["distinct_words"])) for g in generation])
     train = [r["train_seconds"] for r in results]
     # a scored selection pays for scoring the pool once; the run that happened to score it paid it inside
     own_scoring = [r.get("scoring_seconds", 0.0) for r in results]
@@ -135,16 +137,19 @@ def render_markdown(report: dict) -> str:
     lines += ["Mean over seeds, 95% t interval in brackets (none for one seed). Accuracy: share of held-out pairs "
               "whose chosen reply has the higher mean token log-probability (implicit: the higher DPO implicit "
               "reward against the starting model; ties count half). Reward gap: R(y+) - R(y-) under the pool's Q. "
+              "Distinct words: distinct over all words of an answer (near 0: the model repeats itself). "
               "Cost: training seconds, plus the pool's scoring for a scored selection.", "",
               "| arm | kept | seeds | accuracy | implicit accuracy | margin | reward gap | BLEU (char) | answer chars "
-              "| tokens trained | cost (s) | cost ratio |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| distinct words | tokens trained | cost (s) | cost ratio |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, a in report["arms"].items():
         m = a["metrics"]
         ratio = a.get("time_ratio_to")
         lines.append(f"| {name} | {a['kept']} | {len(a['seeds'])} | {_interval(m['accuracy'])} | "
                      f"{_interval(m['implicit_accuracy'])} | {_interval(m['margin'], 4)} | "
                      f"{_interval(m['reward_gap'], 5)} | {_interval(m.get('bleu_char'), 2)} | "
-                     f"{_interval(m.get('answer_chars'), 0)} | {a['train_tokens']['mean']:.0f} | "
+                     f"{_interval(m.get('answer_chars'), 0)} | {_interval(m.get('distinct_words'), 2)} | "
+                     f"{a['train_tokens']['mean']:.0f} | "
                      f"{a['cost_seconds']['mean']:.0f} | "
                      + (f"{ratio['ratio']:.2f} of {ratio['arm']}" if ratio else "-") + " |")
     if report["comparisons"]:

@@ -4,11 +4,16 @@ when its result is on disk; then the report."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from deft_plugin.study.measure import generate_and_score, load_trained, measure_pairs, write_json
+from deft_plugin.study.measure import (
+    backfill_generation_stats,
+    generate_and_score,
+    load_trained,
+    measure_pairs,
+    write_json,
+)
 from deft_plugin.study.runner import run_dir, split_data, train_run
 from deft_plugin.study.spec import Arm, StudySpec
 
@@ -68,7 +73,7 @@ def measure_run(spec: StudySpec, arm: Arm, seed: int, out: Path, model_dir: Path
     """eval.json of one (arm, seed) unless it exists: per-pair values and the generation scores."""
     path = run_dir(out, arm, seed) / "eval.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        return backfill_generation_stats(path, run_dir(out, arm, seed) / "generations.jsonl")
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -54,7 +54,7 @@ def test_report_structure(study):
     for name, arm in report["arms"].items():
         assert arm["pairs"] == pairs > 0
         for metric in ("accuracy", "implicit_accuracy", "margin", "implicit_margin", "reward_gap", "bleu_char",
-                       "sacrebleu", "answer_chars"):
+                       "sacrebleu", "answer_chars", "distinct_words"):
             assert math.isfinite(arm["metrics"][metric]["mean"]), (name, metric)
         assert (out / "arms" / name / "seed-0" / "result.json").is_file()
     base = report["arms"]["base"]

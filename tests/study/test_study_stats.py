@@ -47,3 +47,27 @@ def test_paired_bootstrap_sees_a_real_difference_and_calls_none_noise():
     noisy_pairs = rng.normal(0, 5, 400)
     paired = paired_bootstrap(base + 0.05 + noisy_pairs, base + noisy_pairs)
     assert paired["high"] - paired["low"] < 0.2 and not paired["inside_noise"]
+
+
+def test_distinct_word_share_sees_repetition():
+    from deft_plugin.study.measure import distinct_word_share
+
+    assert distinct_word_share("I I I I") == 0.25
+    assert distinct_word_share("the cat sat on the mat") == 5 / 6
+    assert distinct_word_share("") == 0.0
+
+
+def test_a_finished_run_gets_a_new_generation_statistic_from_its_saved_answers(tmp_path):
+    import json
+
+    from deft_plugin.study.measure import backfill_generation_stats
+
+    eval_path, answers = tmp_path / "eval.json", tmp_path / "generations.jsonl"
+    eval_path.write_text(json.dumps({"generation": {"prompts": 2, "answer_chars": [3, 7]}, "pairs": {}}))
+    answers.write_text(json.dumps({"answer": "I I I"}) + "\n" + json.dumps({"answer": "a b c d"}) + "\n")
+    result = backfill_generation_stats(eval_path, answers)
+    assert result["generation"]["distinct_words"] == [1 / 3, 1.0]
+    assert result["generation"]["answer_chars"] == [3, 7]  # present already: kept as measured
+    assert json.loads(eval_path.read_text()) == result
+    (tmp_path / "none.json").write_text(json.dumps({"generation": None}))
+    assert backfill_generation_stats(tmp_path / "none.json", answers) == {"generation": None}
