@@ -148,16 +148,18 @@ def cmd_judge_server(args) -> int:
     from deft_eval.judge_server import LocalJudge
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    with LocalJudge(args.model, args.name, args.device, args.port, args.log_dir, args.start_timeout) as judge:
-        print(f"judge {args.name!r} answering at {judge.base_url} (OpenAI-compatible); Ctrl-C or SIGTERM stops it",
-              flush=True)
-        try:
+    # the whole `with` inside the try: a stop that lands at any moment (starting, just after the
+    # address is printed, while serving) stops the three processes and ends the command cleanly
+    try:
+        with LocalJudge(args.model, args.name, args.device, args.port, args.log_dir, args.start_timeout) as judge:
+            print(f"judge {args.name!r} answering at {judge.base_url} (OpenAI-compatible); Ctrl-C or SIGTERM "
+                  "stops it", flush=True)
             while all(p.poll() is None for p in judge.procs):
                 time.sleep(1.0)
             print("a judge server process exited; stopping", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:
-            return 0
+    except KeyboardInterrupt:
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
