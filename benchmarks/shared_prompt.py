@@ -1,0 +1,81 @@
+"""The scoring pass's decoder with each prompt run once per row (shared-prompt packing, a block
+mask) against once per reply (today's scorer), on the same batches of real HH-RLHF pairs.
+
+Both modes run the decoder only (the LM head and the reward are the same work in both) on the
+batches ReplyScorer makes (batches_by_length); they alternate batch by batch, the order flipping
+every batch and every repeat, so that machine noise hits both alike. Reported: seconds of each
+mode summed over batches and repeats, their ratio (shared / unshared), and the tokens each runs
+(padding included).
+
+    python benchmarks/shared_prompt.py                   # SmolLM2-135M-Instruct, CPU, ~5 minutes
+    python benchmarks/shared_prompt.py --pairs 64 --batch-size 8 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from deft_plugin.data.encoding import encode_rows, resolve_prompt_style
+from deft_plugin.data.parsing import parse_rows
+from deft_plugin.data.sources import load_rows
+from deft_plugin.filtering.batching import batches_by_length, collate_candidates
+from deft_plugin.filtering.shared_prompt import additive_mask, pack_shared
+
+
+def main() -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from deft_plugin.cli.smollm2 import ensure_smollm2
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="model directory (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--data", default="../shared/data/hh-rlhf/harmless-base-test.jsonl.gz")
+    p.add_argument("--pairs", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=4, help="pairs per batch")
+    p.add_argument("--max-length", type=int, default=384)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+
+    model_dir = args.model or str(ensure_smollm2())
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    decoder = model.get_decoder()
+    raw = [dict(r) for r in load_rows(args.data)][: args.pairs]
+    rows = parse_rows(raw, "hh_rlhf", resolve_prompt_style("auto", tokenizer)).rows
+    encoded, _ = encode_rows(rows, tokenizer, args.max_length)
+    special, pad = set(tokenizer.all_special_ids), tokenizer.pad_token_id or 0
+    batches = list(batches_by_length(encoded, args.batch_size))
+
+    def unshared(batch):
+        ids, attn, _ = collate_candidates(batch, special, pad, "cpu")
+        decoder(input_ids=ids, attention_mask=attn, use_cache=False)
+        return ids.numel()
+
+    def shared(batch):
+        ids, positions, allowed, *_ = pack_shared(batch, special, pad)
+        decoder(input_ids=ids, position_ids=positions, attention_mask=additive_mask(allowed, torch.float32),
+                use_cache=False)
+        return ids.numel()
+
+    seconds, tokens = {"unshared": 0.0, "shared": 0.0}, {"unshared": 0, "shared": 0}
+    with torch.inference_mode():
+        for repeat in range(args.repeats):
+            for i, batch in enumerate(batches):
+                modes = (("unshared", unshared), ("shared", shared))
+                for name, run in modes if (i + repeat) % 2 == 0 else modes[::-1]:
+                    start = time.perf_counter()
+                    n = run(batch)
+                    seconds[name] += time.perf_counter() - start
+                    tokens[name] += n if repeat == 0 else 0
+    print(f"{len(encoded)} pairs in {len(batches)} batches of {args.batch_size}, {args.repeats} repeats, "
+          f"{torch.get_num_threads()} threads")
+    for name in seconds:
+        print(f"  {name:>8}: {seconds[name]:7.1f} s, {tokens[name]} positions per pass (padding included)")
+    print(f"  shared / unshared time: {seconds['shared'] / seconds['unshared']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
