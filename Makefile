@@ -54,9 +54,9 @@ benchmark: $(STAMP)
 VENV_021 ?= .venv-axolotl-0.21
 STAMP_021 := $(VENV_021)/.deft-installed
 AXOLOTL_TESTS ?= tests/integration
-# python3.12 on PATH, else the newest 3.12 that pyenv holds
-PYTHON_312 ?= $(shell command -v python3.12 >/dev/null 2>&1 && python3.12 -c '' 2>/dev/null && echo python3.12 || \
-	ls -d "$$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+# python3.12 on PATH, else the newest 3.12 that pyenv holds (its folder, whether or not pyenv is on PATH)
+PYTHON_312 ?= $(shell python3.12 -c '' >/dev/null 2>&1 && echo python3.12 || \
+	ls -d "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
 
 $(STAMP_021): pyproject.toml Makefile
 	@test -n "$(PYTHON_312)" || { echo "Python 3.12 is needed for $(VENV_021): set PYTHON_312" >&2; exit 1; }
