@@ -16,6 +16,16 @@ def items(n: int) -> list[dict]:
              "model_a": "dpo", "answer_a": f"A{i}", "model_b": "deft", "answer_b": f"B{i}"} for i in range(n)]
 
 
+def run_threads(target, count: int, timeout: float = 120) -> None:
+    """target(0) ... target(count - 1), each in its own thread, all joined within the timeout."""
+    threads = [threading.Thread(target=target, args=(t,)) for t in range(count)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=timeout)
+    assert not any(th.is_alive() for th in threads)
+
+
 def test_twenty_threads_fifty_votes_each_counted_exactly_once(tmp_path):
     store = Store(tmp_path / "votes.db")
     store.add_items(items(50))
@@ -32,11 +42,7 @@ def test_twenty_threads_fifty_votes_each_counted_exactly_once(tmp_path):
                 with lock:
                     stored.append(ok)
 
-    threads = [threading.Thread(target=annotate, args=(t,)) for t in range(20)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    run_threads(annotate, 20)
     assert stored.count(STORED) == 1000 and stored.count(DUPLICATE) == 1000
     votes = Store(tmp_path / "votes.db").votes()  # reopened: nothing lost
     assert len(votes) == 1000
@@ -144,12 +150,7 @@ def test_concurrent_annotators_never_exceed_the_overlap_and_cover_every_item(tmp
             with lock:
                 outcomes.append(outcome)
 
-    threads = [threading.Thread(target=annotate, args=(t,)) for t in range(10)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=120)
-    assert not any(th.is_alive() for th in threads)
+    run_threads(annotate, 10)
     votes = Store(tmp_path / "votes.db").votes()
     per_item = {f"q{i:03d}": 0 for i in range(30)}
     for v in votes:
