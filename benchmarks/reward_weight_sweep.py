@@ -43,7 +43,7 @@ def reward_gap(model_dir: Path, cache_dir: Path, heldout_rows: list[dict], args)
     scorer = ReplyScorer(model, QDiff.load(cache_dir).qn, tokenizer.all_special_ids,
                         tokenizer.pad_token_id or 0, args.score_batch_size)
     scores = scorer.score(pairs, progress=False)
-    return statistics.fmean(c - r for c, r in scores.values())
+    return statistics.fmean(s.rewards[0] - s.rewards[1] for s in scores.values())
 
 
 def main() -> None:

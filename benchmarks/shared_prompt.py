@@ -55,7 +55,7 @@ def main() -> None:
         return ids.numel()
 
     def shared(batch):
-        ids, positions, allowed, *_ = pack_shared(batch, special, pad)
+        ids, positions, allowed, *_ = pack_shared(batch, pad)
         decoder(input_ids=ids, position_ids=positions, attention_mask=additive_mask(allowed, torch.float32),
                 use_cache=False)
         return ids.numel()

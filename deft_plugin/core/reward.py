@@ -79,13 +79,34 @@ def distribution_reward_from_hidden(
 ) -> torch.Tensor:
     """r_t for [rows, hidden] states of reply positions only (scoring, no gradient):
     the LM head runs on those rows, one chunk at a time."""
+    return reward_and_logprob_from_hidden(hidden, lm_head, q, None, chunk_elements)[0]
+
+
+@torch.no_grad()
+def reward_and_logprob_from_hidden(
+    hidden: torch.Tensor,
+    lm_head: torch.nn.Module,
+    q: torch.Tensor,
+    targets: torch.Tensor | None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(r_t, log p_t(target_t)) for [rows, hidden] states of reply positions, from one LM head
+    pass per chunk: the reward and the token's log-probability share the logits, so the
+    scoring pass gives DPO its reference log-probabilities at the cost of a logsumexp.
+    targets: [rows] token ids, or None for the reward alone."""
     vocab = lm_head.weight.shape[0]
     q = fit_q(q, vocab, hidden.device)
     chunk = rows_per_chunk(vocab, chunk_elements)
-    out = torch.empty(hidden.shape[0], dtype=work_dtype(hidden.dtype), device=hidden.device)
+    dtype = work_dtype(hidden.dtype)
+    reward = torch.empty(hidden.shape[0], dtype=dtype, device=hidden.device)
+    logp = None if targets is None else torch.empty_like(reward)
     for start in range(0, hidden.shape[0], chunk):
-        out[start : start + chunk] = _expected_q(lm_head(hidden[start : start + chunk]), q)
-    return out
+        logits = lm_head(hidden[start : start + chunk]).to(dtype)
+        reward[start : start + chunk] = torch.softmax(logits, dim=-1) @ q.to(dtype)
+        if logp is not None:
+            picked = logits.gather(1, targets[start : start + chunk, None]).squeeze(1)
+            logp[start : start + chunk] = picked - torch.logsumexp(logits, dim=-1)
+    return reward, logp
 
 
 def fit_q(q: torch.Tensor, vocab: int, device) -> torch.Tensor:

@@ -10,6 +10,7 @@ exactly R(x, y+) and R(x, y-)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ from deft_plugin.core.selection import DEFAULT_FILTER_RATIO, SELECTIONS, select_
 from deft_plugin.data.encoding import EncodedRow, encode_rows
 from deft_plugin.filtering.cache_key import rows_fingerprint
 from deft_plugin.filtering.distributed import barrier, is_main_process
-from deft_plugin.filtering.score_cache import ScoreCache
+from deft_plugin.filtering.score_cache import ReplyScores, ScoreCache
 from deft_plugin.filtering.scorer import ReplyScorer
 from deft_plugin.registry import score_variants
 from deft_plugin.utils.atomic import atomic_write_text
@@ -44,6 +45,7 @@ class FilterSettings:
     truncation: str = "keep_start"  # keep_start (cut replies to fit, as TRL) | drop (rows that do not fit)
     select: str = "top"  # top (DEFT) | bottom | random: the two controls
     seed: int = 0  # of the random subset
+    reference: bool = False  # also record DPO's reference log-probabilities of the kept rows
 
 
 @dataclass
@@ -54,6 +56,7 @@ class FilterResult:
     qdiff: QDiff
     report: dict = field(default_factory=dict)
     encoded: dict[int, EncodedRow] = field(default_factory=dict)  # row index -> token ids (usable rows)
+    logps: dict[int, tuple[float, ...]] = field(default_factory=dict)  # kept row -> reference log-prob per reply
 
 
 class _Timer:
@@ -95,20 +98,27 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
     usable, degenerate = timer("encode", encode_usable_rows, rows, tokenizer, settings.max_length,
                                settings.truncation)
     qdiff = timer("qdiff", load_or_build_qdiff, qdiff, usable, rows, tokenizer, settings.norm, cache_dir)
-    rewards, scores, kept = {}, {}, [r.index for r in usable]
+    rewards, scores, kept, logps = {}, {}, [r.index for r in usable], {}
+    score = functools.partial(score_replies, tokenizer=tokenizer, load_model=load_model, qdiff=qdiff,
+                              batch_size=settings.batch_size, cache_dir=cache_dir, progress=progress,
+                              need_logps=settings.reference)
     if settings.filter and settings.select == "random":  # needs no scores: reports them only when cached
         rewards = cached_rewards(usable, cache_dir)
-        scores = filtering_scores(rewards, settings.score)
         kept = [usable[j].index for j in select_random(len(usable), settings.ratio, settings.count, settings.seed)]
-    elif settings.filter:
-        rewards = timer("score", score_replies, usable, tokenizer, load_model, qdiff, settings.batch_size, cache_dir,
-                        progress)
-        scores = filtering_scores(rewards, settings.score)
+        if settings.reference:  # the reference of the kept rows only
+            chosen = set(kept)
+            logps = logps_of(timer("score", score, [r for r in usable if r.index in chosen]))
+    elif settings.filter or settings.reference:
+        scored = timer("score", score, usable)
+        rewards, logps = {i: s.rewards for i, s in scored.items()}, logps_of(scored)
+    scores = filtering_scores(rewards, settings.score)
+    if settings.filter and settings.select != "random":
         kept = keep_by_score(usable, scores, settings)
+    logps = {i: logps[i] for i in kept} if settings.reference else {}
     report = filter_report(rows, degenerate, rewards, scores, kept, settings, qdiff, timer.seconds, source_report)
     report["degenerate_examples"] = {reason: [row_names[i] if row_names else f"row {i + 1}" for i in indices[:5]]
                                      for reason, indices in getattr(degenerate, "rows", {}).items()}
-    result = FilterResult(kept, scores, rewards, qdiff, report, {r.index: r for r in usable})
+    result = FilterResult(kept, scores, rewards, qdiff, report, {r.index: r for r in usable}, logps)
     if cache_dir and is_main_process():
         write_outputs(result, cache_dir)
     barrier()
@@ -144,14 +154,20 @@ def cached_rewards(usable: list[EncodedRow], cache_dir: Path | None) -> dict[int
 
 
 def score_replies(usable: list[EncodedRow], tokenizer, load_model: Callable[[], torch.nn.Module], qdiff: QDiff,
-                  batch_size: int, cache_dir: Path | None, progress: bool) -> dict[int, tuple[float, ...]]:
-    """R of every reply: read from the cache where scored, the model loaded only when some are not."""
-    cached = cached_rewards(usable, cache_dir)
-    if cached:
-        return cached
+                  batch_size: int, cache_dir: Path | None, progress: bool,
+                  need_logps: bool = False) -> dict[int, ReplyScores]:
+    """The scores of every reply: read from the cache where scored (with need_logps: with the
+    reference log-probabilities), the model loaded only when some are not."""
     cache = ScoreCache(cache_dir) if cache_dir else None
+    cached = cache.scores() if cache else {}
+    if all(r.index in cached and (cached[r.index].logps is not None or not need_logps) for r in usable):
+        return {r.index: cached[r.index] for r in usable}
     scorer = ReplyScorer(load_model(), qdiff.qn, tokenizer.all_special_ids, tokenizer.pad_token_id or 0, batch_size)
-    return scorer.score(usable, cache, progress=progress)
+    return scorer.score(usable, cache, progress=progress, need_logps=need_logps)
+
+
+def logps_of(scored: dict[int, ReplyScores]) -> dict[int, tuple[float, ...]]:
+    return {i: s.logps for i, s in scored.items() if s.logps is not None}
 
 
 def filtering_scores(rewards: dict[int, tuple[float, ...]], variant_name: str) -> dict[int, float]:

@@ -1,31 +1,44 @@
 """Scoring with the starting model: R(x, y) for every reply of every row (R(x, y+) and
-R(x, y-) for a pair; R(x, y1) ... R(x, yn) for a ranked list).
+R(x, y-) for a pair; R(x, y1) ... R(x, yn) for a ranked list), and each reply's summed
+log-probability, which is DPO's reference log-probability (the starting model is DPO's reference).
 
-Rows are batched by length (longest first), the decoder runs once per sequence and the
+Rows are batched by length (longest first), the decoder sees each prompt once per row and the
 LM head runs only on the positions that predict reply tokens. Under a torch.distributed
 process group each rank scores a shard and the results are gathered on every rank.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Iterable
 
 import torch
 from tqdm.auto import tqdm
 
 from deft_plugin.core.chunked import DEFAULT_CHUNK_ELEMENTS, rows_per_chunk
-from deft_plugin.core.reward import distribution_reward_from_hidden
+from deft_plugin.core.reward import reward_and_logprob_from_hidden
 from deft_plugin.data.encoding import EncodedRow
 from deft_plugin.filtering.batching import batches_by_length, collate_candidates, values_per_row
 from deft_plugin.filtering.distributed import barrier, merge_from_all_ranks, rank_and_world
-from deft_plugin.filtering.score_cache import ScoreCache
+from deft_plugin.filtering.score_cache import ReplyScores, ScoreCache
+from deft_plugin.filtering.shared_prompt import additive_mask, pack_shared
+
+LOG = logging.getLogger("axolotl.integrations.deft")
+
+# Attention backends that read a 4D additive mask as given (flash attention takes none).
+BLOCK_MASK_BACKENDS = ("eager", "sdpa")
 
 
 class ReplyScorer:
-    """Distribution rewards of every reply of preference pairs and ranked lists under one model."""
+    """Distribution rewards and reference log-probabilities of every reply of preference pairs and
+    ranked lists under one model.
+
+    Each row's prompt runs once (shared_prompt.py: [prompt, reply 1, ..., reply n] under a block
+    mask) where the model's attention backend takes a 4D mask; otherwise, or with share_prompt
+    False, once per reply."""
 
     def __init__(self, model, qn: torch.Tensor, special_ids: Iterable[int], pad_id: int = 0,
-                 batch_size: int = 8, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+                 batch_size: int = 8, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, share_prompt: bool = True):
         self.model = model.eval()
         self.decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
@@ -33,29 +46,56 @@ class ReplyScorer:
             raise TypeError(f"{type(model).__name__} exposes no decoder / output embeddings to score with")
         self.device = next(model.parameters()).device
         self.qn = qn.to(self.device)
-        self.special = set(special_ids)
+        self.special = torch.tensor(sorted(set(special_ids)), dtype=torch.long, device=self.device)
         self.pad_id = pad_id
         self.batch_size = batch_size
         self.chunk_elements = chunk_elements
+        backend = getattr(model.config, "_attn_implementation", None)
+        self.share_prompt = share_prompt and backend in BLOCK_MASK_BACKENDS
+        if share_prompt and not self.share_prompt:
+            LOG.info("DEFT scoring: attention backend %r takes no block mask; each prompt runs once per reply",
+                     backend)
+
+    def _shared_hidden(self, batch: list[EncodedRow]):
+        ids, positions, allowed, where, targets, sequence = pack_shared(batch, self.pad_id)
+        dtype = next(self.decoder.parameters()).dtype
+        hidden = self.decoder(input_ids=ids.to(self.device), position_ids=positions.to(self.device),
+                              attention_mask=additive_mask(allowed, dtype).to(self.device),
+                              use_cache=False).last_hidden_state
+        where = where.to(self.device)
+        return hidden[where[:, 0], where[:, 1]], targets.to(self.device), sequence.to(self.device)
+
+    def _unshared_hidden(self, batch: list[EncodedRow]):
+        ids, attn, pred = collate_candidates(batch, set(), self.pad_id, self.device)
+        hidden = self.decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
+        where = pred.nonzero()
+        return hidden[where[:, 0], where[:, 1]], ids[where[:, 0], where[:, 1] + 1], where[:, 0]
 
     @torch.inference_mode()
-    def score_batch(self, batch: list[EncodedRow]) -> dict[int, tuple[float, ...]]:
-        ids, attn, pred = collate_candidates(batch, self.special, self.pad_id, self.device)
-        hidden = self.decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
-        rows = pred.nonzero()
-        r = distribution_reward_from_hidden(hidden[rows[:, 0], rows[:, 1]], self.lm_head, self.qn, self.chunk_elements)
-        totals = torch.zeros(ids.shape[0], dtype=r.dtype, device=r.device).index_add(0, rows[:, 0], r)
-        return values_per_row((totals / pred.sum(1).clamp_min(1)).tolist(), batch)
+    def score_batch(self, batch: list[EncodedRow]) -> dict[int, ReplyScores]:
+        hidden, targets, sequence = (self._shared_hidden if self.share_prompt else self._unshared_hidden)(batch)
+        r, logp = reward_and_logprob_from_hidden(hidden, self.lm_head, self.qn, targets, self.chunk_elements)
+        counted = ~torch.isin(targets, self.special)  # the reward leaves special tokens out, DPO counts them
+        n = sum(len(row.completions) for row in batch)
+        rewards = torch.zeros(n, dtype=r.dtype, device=r.device).index_add(0, sequence[counted], r[counted])
+        tokens = torch.bincount(sequence[counted], minlength=n).to(r.dtype)
+        logps = torch.zeros(n, dtype=logp.dtype, device=logp.device).index_add(0, sequence, logp)
+        per_row_rewards = values_per_row((rewards / tokens.clamp_min(1)).tolist(), batch)
+        per_row_logps = values_per_row(logps.tolist(), batch)
+        return {i: ReplyScores(per_row_rewards[i], per_row_logps[i]) for i in per_row_rewards}
 
-    def score(self, rows: list[EncodedRow], cache: ScoreCache | None = None,
-              progress: bool = True) -> dict[int, tuple[float, ...]]:
-        """Rewards of every reply of every row (best first): those already in the cache are read, the rest are scored
-        (this rank's shard under a process group) and every finished batch is cached."""
-        done = cache.done() if cache else {}
+    def score(self, rows: list[EncodedRow], cache: ScoreCache | None = None, progress: bool = True,
+              need_logps: bool = False) -> dict[int, ReplyScores]:
+        """Scores of every reply of every row: those already in the cache are read (with need_logps,
+        only those that have log-probabilities), the rest are scored (this rank's shard under a
+        process group) and every finished batch is cached."""
+        done = cache.scores() if cache else {}
+        if need_logps:
+            done = {i: s for i, s in done.items() if s.logps is not None}
         rank, world = rank_and_world()
         barrier()  # every rank must read the cache before any rank adds to it
         todo = [r for r in rows if r.index not in done][rank::world]
-        results: dict[int, tuple[float, ...]] = {}
+        results: dict[int, ReplyScores] = {}
         with tqdm(total=len(todo), desc=f"DEFT scoring (rank {rank})" if world > 1 else "DEFT scoring",
                   unit="pair", disable=not progress) as bar:
             for batch in batches_by_length(todo, self.batch_size):

@@ -11,11 +11,12 @@ import torch
 from deft_plugin.data.encoding import EncodedRow
 
 
-def pack_shared(batch: list[EncodedRow], special: set[int], pad_id: int):
-    """(ids [B, T], position ids [B, T], allowed [B, 1, T, T] bool, rows, targets, sequence):
-    one packed sequence per row; `rows` are the (row, position) pairs whose next token is a
-    non-special reply token, `targets` those tokens and `sequence` the index of the (row, reply)
-    in collate_candidates' order that each belongs to."""
+def pack_shared(batch: list[EncodedRow], pad_id: int):
+    """(ids [B, T], position ids [B, T], allowed [B, 1, T, T] bool, where, targets, sequence):
+    one packed sequence per row; `where` are the (row, position) pairs whose next token is a
+    reply token (special tokens included: DPO counts them, the reward leaves them out),
+    `targets` those tokens and `sequence` the index of the (row, reply) in collate_candidates'
+    order that each belongs to."""
     width = max(len(r.prompt_ids) + sum(map(len, r.completions)) for r in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(batch), width), dtype=torch.long)
@@ -35,7 +36,7 @@ def pack_shared(batch: list[EncodedRow], special: set[int], pad_id: int):
             block[b, start:start + n] = k
             for t, token in enumerate(reply):
                 before = p - 1 if t == 0 else start + t - 1  # the first reply token is predicted by the prompt's end
-                if before >= 0 and token not in special:
+                if before >= 0:
                     where.append((b, before))
                     targets.append(token)
                     sequence.append(seq)

@@ -67,6 +67,14 @@ def naive_reward(model, qn: torch.Tensor, special: set[int], prompt, reply) -> f
     return float(r.mean())
 
 
+def naive_logprob(model, prompt, reply) -> float:
+    """DPO's sequence log-probability: log p of every reply token summed, special tokens included."""
+    seq = list(prompt) + list(reply)
+    with torch.no_grad():
+        logp = model(input_ids=torch.tensor([seq])).logits[0].double().log_softmax(-1)
+    return float(sum(logp[t - 1, seq[t]] for t in range(len(prompt), len(seq))))
+
+
 @pytest.fixture(scope="module")
 def naive(pairs, qdiff, sharp_model, special):
     """index -> (R chosen, R rejected), computed naively for every usable pair."""
@@ -75,8 +83,9 @@ def naive(pairs, qdiff, sharp_model, special):
             for p in pairs}
 
 
-def make_scorer(model, qdiff, tokenizer, batch_size):
-    return ReplyScorer(model, qdiff.qn, tokenizer.all_special_ids, tokenizer.pad_token_id, batch_size)
+def make_scorer(model, qdiff, tokenizer, batch_size, share_prompt=True):
+    return ReplyScorer(model, qdiff.qn, tokenizer.all_special_ids, tokenizer.pad_token_id, batch_size,
+                       share_prompt=share_prompt)
 
 
 class NeverLoad:
@@ -131,9 +140,11 @@ def test_fixture_pairs_are_varied(pairs):
     assert any(len(p.chosen_ids) != len(p.rejected_ids) for p in pairs)
 
 
-def test_rewards_equal_naive_computation(pairs, qdiff, sharp_model, tiny_tokenizer, special, naive):
+@pytest.mark.parametrize("share_prompt", [True, False], ids=["shared-prompt", "unshared"])
+def test_rewards_equal_naive_computation(pairs, qdiff, sharp_model, tiny_tokenizer, special, naive, share_prompt):
     """A handful of real pairs of very different lengths, scored together in one padded
-    batch and one by one, against full-model full-softmax rewards."""
+    batch and one by one, against full-model full-softmax rewards and log-probabilities,
+    with each prompt run once per row (the default) and once per reply."""
     chosen = sorted(pairs, key=lambda p: len(p.prompt_ids) + len(p.chosen_ids))
     handful = [chosen[0], chosen[1], chosen[len(chosen) // 2], chosen[-2], chosen[-1]]
     handful += [p for p in pairs[:4] if p not in handful][:1]
@@ -141,13 +152,15 @@ def test_rewards_equal_naive_computation(pairs, qdiff, sharp_model, tiny_tokeniz
     widths = {len(p.prompt_ids) + len(p.rejected_ids) for p in handful} | \
              {len(p.prompt_ids) + len(p.chosen_ids) for p in handful}
     assert max(widths) - min(widths) > 100  # real padding inside the batch
-    scorer = make_scorer(sharp_model, qdiff, tiny_tokenizer, batch_size=len(handful))
+    scorer = make_scorer(sharp_model, qdiff, tiny_tokenizer, len(handful), share_prompt)
+    assert scorer.share_prompt is share_prompt  # the tiny Llama runs SDPA, which takes the block mask
     together = scorer.score_batch(handful)
     for p in handful:
         alone = scorer.score_batch([p])[p.index]
+        logps = [naive_logprob(sharp_model, p.prompt_ids, reply) for reply in p.completions]
         for got in (together[p.index], alone):
-            assert got[0] == pytest.approx(naive[p.index][0], abs=1e-6)
-            assert got[1] == pytest.approx(naive[p.index][1], abs=1e-6)
+            assert got.rewards == pytest.approx(naive[p.index], abs=1e-6)
+            assert got.logps == pytest.approx(logps, rel=1e-6, abs=1e-4)  # float32 sums of up to ~8,000
     # the rewards are not trivially equal: chosen and rejected differ, pairs differ
     values = [v for p in handful for v in naive[p.index]]
     assert len({round(v, 6) for v in values}) == len(values)
@@ -158,7 +171,8 @@ def test_rewards_equal_naive_computation(pairs, qdiff, sharp_model, tiny_tokeniz
 def test_all_pairs_match_naive(pairs, qdiff, sharp_model, tiny_tokenizer, naive):
     rewards = make_scorer(sharp_model, qdiff, tiny_tokenizer, batch_size=8).score(pairs, progress=False)
     assert set(rewards) == {p.index for p in pairs}
-    for i, (rc, rr) in rewards.items():
+    for i, scores in rewards.items():
+        rc, rr = scores.rewards
         assert rc == pytest.approx(naive[i][0], abs=1e-6)
         assert rr == pytest.approx(naive[i][1], abs=1e-6)
 
@@ -169,38 +183,40 @@ def test_batch_size_does_not_change_rewards(pairs, qdiff, sharp_model, tiny_toke
     got = make_scorer(sharp_model, qdiff, tiny_tokenizer, batch_size=batch_size).score(pairs, progress=False)
     assert set(got) == set(reference)
     for i in reference:
-        assert got[i][0] == pytest.approx(reference[i][0], abs=1e-6)
-        assert got[i][1] == pytest.approx(reference[i][1], abs=1e-6)
+        assert got[i].rewards == pytest.approx(reference[i].rewards, abs=1e-6)
+        assert got[i].logps == pytest.approx(reference[i].logps, rel=1e-6, abs=1e-4)
 
 
 def test_lm_head_runs_on_reply_positions_only(pairs, qdiff, sharp_model, tiny_tokenizer, special):
     """The full causal-LM forward (which would run the LM head on every position) is never
-    called; the decoder runs once per batch and the LM head sees exactly one row per
-    non-special reply token."""
+    called; the decoder runs once per batch, over fewer positions than the unshared sequences,
+    and the LM head sees exactly one row per reply token (special ones give DPO's log-probs)."""
     batch = pairs[:6]
-    calls = {"model": 0, "decoder": 0, "head_rows": 0}
+    calls = {"model": 0, "decoder": 0, "head_rows": 0, "decoder_positions": 0}
 
     def on_model(*_):
         calls["model"] += 1
 
-    def on_decoder(*_):
+    def on_decoder(_module, _args, kwargs, _out):
         calls["decoder"] += 1
+        calls["decoder_positions"] += kwargs["input_ids"].numel()
 
     def on_head(_module, args, _out):
         calls["head_rows"] += args[0].shape[0]
         assert args[0].dim() == 2  # [rows, hidden]: gathered positions, not [batch, time, hidden]
 
-    handles = [sharp_model.register_forward_hook(on_model), sharp_model.get_decoder().register_forward_hook(on_decoder),
+    handles = [sharp_model.register_forward_hook(on_model), sharp_model.get_decoder().register_forward_hook(on_decoder, with_kwargs=True),
                sharp_model.get_output_embeddings().register_forward_hook(on_head)]
     try:
         make_scorer(sharp_model, qdiff, tiny_tokenizer, batch_size=len(batch)).score_batch(batch)
     finally:
         for h in handles:
             h.remove()
-    expected = sum(t not in special for p in batch for t in p.chosen_ids + p.rejected_ids)
+    expected = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in batch)
     total_positions = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in batch)
-    assert calls == {"model": 0, "decoder": 1, "head_rows": expected}
+    assert calls["model"] == 0 and calls["decoder"] == 1 and calls["head_rows"] == expected
     assert expected < total_positions / 2
+    assert calls["decoder_positions"] < total_positions  # each prompt once, padding included
 
 
 # --------------------------------------------------------------------------- run_filter
@@ -333,10 +349,11 @@ def test_cache_artifacts_and_full_reuse(rows, tiny_tokenizer, sharp_model, tmp_p
     assert {"parts", "scores.jsonl", "report.json", "qdiff.safetensors", "qdiff.json"} <= names
     parts = sorted((cache / "parts").glob("part-*.json"))
     assert len(parts) == len(count_batches)
-    cached = {int(k): v for part in parts for k, v in json.loads(part.read_text()).items()}
+    cached = {int(k): v for part in parts for k, v in json.loads(part.read_text())["rows"].items()}
     assert set(cached) == set(first.rewards)
     for i, (rc, rr) in first.rewards.items():
-        assert cached[i] == [rc, rr]
+        assert cached[i]["rewards"] == [rc, rr]
+        assert all(v < 0 for v in cached[i]["logps"])  # log-probabilities of two non-empty replies
 
     lines = [json.loads(line) for line in (cache / "scores.jsonl").read_text().splitlines()]
     assert [r["index"] for r in lines] == sorted(first.scores)
@@ -428,15 +445,16 @@ def test_killed_run_resumes_without_recomputing(rows, tiny_tokenizer, sharp_mode
 
 
 def test_part_files_are_atomic_and_unique(tmp_path):
-    from deft_plugin.filtering.score_cache import ScoreCache
+    from deft_plugin.filtering.score_cache import ReplyScores, ScoreCache
 
     cache = ScoreCache(tmp_path)
     assert cache.done() == {}
-    cache.write_part({3: (0.25, -0.5)})
-    cache.write_part({4: (1.0, 2.0), 5: (0.125, 0.0)})
+    cache.write_part({3: ReplyScores((0.25, -0.5), (-3.0, -4.0))})
+    cache.write_part({4: ReplyScores((1.0, 2.0), (-1.0, -2.0)), 5: ReplyScores((0.125, 0.0), (-5.0, -6.0))})
     cache.write_part({})
     assert len(list((tmp_path / "parts").iterdir())) == 2
     assert cache.done() == {3: (0.25, -0.5), 4: (1.0, 2.0), 5: (0.125, 0.0)}
+    assert cache.scores()[5].logps == (-5.0, -6.0)
     _assert_no_temp_files(tmp_path)
 
 
@@ -470,4 +488,4 @@ def test_mean_distributions_give_the_rewards_under_any_q(pairs, qdiff, sharp_mod
     for q in (qdiff, other):
         scored = make_scorer(sharp_model, q, tiny_tokenizer, batch_size=4).score(rows, progress=False)
         for p in rows:
-            assert (dists[p.index] @ q.qn).tolist() == pytest.approx(list(scored[p.index]), abs=1e-6)
+            assert (dists[p.index] @ q.qn).tolist() == pytest.approx(list(scored[p.index].rewards), abs=1e-6)

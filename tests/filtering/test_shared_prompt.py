@@ -18,7 +18,7 @@ from builders import hh_rows, listwise_rows
 
 def test_replies_see_the_prompt_and_themselves_only():
     row = EncodedRow(index=0, prompt_ids=(5, 6), completions=((7, 8), (9,)))
-    ids, positions, allowed, where, targets, sequence = pack_shared([row], set(), 0)
+    ids, positions, allowed, where, targets, sequence = pack_shared([row], 0)
     assert ids.tolist() == [[5, 6, 7, 8, 9]] and positions.tolist() == [[0, 1, 2, 3, 2]]
     seen = allowed[0, 0].int().tolist()
     assert seen[4] == [1, 1, 0, 0, 1]  # reply 2 sees the prompt and itself, not reply 1
@@ -48,7 +48,9 @@ def test_shared_prompt_equals_the_unshared_pass(tiny_model, tiny_tokenizer, back
     try:
         with torch.no_grad():
             expected, expected_seq = unshared_logprobs(tiny_model, batch, special, pad)
-            ids, positions, allowed, where, targets, sequence = pack_shared(batch, special, pad)
+            ids, positions, allowed, where, targets, sequence = pack_shared(batch, pad)
+            counted = ~torch.isin(targets, torch.tensor(sorted(special)))
+            where, targets, sequence = where[counted], targets[counted], sequence[counted]
             logits = tiny_model(input_ids=ids, position_ids=positions,
                                 attention_mask=additive_mask(allowed, torch.float32)).logits
             got = logits.log_softmax(-1)[where[:, 0], where[:, 1], targets]
