@@ -21,7 +21,8 @@ def batches_by_length(rows: list[EncodedRow], batch_size: int) -> Iterable[list[
 def collate_candidates(batch: list[EncodedRow], special: set[int], pad_id: int, device):
     """One sequence per (row, reply), row by row, replies best first, right padded:
     input ids, attention mask, and the prediction mask of positions whose next token is a
-    reply token outside `special` (an empty `special` keeps every reply token, as DPO counts them). Built with tensor operations: a per-token Python loop here
+    reply token outside `special` (an empty `special` keeps every reply token, as DPO counts
+    them). Built with tensor operations: a per-token Python loop here
     left a GPU idle for a noticeable share of scoring."""
     seqs, starts = [], []
     for row in batch:

@@ -205,7 +205,8 @@ def test_lm_head_runs_on_reply_positions_only(pairs, qdiff, sharp_model, tiny_to
         calls["head_rows"] += args[0].shape[0]
         assert args[0].dim() == 2  # [rows, hidden]: gathered positions, not [batch, time, hidden]
 
-    handles = [sharp_model.register_forward_hook(on_model), sharp_model.get_decoder().register_forward_hook(on_decoder, with_kwargs=True),
+    handles = [sharp_model.register_forward_hook(on_model),
+               sharp_model.get_decoder().register_forward_hook(on_decoder, with_kwargs=True),
                sharp_model.get_output_embeddings().register_forward_hook(on_head)]
     try:
         make_scorer(sharp_model, qdiff, tiny_tokenizer, batch_size=len(batch)).score_batch(batch)
