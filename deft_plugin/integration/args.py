@@ -47,6 +47,11 @@ class DEFTArgs(BaseModel):
     deft_cache_dir: str | None = Field(
         None, description="Where scores are cached (default: under dataset_prepared_path).")
 
+    # reference (DEFT-DPO)
+    deft_reference: Literal["scoring", "model"] = Field(
+        "scoring", description="Where DPO's reference log-probabilities come from: scoring (the scoring pass records "
+                               "them, no reference model is loaded or run) or model (TRL's own reference model).")
+
     # loss
     deft_reward_weight: float = Field(DEFAULT_REWARD_WEIGHT, description="lambda, the weight of the DEFT loss term.")
     deft_loss_form: Literal["pair", "chosen"] = Field("pair", description="DEFT term: R(y+) - R(y-), or R(y+) alone.")
@@ -145,6 +150,28 @@ def check_dpo(data: dict, rl) -> None:
     if rl != "dpo":
         raise ValueError(f"rl: DEFT-DPO runs with rl: dpo (got rl: {rl!r}); for DEFT-PRO set deft_method: pro "
                          "and leave rl unset")
+    if (data.get("deft_reference") or "scoring") == "scoring":
+        check_scoring_reference(data)
+
+
+# Keys that ask for a reference the scoring pass does not give: a reference model kept and run.
+REFERENCE_MODEL_KEYS = {
+    "rl_adapter_ref_model": "loads a separate reference model for the adapter",
+    "dpo_ld_alpha": "weights the reference log-probabilities by length (LD-DPO)",
+    "sync_ref_model": "updates the reference model during training",
+}
+
+
+def check_scoring_reference(data: dict) -> None:
+    """deft_reference: scoring (the default) gives TRL fixed, precomputed reference log-probabilities."""
+    for key, what in REFERENCE_MODEL_KEYS.items():
+        if data.get(key) or (isinstance(data.get("trl"), dict) and data["trl"].get(key)):
+            raise ValueError(f"{key}: {what}, which deft_reference: scoring (the default) does not give; "
+                             f"set deft_reference: model, or remove {key}")
+    if data.get("precompute_ref_log_probs") is False:
+        raise ValueError("precompute_ref_log_probs: false asks TRL to run its reference model at every step; "
+                         "deft_reference: scoring (the default) supplies the reference log-probabilities "
+                         "precomputed. Remove the key, or set deft_reference: model")
 
 
 def check_pro(data: dict, rl) -> None:

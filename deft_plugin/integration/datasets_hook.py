@@ -3,6 +3,8 @@ filtered by DEFT, with Axolotl's step count following the kept set."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import math
@@ -19,6 +21,7 @@ from deft_plugin.filtering.distributed import is_main_process, join_launched_gro
 from deft_plugin.filtering.pipeline import FilterResult, FilterSettings, run_filter
 from deft_plugin.filtering.scoring_model import load_scoring_model
 from deft_plugin.integration.artifacts import SELECTION_RECORD
+from deft_plugin.integration.reference import scoring_reference, with_reference
 from deft_plugin.registry import format_name
 from deft_plugin.utils.atomic import atomic_write_text
 
@@ -47,9 +50,10 @@ def load_deft_datasets(cfg, tokenizer=None) -> tuple[Dataset, Dataset | None, in
     rows = [dict(r) for r in train] if pro else [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in train]
     cache_dir = cache_dir_for(cfg, rows, tokenizer)
     join_launched_group()  # each rank of a DDP/FSDP launch scores its own shard
-    result = run_filter(rows, tokenizer, lambda: load_scoring_model(cfg.base_model, cfg.deft_score_dtype,
-                                                                    cfg.revision_of_model, bool(cfg.trust_remote_code)),
-                        filter_settings(cfg), cache_dir,
+    load_model = functools.cache(lambda: load_scoring_model(cfg.base_model, cfg.deft_score_dtype,
+                                                            cfg.revision_of_model, bool(cfg.trust_remote_code)))
+    settings = filter_settings(cfg)
+    result = run_filter(rows, tokenizer, load_model, settings, cache_dir,
                         QDiff.load(cfg.deft_qdiff_path) if cfg.deft_qdiff_path else None,
                         source_report={**source_report, "prompt_style": style}, row_names=names)
     if pro:
@@ -58,6 +62,10 @@ def load_deft_datasets(cfg, tokenizer=None) -> tuple[Dataset, Dataset | None, in
                       if evaluation is not None else None)
     else:
         kept = train.select(result.kept)
+        if settings.reference:
+            kept = with_reference(kept, [result.logps[i] for i in result.kept])
+            if evaluation is not None:
+                evaluation = eval_with_reference(evaluation, cfg, tokenizer, load_model, result.qdiff)
     total_num_steps = steps_for(len(kept), cfg)
     if cfg.output_dir and is_main_process():
         write_selection(Path(cfg.output_dir), result, cache_dir)
@@ -65,6 +73,19 @@ def load_deft_datasets(cfg, tokenizer=None) -> tuple[Dataset, Dataset | None, in
              result.report.get("read", len(rows)), result.report.get("unparseable", 0), result.report["degenerate"],
              result.report["scored"], len(kept), total_num_steps, cache_dir)
     return kept, evaluation, total_num_steps, result
+
+
+def eval_with_reference(evaluation: Dataset, cfg, tokenizer, load_model, qdiff: QDiff) -> Dataset:
+    """The DPO eval split with its reference log-probabilities from the scoring pass (cached apart
+    from the training rows'); rows that cannot be scored are left out, counted and reported."""
+    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in evaluation]
+    settings = dataclasses.replace(filter_settings(cfg), filter=False, reference=True)
+    result = run_filter(rows, tokenizer, load_model, settings, cache_dir_for(cfg, rows, tokenizer), qdiff,
+                        progress=False)
+    if len(result.kept) < len(rows):
+        LOG.warning("DEFT: %d of %d evaluation rows are degenerate and not evaluated: %s", len(rows) - len(result.kept),
+                    len(rows), result.report["degenerate_reasons"])
+    return with_reference(evaluation.select(result.kept), [result.logps[i] for i in result.kept])
 
 
 def load_rows(cfg, style: str) -> tuple[Dataset, Dataset | None, dict]:
@@ -111,6 +132,7 @@ def filter_settings(cfg) -> FilterSettings:
         truncation=cfg.deft_truncation or "keep_start",
         select=cfg.deft_filter_select or "top",
         seed=cfg.deft_filter_seed or 0,
+        reference=scoring_reference(cfg),
     )
 
 

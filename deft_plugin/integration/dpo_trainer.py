@@ -1,13 +1,14 @@
 """DEFT-DPO: Axolotl's DPO trainer with the distribution-reward term added to the loss.
 
-Only the public `compute_loss` is overridden: TRL computes the DPO loss and returns the
-outputs of the same forward pass, whose logits (chosen rows, then rejected rows) give the
-distribution rewards.
+The public `compute_loss` adds the term: TRL computes the DPO loss and returns the outputs of
+the same forward pass, whose logits (chosen rows, then rejected rows) give the distribution
+rewards. `_precompute_ref_logps` returns a dataset that already carries the reference
+log-probabilities from the scoring pass unchanged (integration/reference.py).
 
-The plugin attaches the loss by swapping the class of the trainer Axolotl built
-(`post_trainer_create`): Axolotl's RL builder constructs the trainer itself and calls a
-plugin's `get_trainer_cls` without the model arguments DPO needs (AXOLOTL.md, hook table),
-so a swap keeps whatever models, datasets and arguments Axolotl chose."""
+Axolotl constructs this class itself: the plugin sets `trainer_cls` in `register`, which
+Axolotl's RL builder honours with the model arguments DPO needs (a plugin's `get_trainer_cls`
+gets none). It must be the class constructed, not swapped in later: TRL precomputes the
+reference in its constructor."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from axolotl.core.trainers.dpo.trainer import AxolotlDPOTrainer
 from deft_plugin.core.chunked import next_tokens, shift_completion_mask, without_special
 from deft_plugin.core.losses import deft_dpo_term
 from deft_plugin.core.reward import distribution_reward
+from deft_plugin.integration.reference import has_reference
 
 
 class DeftDPOLossMixin:
@@ -59,13 +61,12 @@ class DeftDPOLossMixin:
 
 
 class DeftDPOTrainer(DeftDPOLossMixin, AxolotlDPOTrainer):
-    """Static DEFT-DPO trainer class, for scripts that build the trainer themselves."""
+    """The DEFT-DPO trainer Axolotl constructs (`trainer_cls`)."""
 
-
-def attach_deft_loss(trainer, qn: torch.Tensor, reward_weight: float, loss_form: str, special_ids) -> None:
-    """Give an already-built DPO trainer the DEFT loss by swapping in a subclass of its own
-    class: the models, datasets and arguments it was built with stay as they are."""
-    if not isinstance(trainer, DeftDPOLossMixin):
-        cls = type(trainer)
-        trainer.__class__ = type("Deft" + cls.__name__, (DeftDPOLossMixin, cls), {"__module__": __name__})
-    trainer.configure_deft(qn, reward_weight, loss_form, special_ids)
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        # TRL's private hook (TRL 1.9 and 1.14 alike; tests pin it): a dataset that already has
+        # the reference columns would otherwise be run through the reference again and then
+        # fail on the duplicated columns.
+        if has_reference(dataset):
+            return dataset
+        return super()._precompute_ref_logps(dataset, name, batch_size)

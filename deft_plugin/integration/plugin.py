@@ -1,9 +1,10 @@
 """The Axolotl plugin. Listed in YAML as `plugins: [deft_plugin.DEFTPlugin]` (or any other
 path Axolotl can load it by, or a subclass).
 
-Hooks used: get_input_args (the deft_* keys), load_datasets (filtering, before step counts
-and TRL tokenisation are fixed; also runs in `axolotl preprocess`), post_trainer_create
-(the DEFT loss term), add_callbacks_post_trainer (a JSONL log of the metrics), and for
+Hooks used: get_input_args (the deft_* keys), register (DEFT-DPO: the trainer class Axolotl
+constructs, and the reference from the scoring pass), load_datasets (filtering, before step
+counts and TRL tokenisation are fixed; also runs in `axolotl preprocess`), post_trainer_create
+(the DEFT loss term's settings), add_callbacks_post_trainer (a JSONL log of the metrics), and for
 `deft_method: pro` (Axolotl's causal trainer path) get_trainer_cls and
 get_collator_cls_and_kwargs. Every hook does nothing unless the config lists this plugin,
 since newer Axolotl versions register installed plugins on every run."""
@@ -52,6 +53,31 @@ class DEFTPlugin(BasePlugin):
 
     def get_input_args(self):
         return "deft_plugin.integration.args.DEFTArgs"
+
+    def register(self, cfg):
+        """DEFT-DPO: Axolotl constructs the DEFT trainer itself (`trainer_cls`, which keeps the
+        model arguments), so that TRL's constructor already runs the DEFT class; with the scoring
+        pass as DPO's reference, TRL takes precomputed reference log-probabilities and Axolotl
+        loads no reference model."""
+        rl = cfg.get("rl")
+        if not deft_enabled(cfg) or (cfg.get("deft_method") or "dpo") != "dpo" or getattr(rl, "value", rl) != "dpo":
+            return
+        from deft_plugin.integration.reference import DPO_TRAINER_CLS, scoring_reference, skip_reference_model_load
+
+        chosen = cfg.get("trainer_cls")
+        if chosen and chosen != DPO_TRAINER_CLS:
+            from deft_plugin.integration.dpo_trainer import DeftDPOLossMixin
+
+            cls = _resolve_plugin(str(chosen))
+            if cls is None or not issubclass(cls, DeftDPOLossMixin):
+                raise ValueError(f"trainer_cls: {chosen} is not a DEFT-DPO trainer; the plugin needs "
+                                 f"{DPO_TRAINER_CLS} (or a subclass of it): remove trainer_cls or subclass it")
+        else:
+            cfg["trainer_cls"] = DPO_TRAINER_CLS
+        if scoring_reference(cfg):
+            if cfg.get("precompute_ref_log_probs") is None:  # an explicit false is refused by validation, by name
+                cfg["precompute_ref_log_probs"] = True
+            skip_reference_model_load()
 
     def load_datasets(self, cfg, preprocess: bool = False):
         if not deft_enabled(cfg):
@@ -105,8 +131,12 @@ class DEFTPlugin(BasePlugin):
             sft = cfg.deft_pro_sft_weight if cfg.deft_pro_sft_weight is not None else DEFAULT_PRO_SFT_WEIGHT
             trainer.configure_deft(qn, weight, form, self.special_ids, sft)
         else:
-            from deft_plugin.integration.dpo_trainer import attach_deft_loss
+            from deft_plugin.integration.dpo_trainer import DeftDPOLossMixin
 
-            attach_deft_loss(trainer, qn, weight, form, self.special_ids)
+            if not isinstance(trainer, DeftDPOLossMixin):
+                raise RuntimeError("DEFT-DPO needs the DEFT DPO trainer, but Axolotl built "
+                                   f"{type(trainer).__name__} (another plugin's get_trainer_cls took precedence "
+                                   "over trainer_cls)")
+            trainer.configure_deft(qn, weight, form, self.special_ids)
         LOG.info("DEFT: loss term attached to %s (weight %s, form %s)", type(trainer).__name__,
                  trainer.deft_reward_weight, trainer.deft_loss_form)
