@@ -11,6 +11,7 @@ order 0.1 and a tolerance of 1e-6 says something."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -490,3 +491,46 @@ def test_mean_distributions_give_the_rewards_under_any_q(pairs, qdiff, sharp_mod
         scored = make_scorer(sharp_model, q, tiny_tokenizer, batch_size=4).score(rows, progress=False)
         for p in rows:
             assert (dists[p.index] @ q.qn).tolist() == pytest.approx(list(scored[p.index].rewards), abs=1e-6)
+
+
+# --------------------------------------------------------------------------- reference log-probabilities
+
+
+def test_a_cache_without_logprobs_is_extended_not_reused(rows, tiny_tokenizer, sharp_model, tmp_path, count_batches):
+    """Parts written before log-probabilities were recorded (rewards only): a run that needs
+    DPO's reference scores every row again and records it; the rewards stay the same."""
+    cache = tmp_path / "cache"
+    first = run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model), _settings(), cache, progress=False)
+    for part in (cache / "parts").glob("part-*.json"):  # rewrite the parts in the old format
+        old = {k: v["rewards"] for k, v in json.loads(part.read_text())["rows"].items()}
+        part.write_text(json.dumps(old))
+    count_batches.clear()
+    loader = CountingLoader(sharp_model)
+    rewards_only = run_filter(rows, tiny_tokenizer, NeverLoad(), _settings(), cache, progress=False)
+    assert rewards_only.rewards == first.rewards and rewards_only.logps == {}  # rewards are read, nothing scored
+    extended = run_filter(rows, tiny_tokenizer, loader, dataclasses.replace(_settings(), reference=True), cache,
+                          progress=False)
+    assert loader.calls == 1 and sum(map(len, count_batches)) == SCORED
+    assert set(extended.logps) == set(extended.kept) == set(first.kept)
+    for i in first.rewards:
+        assert extended.rewards[i] == pytest.approx(first.rewards[i], abs=1e-6)
+    p = extended.encoded[extended.kept[0]]
+    assert extended.logps[p.index] == pytest.approx(
+        [naive_logprob(sharp_model, p.prompt_ids, reply) for reply in p.completions], rel=1e-6, abs=1e-4)
+    again = run_filter(rows, tiny_tokenizer, NeverLoad(), dataclasses.replace(_settings(), reference=True), cache,
+                       progress=False)
+    assert again.logps == extended.logps  # now read from the cache
+
+
+def test_random_subset_scores_only_the_rows_it_keeps(rows, tiny_tokenizer, sharp_model, tmp_path, count_batches):
+    """A random selection needs no rewards: with the reference it scores the kept rows only;
+    without filtering, every usable row."""
+    settings = dataclasses.replace(_settings(), select="random", seed=3, reference=True)
+    result = run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model), settings, tmp_path / "a", progress=False)
+    assert len(result.kept) == KEPT and set(result.logps) == set(result.kept)
+    assert sorted(i for batch in count_batches for i in batch) == sorted(result.kept)
+    count_batches.clear()
+    settings = dataclasses.replace(_settings(), filter=False, reference=True)
+    result = run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model), settings, tmp_path / "b", progress=False)
+    assert len(result.kept) == SCORED and set(result.logps) == set(result.kept)
+    assert sum(map(len, count_batches)) == SCORED

@@ -334,7 +334,30 @@ BAD = [
     pytest.param({"deft_truncation": "cut"}, "deft_truncation", id="truncation-cut"),
     pytest.param({"datasets": [{"path": "x.jsonl", "type": "deft.listwise"}]}, "datasets[0].type",
                  id="listwise-with-dpo"),
+    pytest.param({"deft_reference": "cache"}, "deft_reference", id="reference-cache"),
+    pytest.param({"precompute_ref_log_probs": False}, "precompute_ref_log_probs", id="precompute-off"),
+    pytest.param({"dpo_ld_alpha": 0.5}, "dpo_ld_alpha", id="ld-dpo"),
+    pytest.param({"trl": {"sync_ref_model": True}}, "sync_ref_model", id="sync-ref-model"),
 ]
+
+def test_another_trainer_class_is_refused_naming_the_key(tiny_model_dir, hh_file, tmp_path, axolotl_process):
+    raw = _localised(CPU_CONFIG, tiny_model_dir, hh_file, tmp_path,
+                     {"trainer_cls": "axolotl.core.trainers.dpo.trainer.AxolotlDPOTrainer"})
+    with pytest.raises(ValueError, match=r"^trainer_cls: .*AxolotlDPOTrainer is not a DEFT-DPO trainer"):
+        _load(raw, tmp_path, axolotl_process)
+
+
+def test_deft_dpo_configures_its_trainer_and_the_free_reference(tiny_model_dir, hh_file, tmp_path, axolotl_process):
+    """The plugin's register: Axolotl will construct the DEFT trainer, with TRL's precomputed
+    reference on; deft_reference: model leaves TRL's reference as it is."""
+    cfg = _load(_localised(CPU_CONFIG, tiny_model_dir, hh_file, tmp_path, {}), tmp_path, axolotl_process)
+    assert cfg.trainer_cls == "deft_plugin.integration.dpo_trainer.DeftDPOTrainer"
+    assert cfg.precompute_ref_log_probs is True
+    cfg = _load(_localised(CPU_CONFIG, tiny_model_dir, hh_file, tmp_path, {"deft_reference": "model"}), tmp_path,
+                axolotl_process)
+    assert cfg.trainer_cls == "deft_plugin.integration.dpo_trainer.DeftDPOTrainer"
+    assert not cfg.precompute_ref_log_probs
+
 
 # (change to the PRO CPU config, text the error must contain)
 BAD_PRO = [

@@ -22,7 +22,7 @@ import torch
 
 from deft_plugin.integration.dpo_trainer import DeftDPOLossMixin
 
-from builders import KEPT, RATIO, SEQUENCE_LEN, sharpened
+from builders import HH_PAIRS, KEPT, RATIO, SEQUENCE_LEN, sharpened
 from reference import naive_distribution_reward
 
 WEIGHT = 0.5
@@ -377,3 +377,61 @@ def test_training_at_weight_zero_follows_plain_dpo(base_cfg, tmp_path, adapter):
     apart = torch.cat([(deft_params[n] - plain_params[n]).flatten() for n in start])
     assert moved.norm() > 1e-3  # training moved the weights
     assert apart.norm() < 1e-3 * moved.norm()
+
+
+# --------------------------------------------------------------------------- the reference, other settings
+
+
+def test_eval_split_gets_the_reference_too(base_cfg, tmp_path):
+    """With a DPO eval split, its rows carry the scoring pass's reference as well: evaluation
+    runs no reference forward and at the start its DPO loss is ln 2 (the loss less the term)."""
+    cfg = {**base_cfg, "val_set_size": 0.25, "output_dir": str(tmp_path / "out")}
+    loaded = load(cfg)
+    meta = deft_dataset_meta(loaded)
+    assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(meta.eval_dataset.column_names)
+    assert 0 < len(meta.eval_dataset) <= round(0.25 * HH_PAIRS)  # rows whose prompt fills sequence_len left out
+    trainer = build_trainer(loaded, meta)
+    assert trainer.ref_model is None
+    with ForwardCounter(trainer.model) as policy:
+        metrics = trainer.evaluate()
+    batches = math.ceil(len(trainer.eval_dataset) / trainer.args.per_device_eval_batch_size)
+    assert policy.calls == batches  # one forward per batch: the policy's
+    # eval replies reach log-probs of ~-2,600 here: float32 rounding of ~1e-3 there, times beta / 2
+    assert metrics["eval_deft/dpo_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert metrics["eval_loss"] == pytest.approx(metrics["eval_deft/dpo_loss"] - WEIGHT * metrics["eval_deft/term"],
+                                                 abs=1e-6)
+
+
+def test_reference_model_when_asked(base_cfg, tmp_path):
+    """deft_reference: model keeps TRL's reference model: loaded, run, and no reference columns."""
+    from deft_plugin.integration.dpo_trainer import DeftDPOTrainer
+
+    cfg = {**base_cfg, "deft_reference": "model", "output_dir": str(tmp_path / "out")}
+    loaded = load(cfg)
+    meta = deft_dataset_meta(loaded)
+    assert "ref_chosen_logps" not in meta.train_dataset.column_names
+    trainer, loads = build_counting_loads(loaded, meta)
+    assert type(trainer) is DeftDPOTrainer and trainer.ref_model is not None and loads == 2
+    batch = next(iter(trainer.get_train_dataloader()))
+    with ForwardCounter(trainer.ref_model) as reference, torch.no_grad():
+        trainer.configure_deft(trainer.deft_qn, 0.0, "pair", trainer.deft_special_ids)
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+    assert reference.calls == 1 and loss.item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_the_axolotl_and_trl_internals_relied_on():
+    """Pins what the free reference relies on beyond public interfaces, so that an upgrade that
+    changes it fails here: Axolotl's trainer set-up looks setup_reference_model up in its module
+    (the plugin wraps it there), and TRL's DPO constructor calls _precompute_ref_logps (which the
+    DEFT trainer overrides) on the train and eval sets."""
+    import inspect
+
+    import axolotl.train as axolotl_train
+    from trl import DPOTrainer
+
+    assert "setup_reference_model" in axolotl_train.setup_model_and_trainer.__code__.co_names
+    assert getattr(axolotl_train.setup_reference_model, "deft_wrapped", False)  # installed by the plugin above
+    init = inspect.getsource(DPOTrainer.__init__)
+    assert "self._precompute_ref_logps(" in init
+    assert list(inspect.signature(DPOTrainer._precompute_ref_logps).parameters) == [
+        "self", "dataset", "name", "batch_size"]
