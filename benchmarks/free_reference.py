@@ -211,15 +211,11 @@ def p2_memory(args, data_file: Path) -> dict[str, int]:
 # --------------------------------------------------------------------------- report
 
 
-def report(args, pairs, p1_s, p2_s, peaks, tokens) -> str:
+def report_p1(args, pairs, p1_s, tokens) -> str:
     import transformers
     import trl
 
-    deft_p1, trl_p1 = list(p1_s.items())[0], list(p1_s.items())[1]
-    score_pp = deft_p1[1] / pairs
-    deft_pp = p2_s["deft step"] / args.micro_batch
-    plain_pp = p2_s["plain step"] / args.micro_batch
-    e2e = plain_pp / (score_pp + 0.05 * deft_pp)
+    trl_s = list(p1_s.values())[1]
     lines = [f"## free_reference.py, {time.strftime('%Y-%m-%d %H:%M')}", "",
              f"SmolLM2-135M-Instruct, {platform.machine()} CPU ({os.cpu_count()} cores, {torch.get_num_threads()} "
              f"threads), fp32, TRL {trl.__version__}, transformers {transformers.__version__}; {pairs} HH-RLHF "
@@ -227,7 +223,16 @@ def report(args, pairs, p1_s, p2_s, peaks, tokens) -> str:
              f"{args.batch_size} pairs a scoring batch, micro batch {args.micro_batch}, median of {args.repeats} "
              "repeats, modes alternating.", "",
              "P1, the reference pass over the same pairs:", "", "| mode | seconds | x TRL |", "|---|---|---|"]
-    lines += [f"| {name} | {s:.1f} | {s / trl_p1[1]:.2f} |" for name, s in p1_s.items()]
+    lines += [f"| {name} | {s:.1f} | {s / trl_s:.2f} |" for name, s in p1_s.items()]
+    return "\n".join(lines)
+
+
+def report(args, pairs, p1_s, p2_s, peaks, tokens) -> str:
+    score_pp = list(p1_s.values())[0] / pairs
+    deft_pp = p2_s["deft step"] / args.micro_batch
+    plain_pp = p2_s["plain step"] / args.micro_batch
+    e2e = plain_pp / (score_pp + 0.05 * deft_pp)
+    lines = [report_p1(args, pairs, p1_s, tokens)]
     lines += ["", "P2, one training step (forward, backward, AdamW) on the same batch, full fine-tuning:", "",
               "| mode | seconds | peak RSS (models included) |", "|---|---|---|",
               f"| DEFT-DPO (weight 1), reference from the scoring pass | {p2_s['deft step']:.2f} | "
@@ -255,6 +260,7 @@ def main(argv=None) -> None:
     p.add_argument("--max-length", type=int, default=384)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--results", default=None, help="append the figures to this Markdown file")
+    p.add_argument("--p1-only", action="store_true", help="the reference pass only (e.g. against another TRL)")
     p.add_argument("--child", choices=("deft", "plain"), help=argparse.SUPPRESS)
     p.add_argument("--data-file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -275,6 +281,13 @@ def main(argv=None) -> None:
     print(f"P1: {len(encoded)} pairs", flush=True)
     p1_s = p1(args, model, tokenizer, rows, encoded)
     del model
+    if args.p1_only:
+        text = report_p1(args, len(encoded), p1_s, tokens)
+        print(text)
+        if args.results:
+            with open(args.results, "a") as f:
+                f.write("\n" + text + "\n")
+        return
     work = Path(tempfile.mkdtemp())
     data_file = work / "pairs.jsonl"
     data_file.write_text("".join(json.dumps(r) + "\n" for r in raw[: 4 * args.micro_batch]))

@@ -1,5 +1,11 @@
-"""The scoring pass's decoder with each prompt run once per row (shared-prompt packing, a block
-mask) against once per reply (today's scorer), on the same batches of real HH-RLHF pairs.
+"""The scoring pass's decoder with each prompt run once per row, two ways, against once per reply,
+on the same batches of real HH-RLHF pairs:
+
+  unshared   [prompt, reply] per reply, right padded (the fallback scorer);
+  shared     [prompt, reply 1, ..., reply n] per row under a block mask, positions restarting
+             after the prompt (what ReplyScorer runs);
+  kv-cache   the prompt alone, its key/value cache repeated for the row's replies, then the
+             replies (right padded) on top of it: one prompt forward per row, the replies batched.
 
 Both modes run the decoder only (the LM head and the reward are the same work in both) on the
 batches ReplyScorer makes (batches_by_length); they alternate batch by batch, the order flipping
@@ -54,17 +60,44 @@ def main() -> None:
         decoder(input_ids=ids, attention_mask=attn, use_cache=False)
         return ids.numel()
 
+    def kv_cache(batch, check=False):
+        positions = 0
+        for row in batch:
+            prompt = torch.tensor([row.prompt_ids])
+            cache = decoder(input_ids=prompt, use_cache=True).past_key_values
+            n, width = len(row.completions), max(map(len, row.completions))
+            cache.batch_repeat_interleave(n)
+            replies = torch.full((n, width), pad)
+            mask = torch.zeros((n, prompt.shape[1] + width), dtype=torch.long)
+            mask[:, : prompt.shape[1]] = 1
+            for k, reply in enumerate(row.completions):
+                replies[k, : len(reply)] = torch.tensor(reply)
+                mask[k, prompt.shape[1] : prompt.shape[1] + len(reply)] = 1
+            last = decoder(input_ids=replies, attention_mask=mask, past_key_values=cache, use_cache=True)
+            positions += prompt.shape[1] + replies.numel()
+        return positions if not check else last.last_hidden_state
+
+    def kv_cache_equals_unshared(row) -> None:
+        """The modes compute the same thing: a reply's hidden states on the cache equal its own sequence's."""
+        reply = row.completions[-1]
+        own = decoder(input_ids=torch.tensor([row.prompt_ids + reply])).last_hidden_state[0, len(row.prompt_ids):]
+        on_cache = kv_cache([row], check=True)[-1, : len(reply)]
+        assert torch.allclose(own, on_cache, atol=1e-4), float((own - on_cache).abs().max())
+
     def shared(batch):
         ids, positions, allowed, *_ = pack_shared(batch, pad)
         decoder(input_ids=ids, position_ids=positions, attention_mask=additive_mask(allowed, torch.float32),
                 use_cache=False)
         return ids.numel()
 
-    seconds, tokens = {"unshared": 0.0, "shared": 0.0}, {"unshared": 0, "shared": 0}
+    runs = {"unshared": unshared, "shared": shared, "kv-cache": kv_cache}
+    with torch.inference_mode():
+        kv_cache_equals_unshared(encoded[0])
+    seconds, tokens = dict.fromkeys(runs, 0.0), dict.fromkeys(runs, 0)
     with torch.inference_mode():
         for repeat in range(args.repeats):
             for i, batch in enumerate(batches):
-                modes = (("unshared", unshared), ("shared", shared))
+                modes = list(runs.items())
                 for name, run in modes if (i + repeat) % 2 == 0 else modes[::-1]:
                     start = time.perf_counter()
                     n = run(batch)
@@ -75,6 +108,7 @@ def main() -> None:
     for name in seconds:
         print(f"  {name:>8}: {seconds[name]:7.1f} s, {tokens[name]} positions per pass (padding included)")
     print(f"  shared / unshared time: {seconds['shared'] / seconds['unshared']:.3f}")
+    print(f"  kv-cache / unshared time: {seconds['kv-cache'] / seconds['unshared']:.3f}")
 
 
 if __name__ == "__main__":
