@@ -104,6 +104,7 @@ def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path
     }
     if arm.method == "dpo":
         cfg["rl_beta"] = r.rl_beta
+        cfg["deft_reference"] = r.reference
     if arm.select == "all":
         cfg["deft_filter"] = False
     else:

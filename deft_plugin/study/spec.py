@@ -36,6 +36,7 @@ class Recipe:
     lora_r: int = 16
     lora_alpha: int = 32
     score_batch_size: int = 8
+    reference: str = "scoring"  # DPO's reference (deft_reference): scoring (free) | model (TRL's)
 
 
 @dataclass

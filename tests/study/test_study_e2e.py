@@ -86,6 +86,7 @@ def test_arms_train_what_they_declare(study):
     configs = {name: yaml.safe_load((out / "arms" / name / "seed-0" / "axolotl.yaml").read_text()) for name in results}
     assert configs["dpo-random"]["deft_filter_select"] == "random" and configs["dpo-random"]["deft_reward_weight"] == 0
     assert configs["deft-dpo-top"]["deft_filter_select"] == "top" and configs["deft-dpo-top"]["deft_reward_weight"] == 1
+    assert configs["dpo-random"]["deft_reference"] == "scoring"  # the free reference unless the recipe says model
     top = results["deft-dpo-top"]["filter_report"]
     assert top["kept"] == math.ceil(0.25 * top["scored"])  # the top arm scored the pool through the plugin
     tokens = {int(k): v for k, v in json.loads((out / "data" / "pool_tokens.json").read_text()).items()}
