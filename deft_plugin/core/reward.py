@@ -100,12 +100,13 @@ def reward_and_logprob_from_hidden(
     dtype = work_dtype(hidden.dtype)
     reward = torch.empty(hidden.shape[0], dtype=dtype, device=hidden.device)
     logp = None if targets is None else torch.empty_like(reward)
+    q = q.to(dtype)
     for start in range(0, hidden.shape[0], chunk):
         logits = lm_head(hidden[start : start + chunk]).to(dtype)
-        reward[start : start + chunk] = torch.softmax(logits, dim=-1) @ q.to(dtype)
-        if logp is not None:
-            picked = logits.gather(1, targets[start : start + chunk, None]).squeeze(1)
-            logp[start : start + chunk] = picked - torch.logsumexp(logits, dim=-1)
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        if logp is not None:  # before the logits become probabilities in place
+            logp[start : start + chunk] = (logits.gather(1, targets[start : start + chunk, None]) - lse).squeeze(1)
+        reward[start : start + chunk] = logits.sub_(lse).exp_() @ q  # softmax from the same normaliser
     return reward, logp
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 
 import pytest
@@ -534,3 +535,19 @@ def test_random_subset_scores_only_the_rows_it_keeps(rows, tiny_tokenizer, sharp
     result = run_filter(rows, tiny_tokenizer, CountingLoader(sharp_model), settings, tmp_path / "b", progress=False)
     assert len(result.kept) == SCORED and set(result.logps) == set(result.kept)
     assert sum(map(len, count_batches)) == SCORED
+
+
+def test_backends_without_a_block_mask_score_each_prompt_per_reply(sharp_model, qdiff, tiny_tokenizer, caplog):
+    """Flash attention takes no 4D mask: the scorer says so once and runs the unshared pass."""
+    saved = sharp_model.config._attn_implementation
+    sharp_model.config._attn_implementation = "flash_attention_2"
+    try:
+        with caplog.at_level(logging.INFO, logger="axolotl.integrations.deft"):
+            scorer = make_scorer(sharp_model, qdiff, tiny_tokenizer, 4)
+    finally:
+        sharp_model.config._attn_implementation = saved
+    assert scorer.share_prompt is False
+    notes = [r.getMessage() for r in caplog.records if "block mask" in r.getMessage()]
+    assert notes == ["DEFT scoring: attention backend 'flash_attention_2' takes no block mask; "
+                     "each prompt runs once per reply"]
+    assert make_scorer(sharp_model, qdiff, tiny_tokenizer, 4).share_prompt is True  # SDPA takes it
