@@ -46,6 +46,11 @@ def pro_enabled(cfg) -> bool:
 
 
 class DEFTPlugin(BasePlugin):
+    # The last filter result of this process: Axolotl registers a fresh plugin instance each time a
+    # config is loaded, so the instance whose post_trainer_create runs may not be the one whose
+    # load_datasets ran (several configs loaded in one process).
+    latest_datasets: tuple | None = None  # (filter result, special token ids)
+
     def __init__(self):
         super().__init__()
         self.filter_result = None
@@ -90,6 +95,7 @@ class DEFTPlugin(BasePlugin):
         tokenizer = load_tokenizer(cfg)
         train, evaluation, steps, self.filter_result = load_deft_datasets(cfg, tokenizer)
         self.special_ids = list(tokenizer.all_special_ids)
+        DEFTPlugin.latest_datasets = (self.filter_result, self.special_ids)
         return TrainDatasetMeta(train_dataset=train, eval_dataset=evaluation, total_num_steps=steps)
 
     def get_trainer_cls(self, cfg):
@@ -117,6 +123,8 @@ class DEFTPlugin(BasePlugin):
     def post_trainer_create(self, cfg, trainer):
         if not deft_enabled(cfg):
             return
+        if self.filter_result is None and DEFTPlugin.latest_datasets is not None:
+            self.filter_result, self.special_ids = DEFTPlugin.latest_datasets
         if self.filter_result is None:
             raise RuntimeError("DEFT: no discrepancy distribution; load_datasets did not run for this config")
         qn, weight, form = self.filter_result.qdiff.qn, cfg.deft_reward_weight, cfg.deft_loss_form or "pair"

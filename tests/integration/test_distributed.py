@@ -154,7 +154,7 @@ def test_two_ranks_resume_a_single_process_run_killed_with_sigkill(tmp_path, sha
     launch(tmp_path, sharp_model_dir, rows_file, cache, world=1, die_after=3, expect_rc=-signal.SIGKILL)
     parts = sorted((cache / "parts").glob("part-*.json"))
     assert len(parts) == 3
-    done = {int(k) for p in parts for k in json.loads(p.read_text())}
+    done = {int(k) for p in parts for k in json.loads(p.read_text())["rows"]}
     assert len(done) == 3 * 4  # three batches of four
     assert not (cache / "scores.jsonl").exists() and not (cache / "report.json").exists()
     assert [p for p in cache.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"] == []
@@ -183,7 +183,7 @@ def test_two_ranks_on_ranked_lists_match_one_process_and_resume(tmp_path, sharp_
     assert {len(r) for r in single.rewards.values()} == {2, 3, 4}
     cache = tmp_path / "cache"
     launch(tmp_path, sharp_model_dir, path, cache, world=1, die_after=2, expect_rc=-signal.SIGKILL)
-    done_before = {int(k) for p in (cache / "parts").glob("part-*.json") for k in json.loads(p.read_text())}
+    done_before = {int(k) for p in (cache / "parts").glob("part-*.json") for k in json.loads(p.read_text())["rows"]}
     assert len(done_before) == 2 * SETTINGS["batch_size"]
     outs = launch(tmp_path, sharp_model_dir, path, cache)
     shards = [set(scored(out)) for out in outs]

@@ -55,7 +55,8 @@ def cache_parts(cache: Path) -> dict[str, set[int]]:
     """The pairs each writing process scored, by its pid."""
     writers: dict[str, set[int]] = {}
     for part in (cache / "parts").glob("part-*.json"):
-        writers.setdefault(part.name.split("-")[1], set()).update(int(k) for k in json.loads(part.read_text()))
+        rows = json.loads(part.read_text())["rows"]
+        writers.setdefault(part.name.split("-")[1], set()).update(int(k) for k in rows)
     return writers
 
 
