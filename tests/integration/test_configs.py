@@ -9,7 +9,6 @@ and WORLD_SIZE faked, the process group not created)."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from pathlib import Path
@@ -363,14 +362,13 @@ def test_deft_dpo_configures_its_trainer_and_the_free_reference(tiny_model_dir, 
     assert not cfg.precompute_ref_log_probs
 
 
-def test_liger_dpo_loss_is_replaced_by_the_chunked_loss(tiny_model_dir, hh_file, tmp_path, axolotl_process, caplog):
-    """dpo_use_liger_kernel is accepted: the DEFT trainer's own chunked loss takes its place, said once."""
+def test_liger_dpo_loss_is_replaced_by_the_chunked_loss(tiny_model_dir, hh_file, tmp_path, axolotl_process):
+    """dpo_use_liger_kernel is accepted: the DEFT trainer's own chunked loss takes its place (TRL's
+    Liger loss, which would replace the DEFT trainer's, is turned off)."""
     raw = _localised(CPU_CONFIG, tiny_model_dir, hh_file, tmp_path, {"dpo_use_liger_kernel": True})
-    with caplog.at_level(logging.INFO, logger="axolotl.integrations.deft"):
-        cfg = _load(raw, tmp_path, axolotl_process)
+    cfg = _load(raw, tmp_path, axolotl_process)
     assert cfg.dpo_use_liger_kernel is False
     assert cfg.trainer_cls == "deft_plugin.integration.dpo_trainer.DeftDPOTrainer"
-    assert sum("takes the place of the Liger" in r.getMessage() for r in caplog.records) == 1
 
 
 # (change to the PRO CPU config, text the error must contain)
