@@ -120,7 +120,8 @@ def alternate(modes: dict, repeats: int) -> dict[str, float]:
 # --------------------------------------------------------------------------- P2
 
 
-def axolotl_cfg(model_dir: str, data_file: Path, out: Path, plugin: bool, micro_batch: int, max_length: int):
+def axolotl_cfg(model_dir: str, data_file: Path, out: Path, plugin: bool, micro_batch: int, max_length: int,
+                extra: dict | None = None):
     from axolotl.cli.config import load_cfg
     from axolotl.utils.dict import DictDefault
 
@@ -131,25 +132,26 @@ def axolotl_cfg(model_dir: str, data_file: Path, out: Path, plugin: bool, micro_
            "output_dir": str(out), "dataset_prepared_path": str(data_file.parent / "prepared"),
            "save_strategy": "no",
            "bf16": False, "fp32": True, "device_map": "cpu", "seed": 0, "logging_steps": 1,
-           "plugins": ["deft_plugin.DEFTPlugin"], "deft_filter": False, "deft_reward_weight": 1.0}
+           "plugins": ["deft_plugin.DEFTPlugin"], "deft_filter": False, "deft_reward_weight": 1.0, **(extra or {})}
     if not plugin:  # plain DPO reads the same rows through Axolotl's own loader
         raw = {k: v for k, v in raw.items() if k != "plugins" and not k.startswith("deft_")}
     return load_cfg(DictDefault(raw))
 
 
-def build_trainers(model_dir, data_file, out: Path, micro_batch, max_length, which=("deft", "plain")):
+def build_trainers(model_dir, data_file, out: Path, micro_batch, max_length, which=("deft", "plain"),
+                   extra: dict | None = None):
     """Axolotl-built trainers on the same rows: the plugin's datasets (with the reference columns)
     serve both, so both see the same batches."""
     from axolotl.integrations.base import PluginManager
     from axolotl.train import setup_model_and_trainer
 
-    cfg = axolotl_cfg(model_dir, data_file, out / "deft", True, micro_batch, max_length)
+    cfg = axolotl_cfg(model_dir, data_file, out / "deft", True, micro_batch, max_length, extra)
     meta = PluginManager.get_instance().load_datasets(cfg, preprocess=False)
     trainers = {}
     if "deft" in which:
         trainers["deft"] = setup_model_and_trainer(cfg, meta)[0]
     if "plain" in which:
-        plain_cfg = axolotl_cfg(model_dir, data_file, out / "plain", False, micro_batch, max_length)
+        plain_cfg = axolotl_cfg(model_dir, data_file, out / "plain", False, micro_batch, max_length, extra)
         trainers["plain"] = setup_model_and_trainer(plain_cfg, meta)[0]
     for t in trainers.values():
         t.model.train()

@@ -65,3 +65,38 @@ def pro_rank_loss(scores: torch.Tensor, mask: torch.Tensor, rewards: torch.Tenso
 def pro_sft_loss(nll_best: torch.Tensor, n: torch.Tensor, weight: float) -> torch.Tensor:
     """PRO's SFT term: mean_batch[ weight * (n - 1)^2 * NLL(y1) ], NLL summed over tokens."""
     return (weight * (n.to(nll_best.dtype) - 1) ** 2 * nll_best).mean()
+
+
+# TRL's DPO loss types that the plugin's chunked DPO loss computes (dpo_loss_type); others are refused.
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
+
+
+def dpo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float,
+             loss_types: list[str] | tuple[str, ...] = ("sigmoid",), loss_weights: list[float] | None = None,
+             chosen_lengths: torch.Tensor | None = None, rejected_lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """TRL's DPO loss from the log-ratios log pi(y) - log pi_ref(y) of each pair, the weighted sum
+    over loss types of their batch means:
+
+        sigmoid  -log sigmoid(beta * d)            d = chosen - rejected log-ratio
+        hinge    relu(1 - beta * d)
+        ipo      (d_len - 1 / (2 beta))^2          d_len: each log-ratio divided by its reply length
+
+    The lengths (reply tokens per sequence) are needed for ipo only."""
+    weights = loss_weights if loss_weights is not None else [1.0] * len(loss_types)
+    delta = chosen_logratios - rejected_logratios
+    total = delta.new_zeros(())
+    for loss_type, weight in zip(loss_types, weights, strict=True):
+        if loss_type == "sigmoid":
+            per_pair = -torch.nn.functional.logsigmoid(beta * delta)
+        elif loss_type == "hinge":
+            per_pair = torch.relu(1 - beta * delta)
+        elif loss_type == "ipo":
+            if chosen_lengths is None or rejected_lengths is None:
+                raise ValueError("the ipo loss needs the reply lengths")
+            per_token = (chosen_logratios / chosen_lengths.clamp_min(1).to(delta.dtype)
+                         - rejected_logratios / rejected_lengths.clamp_min(1).to(delta.dtype))
+            per_pair = (per_token - 1 / (2 * beta)) ** 2
+        else:
+            raise ValueError(f"dpo_loss_type: {loss_type!r} is not one of {', '.join(DPO_LOSS_TYPES)}")
+        total = total + per_pair.mean() * weight
+    return total

@@ -141,22 +141,35 @@ def check_dataset_types(data: dict, method: str) -> None:
 
 
 def check_dpo(data: dict, rl) -> None:
-    # The DEFT trainer reads the logits of TRL's forward at every step (the loss term, and the
-    # deft/* metrics even at deft_reward_weight: 0); TRL's Liger DPO loss never materialises them.
-    if data.get("dpo_use_liger_kernel"):
-        raise ValueError("dpo_use_liger_kernel cannot be combined with the DEFT plugin: its DPO trainer needs the "
-                         "logits (the DEFT term and its metrics, even at deft_reward_weight: 0), which the Liger "
-                         "DPO loss never materialises; set dpo_use_liger_kernel: false")
     if rl != "dpo":
         raise ValueError(f"rl: DEFT-DPO runs with rl: dpo (got rl: {rl!r}); for DEFT-PRO set deft_method: pro "
                          "and leave rl unset")
+    check_dpo_loss(data)
     if (data.get("deft_reference") or "scoring") == "scoring":
         check_scoring_reference(data)
 
 
+def check_dpo_loss(data: dict) -> None:
+    """The plugin computes the DPO loss itself, from the hidden states in chunks
+    (integration/dpo_trainer.py): the loss types it knows, without TRL's variants that need the
+    full logits or a packed batch. dpo_use_liger_kernel is accepted: the plugin's chunked path
+    takes its place (plugin.register turns TRL's off)."""
+    from deft_plugin.core.losses import DPO_LOSS_TYPES
+
+    for loss_type in data.get("dpo_loss_type") or []:
+        if loss_type not in DPO_LOSS_TYPES:
+            raise ValueError(f"dpo_loss_type: {loss_type!r} is not computed by the DEFT-DPO loss; "
+                             f"use one of {', '.join(DPO_LOSS_TYPES)}")
+    refused = {"dpo_use_weighting": "weights pairs by a function of the full logits (WPO)",
+               "dpo_padding_free": "packs chosen and rejected rows into one sequence",
+               "rl_adapter_ref_model": "loads a second adapter as the reference"}
+    for key, what in refused.items():
+        if data.get(key):
+            raise ValueError(f"{key}: {what}, which the DEFT-DPO loss does not support; remove {key}")
+
+
 # Keys that ask for a reference the scoring pass does not give: a reference model kept and run.
 REFERENCE_MODEL_KEYS = {
-    "rl_adapter_ref_model": "loads a separate reference model for the adapter",
     "dpo_ld_alpha": "weights the reference log-probabilities by length (LD-DPO)",
     "sync_ref_model": "updates the reference model during training",
 }

@@ -1,9 +1,13 @@
-"""DEFT-DPO: Axolotl's DPO trainer with the distribution-reward term added to the loss.
+"""DEFT-DPO: Axolotl's DPO trainer with its loss computed by the plugin, from the decoder's
+hidden states and the LM head in chunks (core/head_pass.py): per sequence the summed reply
+log-probabilities and the distribution reward in one pass, then TRL's DPO loss (the loss types
+in core.losses.DPO_LOSS_TYPES) minus lambda times the DEFT term. No [batch, time, vocab] logits
+tensor is built, in training, in evaluation or for the reference.
 
-The public `compute_loss` adds the term: TRL computes the DPO loss and returns the outputs of
-the same forward pass, whose logits (chosen rows, then rejected rows) give the distribution
-rewards. `_precompute_ref_logps` returns a dataset that already carries the reference
-log-probabilities from the scoring pass unchanged (integration/reference.py).
+The reference log-probabilities come from the batch when they were precomputed (the scoring
+pass, `deft_reference: scoring`; or TRL's precompute) and otherwise from the same head pass on
+the reference model (or, for an adapter, the model with the adapter disabled): the public
+`compute_ref_log_probs`, which TRL's own precompute calls too.
 
 Axolotl constructs this class itself: the plugin sets `trainer_cls` in `register`, which
 Axolotl's RL builder honours with the model arguments DPO needs (a plugin's `get_trainer_cls`
@@ -12,13 +16,25 @@ reference in its constructor."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from axolotl.core.trainers.dpo.trainer import AxolotlDPOTrainer
 
 from deft_plugin.core.chunked import next_tokens, shift_completion_mask, without_special
-from deft_plugin.core.losses import deft_dpo_term
-from deft_plugin.core.reward import distribution_reward
-from deft_plugin.integration.reference import has_reference
+from deft_plugin.core.head_pass import SequenceHeadResult, sequence_head_pass
+from deft_plugin.core.losses import deft_dpo_term, dpo_loss
+from deft_plugin.integration.reference import REFERENCE_COLUMNS, has_reference
+
+# Batch keys that are not model inputs (TRL's collator adds them beside input_ids / attention_mask).
+NON_MODEL_KEYS = {"completion_mask", *REFERENCE_COLUMNS}
+
+
+def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The decoder (hidden states, no LM head) and the LM head of a causal LM, through a PEFT
+    wrapper if there is one (its adapter layers sit inside both)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.base_model, inner.get_output_embeddings()
 
 
 class DeftDPOLossMixin:
@@ -33,31 +49,87 @@ class DeftDPOLossMixin:
         self.deft_loss_form = loss_form
         self.deft_special_ids = tuple(special_ids)
 
-    def _deft_prediction_mask(self, inputs) -> torch.Tensor:
-        pred = shift_completion_mask(inputs["completion_mask"])
-        return without_special(pred, next_tokens(inputs["input_ids"]), self.deft_special_ids)
+    def _head_pass(self, model, inputs, q: torch.Tensor | None) -> SequenceHeadResult:
+        """One decoder forward and the chunked head pass over the reply positions of a batch
+        (chosen rows, then rejected rows)."""
+        model_kwargs = {k: v for k, v in inputs.items() if k not in NON_MODEL_KEYS}
+        decoder, head = decoder_and_head(self.accelerator.unwrap_model(model))
+        hidden = decoder(**model_kwargs, use_cache=False).last_hidden_state
+        targets = next_tokens(inputs["input_ids"])
+        logp_mask = shift_completion_mask(inputs["completion_mask"])  # TRL's: every reply token, special ones too
+        reward_mask = None if q is None else without_special(logp_mask, targets, self.deft_special_ids)
+        return sequence_head_pass(hidden, head, targets, logp_mask, reward_mask, q)
+
+    def compute_ref_log_probs(self, model, inputs):
+        """The reference's summed reply log-probabilities (chosen, rejected) for a batch, by the
+        head pass. `model` is the reference model, or (no reference model: an adapter run) the
+        model, whose adapter is disabled for the pass, as TRL does."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        if getattr(self, "ref_model", None) is not None:
+            adapter_off = nullcontext()
+        elif hasattr(unwrapped, "disable_adapter"):
+            adapter_off = unwrapped.disable_adapter()
+        else:
+            raise RuntimeError("DEFT-DPO: no reference model and no adapter to disable; the reference "
+                               "log-probabilities must come precomputed (deft_reference: scoring)")
+        with torch.no_grad(), adapter_off:
+            return self._head_pass(model, inputs, None).logps.chunk(2)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.deft_qn is None:
             raise RuntimeError("DEFT loss attached without a discrepancy distribution (configure_deft not called)")
-        pred = self._deft_prediction_mask(inputs)
-        dpo_loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                                 num_items_in_batch=num_items_in_batch)
-        loss, weight = dpo_loss, self.deft_reward_weight
-        with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
-            rewards = distribution_reward(outputs.logits, self.deft_qn, pred)
-            r_chosen, r_rejected = rewards.chunk(2)
-            term = deft_dpo_term(r_chosen, r_rejected, self.deft_loss_form)
-        if weight > 0:
-            loss = loss - weight * term.to(loss.dtype)
+        if return_outputs:
+            raise RuntimeError("DEFT-DPO computes its loss without the logits; there are no outputs to return")
+        weight = self.deft_reward_weight
+        policy = self._head_pass(model, inputs, self.deft_qn)
+        if all(k in inputs for k in REFERENCE_COLUMNS):
+            ref_chosen, ref_rejected = (inputs[k].to(policy.logps.dtype) for k in REFERENCE_COLUMNS)
+        else:
+            reference = self.ref_model if self.ref_model is not None else model
+            ref_chosen, ref_rejected = self.compute_ref_log_probs(reference, inputs)
+        chosen_logps, rejected_logps = policy.logps.chunk(2)
+        chosen_len, rejected_len = policy.lengths.chunk(2)
+        chosen_ratio, rejected_ratio = chosen_logps - ref_chosen, rejected_logps - ref_rejected
+        args = self.args
+        dpo = dpo_loss(chosen_ratio, rejected_ratio, args.beta, args.loss_type, args.loss_weights,
+                       chosen_len, rejected_len)
+        r_chosen, r_rejected = policy.rewards.chunk(2)
+        term = deft_dpo_term(r_chosen, r_rejected, self.deft_loss_form)
+        loss = dpo - weight * term if weight > 0 else dpo
+        self._log_dpo_metrics(inputs, args.beta, chosen_ratio, rejected_ratio, chosen_logps, rejected_logps)
+        self._log_deft_metrics(dpo, r_chosen, r_rejected, term)
+        return loss
+
+    def _log_dpo_metrics(self, inputs, beta, chosen_ratio, rejected_ratio, chosen_logps, rejected_logps) -> None:
+        """TRL's DPO metric names and definitions (implicit rewards are beta times the log-ratios)."""
+        mode = "train" if self.model.training else "eval"
+        gather = self.accelerator.gather_for_metrics
+        chosen_rewards, rejected_rewards = beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+        values = {"rewards/chosen": chosen_rewards, "rewards/rejected": rejected_rewards,
+                  "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+                  "rewards/margins": chosen_rewards - rejected_rewards,
+                  "logps/chosen": chosen_logps.detach(), "logps/rejected": rejected_logps.detach()}
+        for key, value in values.items():
+            self._metrics[mode][key].append(gather(value).mean().item())
+        if mode == "train" and hasattr(self, "_total_train_tokens"):
+            self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item()
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+    def _log_deft_metrics(self, dpo, r_chosen, r_rejected, term) -> None:
         mode = "train" if self.model.training else "eval"
         gather = self.accelerator.gather_for_metrics
         # the plain DPO loss beside the total, to compare with a plain run's loss curve
-        self._metrics[mode]["deft/dpo_loss"].append(gather(dpo_loss.detach().reshape(1)).mean().item())
-        self._metrics[mode]["deft/reward_chosen"].append(gather(r_chosen.detach()).mean().item())
-        self._metrics[mode]["deft/reward_rejected"].append(gather(r_rejected.detach()).mean().item())
-        self._metrics[mode]["deft/term"].append(gather(term.detach().reshape(1)).mean().item())
-        return (loss, outputs) if return_outputs else loss
+        values = {"deft/dpo_loss": dpo.reshape(1), "deft/reward_chosen": r_chosen, "deft/reward_rejected": r_rejected,
+                  "deft/term": term.reshape(1)}
+        for key, value in values.items():
+            self._metrics[mode][key].append(gather(value.detach()).mean().item())
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # The loss only: this trainer has no logits to return as predictions.
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
 
 
 class DeftDPOTrainer(DeftDPOLossMixin, AxolotlDPOTrainer):

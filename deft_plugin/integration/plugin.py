@@ -61,7 +61,8 @@ class DEFTPlugin(BasePlugin):
 
     def register(self, cfg):
         """DEFT-DPO: Axolotl constructs the DEFT trainer itself (`trainer_cls`, which keeps the
-        model arguments), so that TRL's constructor already runs the DEFT class; with the scoring
+        model arguments), so that TRL's constructor already runs the DEFT class, whose chunked loss
+        also stands in for `dpo_use_liger_kernel`; with the scoring
         pass as DPO's reference, TRL takes precomputed reference log-probabilities and Axolotl
         loads no reference model."""
         rl = cfg.get("rl")
@@ -79,6 +80,12 @@ class DEFTPlugin(BasePlugin):
                                  f"{DPO_TRAINER_CLS} (or a subclass of it): remove trainer_cls or subclass it")
         else:
             cfg["trainer_cls"] = DPO_TRAINER_CLS
+        if cfg.get("dpo_use_liger_kernel"):
+            # TRL's fused Liger loss would replace the loss the DEFT trainer computes; the trainer's own
+            # chunked pass already avoids the full logits.
+            LOG.info("DEFT: dpo_use_liger_kernel: the DEFT-DPO trainer's chunked loss takes the place of the Liger "
+                     "DPO loss (no full logits either way)")
+            cfg["dpo_use_liger_kernel"] = False
         if scoring_reference(cfg):
             if cfg.get("precompute_ref_log_probs") is None:  # an explicit false is refused by validation, by name
                 cfg["precompute_ref_log_probs"] = True

@@ -1,6 +1,7 @@
 """DEFT-PRO: the PRO listwise ranking loss with the DEFT term, on Axolotl's causal trainer.
 
-One forward pass over the flattened (prompt, candidate) sequences gives, per candidate,
+One decoder pass over the flattened (prompt, candidate) sequences and the chunked head pass
+over the candidates' reply positions (core/head_pass.py, no full logits) give, per candidate,
 the length-normalised log-probability s (PRO's score), the summed NLL of the best
 candidate (PRO's SFT term) and the distribution reward R (the DEFT term):
 
@@ -15,10 +16,10 @@ import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 
 from deft_plugin.core.chunked import next_tokens, without_special
-from deft_plugin.core.logprobs import sequence_logprobs
+from deft_plugin.core.head_pass import sequence_head_pass
 from deft_plugin.core.losses import DEFAULT_PRO_SFT_WEIGHT, deft_ranking_term, mean_of_rest, pro_rank_loss, pro_sft_loss
-from deft_plugin.core.reward import distribution_reward
 from deft_plugin.integration.collator import IGNORE_INDEX, PRO_COLUMNS
+from deft_plugin.integration.dpo_trainer import decoder_and_head
 
 
 def _by_row(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -55,29 +56,31 @@ class DeftPROTrainer(AxolotlTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.deft_qn is None:
             raise RuntimeError("DEFT-PRO trainer without a discrepancy distribution (configure_deft not called)")
+        if return_outputs:
+            raise RuntimeError("DEFT-PRO computes its loss without the logits; there are no outputs to return")
         labels, sizes = inputs["labels"], inputs["group_sizes"]
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-        logits = outputs.logits
+        decoder, head = decoder_and_head(self.accelerator.unwrap_model(model))
+        hidden = decoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                         use_cache=False).last_hidden_state
         targets = next_tokens(labels.clamp_min(0))
         pred = next_tokens(labels, IGNORE_INDEX) != IGNORE_INDEX
 
-        logp_sums = sequence_logprobs(logits, targets, pred)
-        scores = logp_sums / pred.sum(1).clamp_min(1)
+        weight = self.deft_reward_weight
+        passed = sequence_head_pass(hidden, head, targets, pred, without_special(pred, targets, self.deft_special_ids),
+                                    self.deft_qn)
+        scores = passed.logps / passed.lengths.clamp_min(1)
         mask = torch.arange(int(sizes.max()), device=sizes.device)[None, :] < sizes[:, None]
         first = torch.cumsum(sizes, 0) - sizes
         rank_loss = pro_rank_loss(_by_row(scores, mask), mask, inputs["rewards"].to(scores.dtype))
-        sft_loss = pro_sft_loss(-logp_sums[first], sizes, self.pro_sft_weight)
+        sft_loss = pro_sft_loss(-passed.logps[first], sizes, self.pro_sft_weight)
 
-        weight = self.deft_reward_weight
-        reward_mask = without_special(pred, targets, self.deft_special_ids)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
-            rewards = _by_row(distribution_reward(logits, self.deft_qn, reward_mask), mask)
-            term = deft_ranking_term(rewards, mask, self.deft_loss_form)
+        rewards = _by_row(passed.rewards, mask)
+        term = deft_ranking_term(rewards, mask, self.deft_loss_form)
         loss = rank_loss + sft_loss
         if weight > 0:
             loss = loss - weight * term
         self._log_metrics(rank_loss, sft_loss, term, rewards, mask)
-        return (loss, outputs) if return_outputs else loss
+        return loss
 
     def _log_metrics(self, rank_loss, sft_loss, term, rewards, mask) -> None:
         # pro/loss: the plain PRO loss beside the total, to compare with a plain run's loss curve

@@ -1,4 +1,4 @@
-"""PRO's listwise ranking loss and SFT term, and the DEFT ranking term, against values
+"""PRO's listwise ranking loss and SFT term, the DEFT ranking term and TRL's DPO loss types, against values
 worked out by hand with plain `math`."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from deft_plugin.core.losses import LOSS_FORMS, deft_dpo_term, deft_ranking_term, pro_rank_loss, pro_sft_loss
+from deft_plugin.core.losses import LOSS_FORMS, deft_dpo_term, deft_ranking_term, dpo_loss, pro_rank_loss, pro_sft_loss
 
 NAN = float("nan")
 
@@ -265,3 +265,32 @@ def test_deft_dpo_term_forms():
         assert deft_dpo_term(torch.ones(2), torch.zeros(2), form).item() == 1.0
     with pytest.raises(ValueError, match="deft_loss_form.*'listwise'"):
         deft_dpo_term(torch.zeros(2), torch.zeros(2), "listwise")
+
+
+# ----------------------------------------------------------------------------- DPO (TRL's loss types)
+
+
+def test_dpo_loss_types_by_hand():
+    chosen, rejected = torch.tensor([0.4, -1.0], dtype=torch.float64), torch.tensor([-0.6, 2.0], dtype=torch.float64)
+    lengths_c, lengths_r = torch.tensor([4, 10]), torch.tensor([5, 1])
+    beta = 0.1
+    d = [1.0, -3.0]
+    sigmoid = sum(math.log1p(math.exp(-beta * x)) for x in d) / 2
+    hinge = sum(max(0.0, 1 - beta * x) for x in d) / 2
+    ipo = ((0.4 / 4 + 0.6 / 5 - 5) ** 2 + (-1.0 / 10 - 2.0 / 1 - 5) ** 2) / 2
+    assert dpo_loss(chosen, rejected, beta).item() == pytest.approx(sigmoid, rel=1e-12)
+    assert dpo_loss(chosen, rejected, beta, ["hinge"]).item() == pytest.approx(hinge, rel=1e-12)
+    assert dpo_loss(chosen, rejected, beta, ["ipo"], None, lengths_c, lengths_r).item() == pytest.approx(ipo, rel=1e-12)
+    mixed = dpo_loss(chosen, rejected, beta, ["sigmoid", "hinge", "ipo"], [1.0, 0.5, 0.01], lengths_c, lengths_r)
+    assert mixed.item() == pytest.approx(sigmoid + 0.5 * hinge + 0.01 * ipo, rel=1e-12)
+
+
+def test_dpo_loss_at_the_start_is_ln2_and_refuses_unknown_types():
+    zero = torch.zeros(3)
+    assert dpo_loss(zero, zero, 0.1).item() == pytest.approx(math.log(2))
+    with pytest.raises(ValueError, match="dpo_loss_type: 'robust'"):
+        dpo_loss(zero, zero, 0.1, ["robust"])
+    with pytest.raises(ValueError, match="lengths"):
+        dpo_loss(zero, zero, 0.1, ["ipo"])
+    with pytest.raises(ValueError):
+        dpo_loss(zero, zero, 0.1, ["sigmoid", "hinge"], [1.0])  # one weight per type

@@ -322,9 +322,12 @@ BAD = [
     pytest.param({"deft_loss_form": "sum"}, "deft_loss_form", id="loss-form-sum"),
     pytest.param({"deft_score_dtype": "int8"}, "deft_score_dtype", id="score-dtype-int8"),
     pytest.param({"deft_score_batch_size": 0}, "deft_score_batch_size", id="score-batch-0"),
-    pytest.param({"dpo_use_liger_kernel": True}, "dpo_use_liger_kernel", id="liger"),
-    pytest.param({"dpo_use_liger_kernel": True, "deft_reward_weight": 0}, "dpo_use_liger_kernel",
-                 id="liger-weight-0"),
+    pytest.param({"dpo_loss_type": ["robust"]}, "dpo_loss_type", id="loss-type-robust"),
+    pytest.param({"dpo_loss_type": ["sigmoid", "bco_pair"], "dpo_loss_weights": [1.0, 1.0]}, "dpo_loss_type",
+                 id="loss-type-mixed"),
+    pytest.param({"dpo_use_weighting": True}, "dpo_use_weighting", id="wpo-weighting"),
+    pytest.param({"dpo_padding_free": True}, "dpo_padding_free", id="padding-free"),
+    pytest.param({"rl_adapter_ref_model": True}, "rl_adapter_ref_model", id="ref-adapter"),
     pytest.param({"datasets": [{"path": "x.jsonl", "type": "deft.nope"}]}, "datasets[0].type",
                  id="unknown-format"),
     pytest.param({"rl": "kto"}, "rl", id="rl-kto"),
@@ -357,6 +360,15 @@ def test_deft_dpo_configures_its_trainer_and_the_free_reference(tiny_model_dir, 
                 axolotl_process)
     assert cfg.trainer_cls == "deft_plugin.integration.dpo_trainer.DeftDPOTrainer"
     assert not cfg.precompute_ref_log_probs
+
+
+def test_liger_dpo_loss_is_replaced_by_the_chunked_loss(tiny_model_dir, hh_file, tmp_path, axolotl_process):
+    """dpo_use_liger_kernel is accepted: the DEFT trainer's own chunked loss takes its place (TRL's
+    Liger loss, which would replace the DEFT trainer's, is turned off)."""
+    raw = _localised(CPU_CONFIG, tiny_model_dir, hh_file, tmp_path, {"dpo_use_liger_kernel": True})
+    cfg = _load(raw, tmp_path, axolotl_process)
+    assert cfg.dpo_use_liger_kernel is False
+    assert cfg.trainer_cls == "deft_plugin.integration.dpo_trainer.DeftDPOTrainer"
 
 
 # (change to the PRO CPU config, text the error must contain)
