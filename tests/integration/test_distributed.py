@@ -131,7 +131,7 @@ def test_two_ranks_split_the_scoring_and_agree(tmp_path, sharp_model_dir, rows_f
     parts = sorted((cache / "parts").glob("part-*.json"))
     writers = {p.name.split("-")[1] for p in parts}
     assert writers == {str(out["pid"]) for out in outs}
-    indices = [int(k) for p in parts for k in json.loads(p.read_text())]
+    indices = [int(k) for p in parts for k in json.loads(p.read_text())["rows"]]
     assert sorted(indices) == sorted(single.scores)
     report = json.loads((cache / "report.json").read_text())
     assert (report["rows"], report["scored"], report["kept"]) == (HH_PAIRS, SCORED, KEPT)
