@@ -37,21 +37,17 @@ def extra_keys(adapter: str) -> dict:
     return LORA if adapter == "lora" else {}
 
 
-def rss_kib(field: str) -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith(field)).split()[1])
-
-
 def step_memory_child(args) -> None:
     """In a fresh process: one mode's trainer, then three steps; prints the peaks in bytes."""
     trainer = fr.build_trainers(args.model, Path(args.data_file), Path(tempfile.mkdtemp()), args.micro_batch,
                                 args.max_length, which=(args.child,), extra=extra_keys(args.adapter))[args.child]
     batch = next(iter(trainer.get_train_dataloader()))
-    built = rss_kib("VmRSS")
+    built = fr.status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS from here on
     for _ in range(3):
         fr.one_step(trainer, batch)
-    print(json.dumps({"step_peak": (rss_kib("VmHWM") - built) * 1024, "total_peak": rss_kib("VmHWM") * 1024}))
+    peak = fr.status_kib("VmHWM")
+    print(json.dumps({"step_peak": (peak - built) * 1024, "total_peak": peak * 1024}))
 
 
 def memory(args, data_file: Path) -> dict[str, dict[str, int]]:
@@ -131,11 +127,7 @@ def main(argv=None) -> None:
     seconds, tokens, reply_tokens = step_times(args, data_file)
     print("P2m: peak memory", flush=True)
     peaks = memory(args, data_file)
-    text = report(args, seconds, peaks, tokens, reply_tokens)
-    print(text)
-    if args.results:
-        with open(args.results, "a") as f:
-            f.write("\n" + text)
+    fr.append_results(args.results, report(args, seconds, peaks, tokens, reply_tokens))
 
 
 if __name__ == "__main__":

@@ -194,9 +194,7 @@ def peak_rss_child(args) -> None:
     batch = next(iter(trainer.get_train_dataloader()))
     for _ in range(3):
         one_step(trainer, batch)
-    status = Path("/proc/self/status").read_text()
-    kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
-    print(json.dumps({"peak_rss": kib * 1024}))
+    print(json.dumps({"peak_rss": status_kib("VmHWM") * 1024}))
 
 
 def p2_memory(args, data_file: Path) -> dict[str, int]:
@@ -211,6 +209,20 @@ def p2_memory(args, data_file: Path) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- report
+
+
+def status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB (VmRSS, VmHWM: the peak resident set)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith(field)).split()[1])
+
+
+def append_results(path: str | None, text: str) -> None:
+    """Print the figures, and append them to a Markdown results file when one is given."""
+    print(text)
+    if path:
+        with open(path, "a") as f:
+            f.write("\n" + text + "\n")
 
 
 def report_p1(args, pairs, p1_s, tokens) -> str:
@@ -284,12 +296,7 @@ def main(argv=None) -> None:
     p1_s = p1(args, model, tokenizer, rows, encoded)
     del model
     if args.p1_only:
-        text = report_p1(args, len(encoded), p1_s, tokens)
-        print(text)
-        if args.results:
-            with open(args.results, "a") as f:
-                f.write("\n" + text + "\n")
-        return
+        return append_results(args.results, report_p1(args, len(encoded), p1_s, tokens))
     work = Path(tempfile.mkdtemp())
     data_file = work / "pairs.jsonl"
     data_file.write_text("".join(json.dumps(r) + "\n" for r in raw[: 4 * args.micro_batch]))
@@ -297,11 +304,7 @@ def main(argv=None) -> None:
     p2_s = p2_time(args, data_file, work)
     print("P2: peak memory", flush=True)
     peaks = p2_memory(args, data_file)
-    text = report(args, len(encoded), p1_s, p2_s, peaks, tokens)
-    print(text)
-    if args.results:
-        with open(args.results, "a") as f:
-            f.write("\n" + text)
+    append_results(args.results, report(args, len(encoded), p1_s, p2_s, peaks, tokens))
 
 
 if __name__ == "__main__":
