@@ -11,8 +11,16 @@ the total peak (VmHWM, models included) is reported beside it. With full fine-tu
 holds a reference copy of the model; with LoRA neither holds one, so the LoRA figures isolate
 what the full logits cost.
 
+With --large-vocab the model is a random one with SmolLM2's tokenizer and vocabulary (49,152)
+on a short hidden size (64, 2 layers): the logits are then most of a step's memory, which is
+where the chunked pass is meant to pay off (this stands in for a peak-memory test: RSS deltas
+in a test process are not stable enough to assert a ratio on). --gradient-checkpointing turns
+on Axolotl's `gradient_checkpointing`, as long-sequence runs of large models do, so the decoder's
+activations shrink and the logits weigh more.
+
     python benchmarks/chunked_loss.py --adapter lora --results benchmarks/RESULTS.md
-    python benchmarks/chunked_loss.py --adapter full --max-length 512 --micro-batch 4
+    python benchmarks/chunked_loss.py --adapter full --gradient-checkpointing --micro-batch 4
+    python benchmarks/chunked_loss.py --adapter full --large-vocab --micro-batch 4
 """
 
 from __future__ import annotations
@@ -33,14 +41,32 @@ import free_reference as fr  # noqa: E402
 LORA = {"adapter": "lora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "lora_target_linear": True}
 
 
-def extra_keys(adapter: str) -> dict:
-    return LORA if adapter == "lora" else {}
+def extra_keys(args) -> dict:
+    return {**(LORA if args.adapter == "lora" else {}),
+            **({"gradient_checkpointing": True} if args.gradient_checkpointing else {})}
+
+
+def large_vocab_model(out: Path) -> Path:
+    """A random model with SmolLM2's tokenizer and vocabulary on a short hidden size."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from deft_plugin.cli.smollm2 import ensure_smollm2
+
+    source = ensure_smollm2()
+    config = AutoConfig.from_pretrained(source)
+    config.update({"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "num_key_value_heads": 1, "head_dim": 16})
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return out
 
 
 def step_memory_child(args) -> None:
     """In a fresh process: one mode's trainer, then three steps; prints the peaks in bytes."""
     trainer = fr.build_trainers(args.model, Path(args.data_file), Path(tempfile.mkdtemp()), args.micro_batch,
-                                args.max_length, which=(args.child,), extra=extra_keys(args.adapter))[args.child]
+                                args.max_length, which=(args.child,), extra=extra_keys(args))[args.child]
     batch = next(iter(trainer.get_train_dataloader()))
     built = fr.status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS from here on
@@ -55,7 +81,8 @@ def memory(args, data_file: Path) -> dict[str, dict[str, int]]:
     for mode in ("deft", "plain"):
         out = subprocess.run([sys.executable, __file__, "--child", mode, "--data-file", str(data_file),
                               "--model", args.model, "--micro-batch", str(args.micro_batch),
-                              "--max-length", str(args.max_length), "--adapter", args.adapter],
+                              "--max-length", str(args.max_length), "--adapter", args.adapter]
+                             + (["--gradient-checkpointing"] if args.gradient_checkpointing else []),
                              capture_output=True, text=True, check=True)
         peaks[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     return peaks
@@ -64,7 +91,7 @@ def memory(args, data_file: Path) -> dict[str, dict[str, int]]:
 def step_times(args, data_file: Path) -> tuple[dict[str, float], int, int]:
     """(median step seconds per mode, tokens in the batch, reply tokens in the batch)."""
     trainers = fr.build_trainers(args.model, data_file, Path(tempfile.mkdtemp()), args.micro_batch,
-                                 args.max_length, extra=extra_keys(args.adapter))
+                                 args.max_length, extra=extra_keys(args))
     batch = next(iter(trainers["deft"].get_train_dataloader()))
     modes = {"deft": lambda: fr.one_step(trainers["deft"], batch),
              "deft, weight 0": lambda: fr.weightless_step(trainers["deft"], batch),
@@ -79,9 +106,13 @@ def report(args, seconds, peaks, tokens, reply_tokens) -> str:
     import trl
 
     mib = 2**20
+    checkpointing = ", gradient checkpointing" if args.gradient_checkpointing else ""
+    model = ("a random model with SmolLM2's tokenizer (vocabulary 49,152, hidden 64, 2 layers)" if args.large_vocab
+             else "SmolLM2-135M-Instruct (vocabulary 49,152)")
     lines = [f"## chunked_loss.py (P2m), {time.strftime('%Y-%m-%d %H:%M')}", "",
-             f"SmolLM2-135M-Instruct (vocabulary 49,152), {platform.machine()} CPU ({os.cpu_count()} cores), fp32, "
-             f"TRL {trl.__version__}, transformers {transformers.__version__}; {args.adapter} fine-tuning, micro "
+             f"{model}, {platform.machine()} CPU ({os.cpu_count()} cores), fp32, "
+             f"TRL {trl.__version__}, transformers {transformers.__version__}; {args.adapter} "
+             f"fine-tuning{checkpointing}, micro "
              f"batch {args.micro_batch} pairs of real HH-RLHF harmless-base rows, sequence {args.max_length} "
              f"({tokens} tokens in the batch, {reply_tokens} of them reply tokens); median of {args.repeats} "
              "repeats, modes alternating; memory in a fresh process per mode.", "",
@@ -106,6 +137,8 @@ def main(argv=None) -> None:
     p.add_argument("--micro-batch", type=int, default=2)
     p.add_argument("--max-length", type=int, default=384)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--large-vocab", action="store_true", help="a random short-hidden model with SmolLM2's vocabulary")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="Axolotl's gradient_checkpointing: true")
     p.add_argument("--results", default=None, help="append the figures to this Markdown file")
     p.add_argument("--child", choices=("deft", "plain"), help=argparse.SUPPRESS)
     p.add_argument("--data-file", help=argparse.SUPPRESS)
@@ -118,8 +151,8 @@ def main(argv=None) -> None:
     from deft_plugin.cli.smollm2 import ensure_smollm2
     from deft_plugin.data.sources import load_rows
 
-    args.model = args.model or str(ensure_smollm2())
     work = Path(tempfile.mkdtemp())
+    args.model = args.model or str(large_vocab_model(work / "model") if args.large_vocab else ensure_smollm2())
     data_file = work / "pairs.jsonl"
     raw = [dict(r) for r in load_rows(args.data)][: 4 * args.micro_batch]
     data_file.write_text("".join(json.dumps(r) + "\n" for r in raw))

@@ -1,6 +1,5 @@
 """What every chunked vocabulary computation shares: how many positions one chunk holds, the
-dtype the work runs in, the flat rows of the positions that count, per-sequence sums, and the
-masks of the positions that predict reply tokens.
+dtype the work runs in, per-sequence sums of per-position values, and the masks of the positions that predict reply tokens.
 
 A position t of a [batch, time] sequence *predicts* the token at t + 1: the masks here are over
 predicting positions, the targets are the next tokens."""
@@ -24,16 +23,10 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def masked_rows(logits: torch.Tensor, prediction_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[batch * time, vocab] view of the logits and the flat indices of the masked positions."""
-    batch, time, vocab = logits.shape
-    rows = prediction_mask.reshape(-1).bool().nonzero().squeeze(1)
-    return logits.reshape(batch * time, vocab), rows  # a view for the contiguous tensors models return
-
-
 def sum_per_sequence(per_row: torch.Tensor, rows: torch.Tensor, batch: int, time: int) -> torch.Tensor:
-    """Per-position values at flat indices `rows` summed into one value per sequence."""
-    return torch.zeros(batch, dtype=per_row.dtype, device=per_row.device).index_add(0, rows // time, per_row)
+    """Per-position values (or rows of values) at flat indices `rows` summed per sequence."""
+    out = torch.zeros((batch, *per_row.shape[1:]), dtype=per_row.dtype, device=per_row.device)
+    return out.index_add(0, rows // time, per_row)
 
 
 def next_tokens(ids: torch.Tensor, fill: int = 0) -> torch.Tensor:

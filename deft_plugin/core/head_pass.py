@@ -15,77 +15,97 @@ any head module works (a bias, tied embeddings, a LoRA-wrapped head, ZeRO-3's ga
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from deft_plugin.core.chunked import DEFAULT_CHUNK_ELEMENTS, rows_per_chunk, work_dtype
+from deft_plugin.core.chunked import DEFAULT_CHUNK_ELEMENTS, rows_per_chunk, sum_per_sequence, work_dtype
 from deft_plugin.core.reward import fit_q
 
 
-def _chunk_logp_reward(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
-                       q: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+# Per-position statistics TRL's DPO trainer logs, taken from each chunk's logits on the way.
+STATS = ("mean_logit", "entropy", "correct")
+
+
+class HeadRows(NamedTuple):
+    """Per position: log p(target) and r (differentiable), and, when asked for, the detached
+    STATS columns ([rows, 3]; [rows, 0] otherwise)."""
+
+    logps: torch.Tensor
+    rewards: torch.Tensor
+    stats: torch.Tensor
+
+
+def _chunk_rows(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, q: torch.Tensor | None,
+                with_stats: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     logits = head(hidden)
     logits = logits.to(work_dtype(logits.dtype))
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
     logp = (logits.gather(1, targets[:, None]) - lse).squeeze(1)
-    if q is None:
-        return logp, torch.zeros_like(logp)
-    return logp, torch.exp(logits - lse) @ fit_q(q, logits.shape[-1], logits.device).to(logits.dtype)
+    probs = torch.exp(logits - lse) if q is not None or with_stats else None
+    reward = torch.zeros_like(logp) if q is None else probs @ fit_q(q, logits.shape[-1], logits.device).to(probs.dtype)
+    if not with_stats:
+        return logp, reward, logp.new_zeros(logp.shape[0], 0).detach()
+    with torch.no_grad():
+        entropy = lse.squeeze(1) - (probs * logits).sum(-1)
+        stats = torch.stack([logits.mean(-1), entropy, (logits.argmax(-1) == targets).to(logits.dtype)], dim=1)
+    return logp, reward, stats
 
 
 def head_logps_and_rewards(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
                            q: torch.Tensor | None, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p_t(target_t), r_t) for [rows, hidden] states of the positions that predict reply
-    tokens; targets: [rows] token ids; q: the normalised discrepancy [vocab], or None (r = 0).
-    Both outputs are [rows] in float32 (float64 for a float64 head), differentiable."""
+                           with_stats: bool = False) -> HeadRows:
+    """(log p_t(target_t), r_t, stats) for [rows, hidden] states of the positions that predict
+    reply tokens; targets: [rows] token ids; q: the normalised discrepancy [vocab], or None
+    (r = 0). logps and rewards are [rows] in float32 (float64 for a float64 head), differentiable."""
+    q = None if q is None else q.detach()  # Q is data, never trained
     # out_features, not weight.shape: under ZeRO-3 the weight outside a forward is an empty shard
     vocab = getattr(head, "out_features", None) or (q.numel() if q is not None else 1)
     chunk = rows_per_chunk(vocab, chunk_elements)
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
-    logps, rewards = [], []
+    parts = []
     for start in range(0, hidden.shape[0], chunk):
-        args = (hidden[start : start + chunk], head, targets[start : start + chunk], q)
-        logp, reward = (checkpoint(_chunk_logp_reward, *args, use_reentrant=False) if needs_grad
-                        else _chunk_logp_reward(*args))
-        logps.append(logp)
-        rewards.append(reward)
-    if not logps:
-        empty = hidden.new_zeros(0, dtype=work_dtype(hidden.dtype))
-        return empty, empty
-    return torch.cat(logps), torch.cat(rewards)
+        args = (hidden[start : start + chunk], head, targets[start : start + chunk], q, with_stats)
+        parts.append(checkpoint(_chunk_rows, *args, use_reentrant=False) if needs_grad else _chunk_rows(*args))
+    if not parts:  # still on the graph, so a backward gives zero gradients rather than an error
+        empty = hidden[:0, 0].to(work_dtype(hidden.dtype))
+        return HeadRows(empty, empty, empty.detach().new_zeros(0, len(STATS) if with_stats else 0))
+    return HeadRows(*(torch.cat(column) for column in zip(*parts)))
 
 
 @dataclass
 class SequenceHeadResult:
     """Per sequence: summed reply log-probabilities (DPO's and PRO's), the mean distribution
-    reward over the reward's positions, and the number of positions summed."""
+    reward over the reward's positions, the number of positions summed, and (when asked for)
+    the STATS summed over those positions."""
 
     logps: torch.Tensor  # [batch]
     rewards: torch.Tensor  # [batch]
     lengths: torch.Tensor  # [batch]
+    stats: torch.Tensor | None = None  # [batch, len(STATS)], detached
 
 
 def sequence_head_pass(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
                        logp_mask: torch.Tensor, reward_mask: torch.Tensor | None, q: torch.Tensor | None,
-                       chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> SequenceHeadResult:
+                       chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, with_stats: bool = False) -> SequenceHeadResult:
     """hidden: [batch, time, hidden] decoder states; targets: [batch, time] the token each
     position predicts; logp_mask: [batch, time] the positions whose log-probabilities are summed;
     reward_mask: the positions the reward averages over (a subset of logp_mask: the reward skips
     special tokens, DPO's sum does not), or None with q None."""
     batch, time = logp_mask.shape
     rows = logp_mask.reshape(-1).bool().nonzero().squeeze(1)
-    logp, reward = head_logps_and_rewards(hidden.reshape(batch * time, -1).index_select(0, rows), head,
-                                          targets.reshape(-1).index_select(0, rows), q, chunk_elements)
-    owner = rows // time
-    logps = torch.zeros(batch, dtype=logp.dtype, device=logp.device).index_add(0, owner, logp)
+    logp, reward, stats = head_logps_and_rewards(hidden.reshape(batch * time, -1).index_select(0, rows), head,
+                                                 targets.reshape(-1).index_select(0, rows), q, chunk_elements,
+                                                 with_stats)
+    logps = sum_per_sequence(logp, rows, batch, time)
     lengths = logp_mask.reshape(batch, time).sum(1)
+    stats = sum_per_sequence(stats, rows, batch, time) if with_stats else None
     if reward_mask is None or q is None:
-        return SequenceHeadResult(logps, torch.zeros_like(logps), lengths)
+        return SequenceHeadResult(logps, torch.zeros_like(logps), lengths, stats)
     if (reward_mask.bool() & ~logp_mask.bool()).any():
         raise ValueError("the reward's positions must be a subset of the log-probabilities' positions")
     counted = reward_mask.reshape(-1).index_select(0, rows).to(reward.dtype)
-    sums = torch.zeros_like(logps).index_add(0, owner, reward * counted)
+    sums = sum_per_sequence(reward * counted, rows, batch, time)
     counts = reward_mask.reshape(batch, time).sum(1).clamp_min(1).to(sums.dtype)
-    return SequenceHeadResult(logps, sums / counts, lengths)
+    return SequenceHeadResult(logps, sums / counts, lengths, stats)

@@ -1,73 +1,18 @@
-"""The distribution reward: the expected normalised discrepancy Qn under the model's
-next-token distribution, averaged over reply positions.
+"""The distribution reward for scoring: the expected normalised discrepancy Qn under the
+model's next-token distribution at reply positions, from hidden states, without gradients.
 
     r_t = sum_v softmax(z_t)_v * Qn_v          (per position)
     R   = mean over reply positions of r_t     (per sequence)
-    dr_t/dz_t,v = p_v * (Qn_v - r_t)
 
-Vocabulary work runs over chunks of positions so that no [positions, vocab] float32 copy
-beyond one chunk exists, and the backward pass recomputes the softmax instead of storing it.
+The LM head runs over chunks of positions so that no [positions, vocab] float32 block beyond
+one chunk exists. Training computes the same reward with gradients in core/head_pass.py.
 """
 
 from __future__ import annotations
 
 import torch
 
-from deft_plugin.core.chunked import DEFAULT_CHUNK_ELEMENTS, masked_rows, rows_per_chunk, sum_per_sequence, work_dtype
-
-
-def _expected_q(logits_rows: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """r for a block of rows of logits: softmax in at least float32, then dot with q."""
-    dtype = work_dtype(logits_rows.dtype)
-    return torch.softmax(logits_rows.to(dtype), dim=-1) @ q.to(dtype)
-
-
-class _PositionReward(torch.autograd.Function):
-    """r_t for the selected rows of a [rows, vocab] logits view, chunked both ways."""
-
-    @staticmethod
-    def forward(ctx, flat_logits, rows, q, chunk_rows):
-        out = torch.empty(rows.numel(), dtype=work_dtype(flat_logits.dtype), device=flat_logits.device)
-        with torch.no_grad():
-            for start in range(0, rows.numel(), chunk_rows):
-                idx = rows[start : start + chunk_rows]
-                out[start : start + idx.numel()] = _expected_q(flat_logits.index_select(0, idx), q)
-        ctx.save_for_backward(flat_logits, rows, q, out)
-        ctx.chunk_rows = chunk_rows
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        flat_logits, rows, q, r = ctx.saved_tensors
-        grad_logits = torch.zeros_like(flat_logits)
-        for start in range(0, rows.numel(), ctx.chunk_rows):
-            idx = rows[start : start + ctx.chunk_rows]
-            p = torch.softmax(flat_logits.index_select(0, idx).to(r.dtype), dim=-1)
-            block = p.mul_(q.to(r.dtype).unsqueeze(0) - r[start : start + idx.numel()].unsqueeze(1))
-            block.mul_(grad_out[start : start + idx.numel()].unsqueeze(1))
-            grad_logits.index_copy_(0, idx, block.to(flat_logits.dtype))
-        return grad_logits, None, None, None
-
-
-def distribution_reward(
-    logits: torch.Tensor,
-    q: torch.Tensor,
-    prediction_mask: torch.Tensor,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
-) -> torch.Tensor:
-    """Per-sequence distribution reward R.
-
-    logits: [batch, time, vocab] as the model returns them (any float dtype).
-    q: [vocab] normalised discrepancy (float32; a shorter q, e.g. a tokenizer vocabulary
-       smaller than a padded LM head, is zero-padded).
-    prediction_mask: [batch, time] true where logits[b, t] predicts a reply token.
-    Returns [batch] float32 (float64 for float64 logits); a sequence without reply positions gets 0.
-    """
-    batch, time, vocab = logits.shape
-    flat, rows = masked_rows(logits, prediction_mask)
-    per_row = _PositionReward.apply(flat, rows, fit_q(q, vocab, logits.device), rows_per_chunk(vocab, chunk_elements))
-    counts = prediction_mask.reshape(batch, time).sum(dim=1).clamp_min(1).to(per_row.dtype)
-    return sum_per_sequence(per_row, rows, batch, time) / counts
+from deft_plugin.core.chunked import DEFAULT_CHUNK_ELEMENTS, rows_per_chunk, work_dtype
 
 
 @torch.no_grad()

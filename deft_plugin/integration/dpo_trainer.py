@@ -49,7 +49,7 @@ class DeftDPOLossMixin:
         self.deft_loss_form = loss_form
         self.deft_special_ids = tuple(special_ids)
 
-    def _head_pass(self, model, inputs, q: torch.Tensor | None) -> SequenceHeadResult:
+    def _head_pass(self, model, inputs, q: torch.Tensor | None, with_stats: bool = False) -> SequenceHeadResult:
         """One decoder forward and the chunked head pass over the reply positions of a batch
         (chosen rows, then rejected rows)."""
         model_kwargs = {k: v for k, v in inputs.items() if k not in NON_MODEL_KEYS}
@@ -58,7 +58,7 @@ class DeftDPOLossMixin:
         targets = next_tokens(inputs["input_ids"])
         logp_mask = shift_completion_mask(inputs["completion_mask"])  # TRL's: every reply token, special ones too
         reward_mask = None if q is None else without_special(logp_mask, targets, self.deft_special_ids)
-        return sequence_head_pass(hidden, head, targets, logp_mask, reward_mask, q)
+        return sequence_head_pass(hidden, head, targets, logp_mask, reward_mask, q, with_stats=with_stats)
 
     def compute_ref_log_probs(self, model, inputs):
         """The reference's summed reply log-probabilities (chosen, rejected) for a batch, by the
@@ -81,7 +81,7 @@ class DeftDPOLossMixin:
         if return_outputs:
             raise RuntimeError("DEFT-DPO computes its loss without the logits; there are no outputs to return")
         weight = self.deft_reward_weight
-        policy = self._head_pass(model, inputs, self.deft_qn)
+        policy = self._head_pass(model, inputs, self.deft_qn, with_stats=True)
         if all(k in inputs for k in REFERENCE_COLUMNS):
             ref_chosen, ref_rejected = (inputs[k].to(policy.logps.dtype) for k in REFERENCE_COLUMNS)
         else:
@@ -97,6 +97,7 @@ class DeftDPOLossMixin:
         term = deft_dpo_term(r_chosen, r_rejected, self.deft_loss_form)
         loss = dpo - weight * term if weight > 0 else dpo
         self._log_dpo_metrics(inputs, args.beta, chosen_ratio, rejected_ratio, chosen_logps, rejected_logps)
+        self._log_token_metrics(policy)
         self._log_deft_metrics(dpo, r_chosen, r_rejected, term)
         return loss
 
@@ -114,6 +115,23 @@ class DeftDPOLossMixin:
         if mode == "train" and hasattr(self, "_total_train_tokens"):
             self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item()
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+    def _log_token_metrics(self, policy: SequenceHeadResult) -> None:
+        """TRL's token-level DPO metrics, from the head pass's per-sequence sums: the mean logit
+        of chosen and of rejected reply tokens, the entropy over all reply tokens, and the
+        share of chosen reply tokens the model predicts (argmax), each a ratio of sums over
+        every process's batch."""
+        mode = "train" if self.model.training else "eval"
+        stats, lengths = policy.stats, policy.lengths.to(policy.stats.dtype)
+        (chosen, rejected), (chosen_len, rejected_len) = stats.chunk(2), lengths.chunk(2)
+        sums = torch.stack([chosen[:, 0].sum(), chosen_len.sum(), rejected[:, 0].sum(), rejected_len.sum(),
+                            stats[:, 1].sum(), lengths.sum(), chosen[:, 2].sum()])
+        sums = self.accelerator.gather(sums).reshape(-1, len(sums)).sum(0).tolist()
+        ratio = lambda num, den: num / den if den > 0 else 0.0  # noqa: E731
+        values = {"logits/chosen": ratio(sums[0], sums[1]), "logits/rejected": ratio(sums[2], sums[3]),
+                  "entropy": ratio(sums[4], sums[5]), "mean_token_accuracy": ratio(sums[6], sums[1])}
+        for key, value in values.items():
+            self._metrics[mode][key].append(value)
 
     def _log_deft_metrics(self, dpo, r_chosen, r_rejected, term) -> None:
         mode = "train" if self.model.training else "eval"

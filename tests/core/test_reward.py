@@ -1,17 +1,34 @@
-"""The distribution reward R = mean over reply positions of sum_v softmax(z_t)_v * Qn_v:
-values against a naive reference and a hand formula, float64 gradients (gradcheck and the
-analytic p_v * (Qn_v - r_t) / |y|), low precision, q padding, the hidden-state path used
-in scoring, the completion-mask shift, and the chunked path's peak memory."""
+"""The distribution reward R = mean over reply positions of sum_v softmax(z_t)_v * Qn_v as
+training computes it (the head pass of core/head_pass.py, fed given logits through an
+identity head): values against a naive reference and a hand formula, float64 gradients
+(gradcheck and the analytic p_v * (Qn_v - r_t) / |y|), low precision, q padding; the
+hidden-state path used in scoring; the completion-mask shift."""
 
 import math
 
 import pytest
 import torch
 
-from deft_plugin.core.chunked import shift_completion_mask
-from deft_plugin.core.reward import distribution_reward, distribution_reward_from_hidden
+from deft_plugin.core.chunked import DEFAULT_CHUNK_ELEMENTS, shift_completion_mask
+from deft_plugin.core.head_pass import sequence_head_pass
+from deft_plugin.core.reward import distribution_reward_from_hidden
 
 from reference import naive_distribution_reward
+
+
+class LogitsHead(torch.nn.Identity):
+    """A head whose input already is the logits."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.out_features = vocab
+
+
+def distribution_reward(logits, q, mask, chunk_elements=DEFAULT_CHUNK_ELEMENTS):
+    """R per sequence from the head pass over [batch, time, vocab] logits."""
+    batch, time, vocab = logits.shape
+    targets = torch.zeros(batch, time, dtype=torch.long)
+    return sequence_head_pass(logits, LogitsHead(vocab), targets, mask, mask, q, chunk_elements).rewards
 
 
 def _case(batch=4, time=7, vocab=13, seed=0, dtype=torch.float64, scale=3.0):
@@ -254,9 +271,3 @@ def test_shift_mask_with_reward_selects_reply_predictions():
     p = torch.softmax(logits, -1)
     expected = torch.stack([(p[0, 1:4] @ q).mean(), (p[1, 2:5] @ q).mean()])
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
-
-
-# ----------------------------------------------------------------------------- peak memory
-
-
-# Peak memory of the chunked path against the naive one: tests/test_reward_core.py.

@@ -310,7 +310,7 @@ def moved_away(first, *others, scale=2e-2, seed=0):
 
 
 DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-               "logps/rejected")
+               "logps/rejected", "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy")
 
 
 def loss_metrics_and_grads(trainer, batch):
@@ -338,7 +338,8 @@ def assert_same_dpo(deft, plain, batch, loss_abs=1e-4):
     assert d_loss == pytest.approx(p_loss, abs=loss_abs)
     assert abs(p_metrics["rewards/margins"]) > 1e-3  # moved away from the reference: not the trivial 0
     for key in DPO_METRICS:
-        assert d_metrics[key] == pytest.approx(p_metrics[key], rel=1e-5, abs=2e-4 if "rewards" in key else 0), key
+        assert d_metrics[key] == pytest.approx(p_metrics[key], rel=1e-5, abs=2e-4 if "rewards" in key else 1e-6), key
+    assert 0 < d_metrics["entropy"] and 0 <= d_metrics["mean_token_accuracy"] <= 1
     assert set(d_grads) == set(p_grads) and d_grads
     for n in p_grads:
         torch.testing.assert_close(d_grads[n], p_grads[n], rtol=1e-4, atol=1e-4 * p_grads[n].abs().max().item())
