@@ -1,5 +1,6 @@
-"""`deft-app serve`: the blind side-by-side judging app; `deft-app export`: every vote of a
-database as JSONL and CSV, for the organiser on the machine that holds it."""
+"""`deft-app serve`: the blind side-by-side judging app (criteria, guidelines, a content
+warning, model aliases); `deft-app export`: every vote of a database as JSONL and CSV, or the
+verdicts as a preference file for DEFT-DPO, for the organiser on the machine that holds it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 def cmd_serve(args) -> int:
     from deft_app import ui
     from deft_app.items import InputError, items_from_files, read_annotators
+    from deft_app.settings import JudgingSettings, read_aliases, read_criteria, read_text_file
     from deft_app.store import Store
 
     db = Path(args.db)
@@ -20,27 +22,48 @@ def cmd_serve(args) -> int:
         raise InputError(f"--overlap must be at least 1, got {args.overlap}")
     if args.hold_minutes <= 0:
         raise InputError(f"--hold-minutes must be positive, got {args.hold_minutes}")
+    settings = JudgingSettings(criteria=read_criteria(args.criteria),
+                               guidelines=read_text_file(args.guidelines, "--guidelines"),
+                               content_warning=" ".join((args.content_warning or "").split()),
+                               aliases=read_aliases(args.alias), reveal_models=args.reveal_models)
     items = items_from_files(args.answers, args.mt_bench_questions)
     annotators = read_annotators(args.annotators)
     store = Store(db)
     added = store.add_items(items)
     for a in annotators:
         store.add_annotator(a["name"], a["password"], a.get("role", "annotator"))
-    print(f"{len(items)} items ({added} new) for {len(annotators)} annotators, overlap {args.overlap}; votes in {db}")
-    ui.launch(ui.JudgingApp(store, args.overlap, hold=args.hold_minutes * 60), args.host, args.port)
+    print(f"{len(items)} items ({added} new) for {len(annotators)} annotators, overlap {args.overlap}, criteria "
+          f"{', '.join(settings.criterion_names)}; votes in {db}")
+    ui.launch(ui.JudgingApp(store, args.overlap, hold=args.hold_minutes * 60, settings=settings), args.host, args.port)
     return 0
 
 
 def cmd_export(args) -> int:
-    from deft_app.export import export_votes
     from deft_app.items import InputError
     from deft_app.store import Store
 
     if not Path(args.db).is_file():
         raise InputError(f"--db {args.db}: no such database")
-    votes = Store(args.db).votes()
-    jsonl, table = export_votes(votes, args.out)
-    print(f"{len(votes)} votes written to {jsonl} and {table}")
+    if args.as_ == "votes":
+        from deft_app.export import export_votes
+
+        if args.criterion is not None:
+            raise InputError("--criterion applies to --as preference only")
+        votes = Store(args.db).votes()
+        jsonl, table = export_votes(votes, args.out)
+        print(f"{len(votes)} votes written to {jsonl} and {table}")
+        return 0
+    from deft_app.preference import choose_criterion, preference_jsonl, preference_rows, summary
+    from deft_plugin.utils.atomic import atomic_write_text
+
+    store = Store(args.db)
+    votes = store.votes()
+    rows, counts = preference_rows(votes, store.item, choose_criterion(votes, args.criterion))
+    try:
+        path = atomic_write_text(Path(args.out) / "preference.jsonl", preference_jsonl(rows))
+    except OSError as error:  # --out a file, a folder not writable, a full disk: nothing is left behind
+        raise InputError(f"--out {args.out}: cannot write preference.jsonl ({error.strerror or error})") from error
+    print(f"{summary(counts)}; written to {path}")
     return 0
 
 
@@ -57,12 +80,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overlap", type=int, default=1, help="annotators who judge each item")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--criteria", default=None,
+                   help="what annotators judge: names (harmless,helpful) or a YAML file of name: question "
+                        "(default: one criterion, overall)")
+    s.add_argument("--guidelines", default=None, help="a Markdown file shown, collapsible, above every item")
+    s.add_argument("--content-warning", default=None, help="a warning shown above every item of this data set")
+    s.add_argument("--alias", action="append", default=None, metavar="MODEL=SHORT",
+                   help="a short model name for the admin's tables and plots (repeatable)")
+    s.add_argument("--reveal-models", action="store_true",
+                   help="after each vote, tell the annotator which models they judged (off: the study stays blind)")
     s.add_argument("--hold-minutes", type=float, default=15,
                    help="how long an item handed to an annotator stays reserved for them before it goes back")
     s.set_defaults(func=cmd_serve)
-    e = sub.add_parser("export", help="write every vote as votes.jsonl and votes.csv")
+    e = sub.add_parser("export", help="write every vote as votes.jsonl and votes.csv, or the verdicts as "
+                       "preference.jsonl for DEFT-DPO training (--as preference)")
     e.add_argument("--db", required=True, help="the app's SQLite database")
-    e.add_argument("--out", required=True, help="folder for votes.jsonl and votes.csv")
+    e.add_argument("--out", required=True, help="folder for votes.jsonl and votes.csv, or preference.jsonl")
+    e.add_argument("--as", dest="as_", choices=("votes", "preference"), default="votes",
+                   help="votes: every vote (default); preference: per item the majority verdict as a "
+                   "prompt/chosen/rejected row of chat messages (datasets: type: deft.preference, with a "
+                   "tokenizer that has a chat template); tie, both-bad and split items are left out and counted")
+    e.add_argument("--criterion", default=None,
+                   help="with --as preference: the criterion whose votes count (default: the only one the "
+                   "votes have, else 'overall')")
     e.set_defaults(func=cmd_export)
     return parser
 

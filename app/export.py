@@ -10,7 +10,8 @@ from pathlib import Path
 
 from deft_plugin.utils.atomic import atomic_write_text
 
-FIELDS = ("item_id", "annotator", "verdict", "model_a", "model_b", "left_model", "category", "comment", "created")
+FIELDS = ("item_id", "annotator", "criterion", "verdict", "model_a", "model_b", "left_model", "category", "comment",
+          "created", "seconds")
 
 
 def votes_jsonl(votes: list[dict]) -> str:

@@ -1,6 +1,7 @@
 """From stored votes to the organiser's results: win / tie / loss per model pair with
 bootstrap intervals, Bradley-Terry strengths for three or more models, position bias,
-agreement on overlapping items, and the same per category. Pure functions of the votes."""
+agreement on overlapping items, and the same per category; all of it per criterion (each
+criterion, e.g. harmless and helpful, is its own study). Pure functions of the votes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from deft_app.stats import (
     left_win_rate,
     win_tie_loss,
 )
+from deft_app.store import DEFAULT_CRITERION
 
 OUTCOME = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}  # for model_a; "both bad" counts as a tie
 
@@ -75,21 +77,40 @@ def agreement(votes: list[dict]) -> dict:
     return {"cohen": cohen, "fleiss": fleiss}
 
 
+def criterion_of(vote: dict) -> str:
+    return vote.get("criterion") or DEFAULT_CRITERION  # votes from before criteria judged one, "overall"
+
+
+def results_by_criterion(votes: list[dict], criteria: list[str] | None = None, seed: int = 0) -> dict[str, dict]:
+    """{criterion: all_results of its votes}, in the organiser's order of `criteria` (criteria
+    without votes included, empty), then any other criterion found in the votes, sorted."""
+    found = {criterion_of(v) for v in votes}
+    order = list(criteria or []) + sorted(found - set(criteria or []))
+    return {c: all_results([v for v in votes if criterion_of(v) == c], seed) for c in order}
+
+
 def all_results(votes: list[dict], seed: int = 0) -> dict:
+    """The results of one criterion's votes (agreement compares one verdict per annotator and item)."""
+    if len({criterion_of(v) for v in votes}) > 1:
+        raise ValueError("all_results takes one criterion's votes; use results_by_criterion")
     categories = sorted({v["category"] for v in votes if v.get("category")})
     return {"votes": len(votes), "pairs": pair_results(votes, seed), "strengths": strengths(votes, seed),
             "position_bias": position_bias(votes), "agreement": agreement(votes),
             "by_category": {c: pair_results([v for v in votes if v.get("category") == c], seed) for c in categories}}
 
 
-def plot_results(results: dict, path) -> "Path":
-    """Win rate (ties half) of model A per pair, with its bootstrap interval; and per category."""
+def plot_results(by_criterion: dict[str, dict], path) -> "Path":
+    """Win rate (ties half) of model A per pair, with its bootstrap interval, and per category;
+    for each criterion (named on its rows when there are several)."""
     from deft_app.text import plot_label
     from deft_plugin.utils.plots import save_figure, subplots
 
-    rows = [(plot_label(f"{r['model_a']} vs {r['model_b']}"), r) for r in results["pairs"]]
-    rows += [(plot_label(f"{c}: {r['model_a']} vs {r['model_b']}"), r) for c, rs in results["by_category"].items()
-             for r in rs]
+    rows = []
+    for criterion, results in by_criterion.items():
+        prefix = f"{criterion} | " if len(by_criterion) > 1 else ""
+        rows += [(plot_label(f"{prefix}{r['model_a']} vs {r['model_b']}"), r) for r in results["pairs"]]
+        rows += [(plot_label(f"{prefix}{c}: {r['model_a']} vs {r['model_b']}"), r)
+                 for c, rs in results["by_category"].items() for r in rs]
     fig, ax = subplots(figsize=(7, max(2.2, 0.35 * len(rows) + 1)))
     for y, (_, r) in enumerate(rows):
         lo, hi = r["win_rate_ci"]
@@ -101,3 +122,12 @@ def plot_results(results: dict, path) -> "Path":
     ax.set_xlim(0, 1)
     ax.set_xlabel("win rate of the first model (ties half), 95% bootstrap interval")
     return save_figure(fig, path)
+
+
+def with_aliases(votes: list[dict], aliases: dict[str, str]) -> list[dict]:
+    """The votes with the organiser's short model names, for tables and plots (exports keep
+    the full names)."""
+    if not aliases:
+        return votes
+    keys = ("model_a", "model_b", "left_model")
+    return [{**v, **{k: aliases.get(v[k], v[k]) for k in keys if k in v}} for v in votes]

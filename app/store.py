@@ -1,10 +1,13 @@
 """The judging app's storage: SQLite in WAL mode.
 
-One vote per (item, annotator) is a primary key, so a double click or a retried request
-never counts twice; every write is one committed transaction, so a restart loses nothing.
-Passwords are stored as salted scrypt hashes. An item handed out is reserved for its
-annotator (in the transaction that picks it) until they vote or the reservation expires, so
-annotators working at the same time never give an item more than `overlap` votes."""
+One vote per (item, annotator, criterion) is a primary key, so a double click or a retried
+request never counts twice; every write is one committed transaction, so a restart loses
+nothing. Passwords are stored as salted scrypt hashes. An item handed out is reserved for its
+annotator (in the transaction that picks it) until they vote, skip or flag it, or the
+reservation expires, so annotators working at the same time never give an item more than
+`overlap` judgments. Every vote and every undo is kept in the audit table (who, when, old,
+new); the votes table holds the latest verdicts, which results and exports read. A database
+written by an earlier version is migrated when it is opened (MIGRATIONS)."""
 
 from __future__ import annotations
 
@@ -13,14 +16,18 @@ import hmac
 import json
 import os
 import sqlite3
+import statistics
 import threading
 import time
 from pathlib import Path
 
 VERDICTS = ("a", "b", "tie", "both_bad")
+FLAG_REASONS = ("broken", "offensive", "identical", "other")
+DEFAULT_CRITERION = "overall"
 HOLD_SECONDS = 15 * 60  # how long an item handed out stays reserved for its annotator
 STORED, DUPLICATE, FULL = "stored", "duplicate", "full"  # what became of a vote
 ROLES = ("annotator", "admin")
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS annotators (
     name TEXT PRIMARY KEY,
@@ -38,19 +45,74 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS votes (
     item_id TEXT NOT NULL REFERENCES items(id),
     annotator TEXT NOT NULL REFERENCES annotators(name),
+    criterion TEXT NOT NULL DEFAULT 'overall',
     verdict TEXT NOT NULL CHECK (verdict IN ('a', 'b', 'tie', 'both_bad')),
     left_model TEXT NOT NULL,         -- which model's answer was shown on the left
     comment TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL,
+    seconds REAL,                     -- from the item being shown to the vote
+    PRIMARY KEY (item_id, annotator, criterion)
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    item_id TEXT NOT NULL REFERENCES items(id),
+    annotator TEXT NOT NULL REFERENCES annotators(name),
+    expires REAL NOT NULL,
+    started REAL,                     -- when the item was first shown to the annotator
     PRIMARY KEY (item_id, annotator)
 );
+CREATE TABLE IF NOT EXISTS skips (
+    item_id TEXT NOT NULL REFERENCES items(id),
+    annotator TEXT NOT NULL REFERENCES annotators(name),
+    created REAL NOT NULL,
+    PRIMARY KEY (item_id, annotator)
+);
+CREATE TABLE IF NOT EXISTS flags (
+    item_id TEXT NOT NULL REFERENCES items(id),
+    annotator TEXT NOT NULL REFERENCES annotators(name),
+    reason TEXT NOT NULL CHECK (reason IN ('broken', 'offensive', 'identical', 'other')),
+    note TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    PRIMARY KEY (item_id, annotator)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id TEXT NOT NULL,
+    annotator TEXT NOT NULL,
+    criterion TEXT NOT NULL,
+    old_verdict TEXT,                 -- NULL: there was no vote
+    new_verdict TEXT,                 -- NULL: the vote was taken back
+    at REAL NOT NULL
+);
+"""
+# Version 1 (before criteria, skips, flags and the audit): votes keyed by (item, annotator),
+# reservations (absent in the first releases) without a start time. Each step runs inside the
+# opening transaction.
+MIGRATIONS = {
+    1: """
 CREATE TABLE IF NOT EXISTS reservations (
     item_id TEXT NOT NULL REFERENCES items(id),
     annotator TEXT NOT NULL REFERENCES annotators(name),
     expires REAL NOT NULL,
     PRIMARY KEY (item_id, annotator)
 );
-"""
+CREATE TABLE votes_v2 (
+    item_id TEXT NOT NULL REFERENCES items(id),
+    annotator TEXT NOT NULL REFERENCES annotators(name),
+    criterion TEXT NOT NULL DEFAULT 'overall',
+    verdict TEXT NOT NULL CHECK (verdict IN ('a', 'b', 'tie', 'both_bad')),
+    left_model TEXT NOT NULL,
+    comment TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    seconds REAL,
+    PRIMARY KEY (item_id, annotator, criterion)
+);
+INSERT INTO votes_v2 (item_id, annotator, criterion, verdict, left_model, comment, created)
+    SELECT item_id, annotator, 'overall', verdict, left_model, comment, created FROM votes;
+DROP TABLE votes;
+ALTER TABLE votes_v2 RENAME TO votes;
+ALTER TABLE reservations ADD COLUMN started REAL;
+""",
+}
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -80,7 +142,35 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = str(path)
         self._local = threading.local()
-        self._raw().executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a database of any earlier version up to SCHEMA_VERSION, in one transaction."""
+        conn = self._raw()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = SCHEMA_VERSION
+            if "votes" in tables:
+                row = (conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                       if "meta" in tables else None)
+                version = int(row[0]) if row else 1  # version 1 did not record its version
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path}: written by a newer deft-app (schema {version}); this one reads "
+                                   f"schema {SCHEMA_VERSION} and older")
+            for step in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET "
+                         "value = excluded.value", (str(SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _conn(self) -> "_Transaction":
         return _Transaction(self._raw())
@@ -143,9 +233,10 @@ class Store:
         return _item(row) if row else None
 
     def next_item(self, annotator: str, overlap: int, hold: float = HOLD_SECONDS) -> dict | None:
-        """The item this annotator holds, or else one they have not judged whose votes and live
-        reservations number fewer than `overlap`: items closest to complete first (so overlapping
-        judgments accumulate), then by id. The item is reserved for them for `hold` seconds."""
+        """The item this annotator holds (the latest reserved), or else one they have not judged,
+        skipped or flagged whose judges and live reservations number fewer than `overlap`: items
+        closest to complete first (so overlapping judgments accumulate), then by id. The item is
+        reserved for them for `hold` seconds."""
         now = time.time()
         with self._conn() as conn:
             conn.execute("DELETE FROM reservations WHERE expires <= ?", (now,))
@@ -155,51 +246,143 @@ class Store:
             if row is None:
                 row = conn.execute(
                     "SELECT * FROM (SELECT items.*, "
-                    "(SELECT COUNT(*) FROM votes WHERE votes.item_id = items.id) + "
+                    "(SELECT COUNT(DISTINCT annotator) FROM votes WHERE votes.item_id = items.id) + "
                     "(SELECT COUNT(*) FROM reservations WHERE reservations.item_id = items.id) AS n FROM items "
-                    "WHERE items.id NOT IN (SELECT item_id FROM votes WHERE annotator = ?)) "
-                    "WHERE n < ? ORDER BY n DESC, id LIMIT 1", (annotator, overlap)).fetchone()
+                    f"WHERE items.id NOT IN ({_SET_ASIDE})) "
+                    "WHERE n < :overlap ORDER BY n DESC, id LIMIT 1",
+                    {"annotator": annotator, "overlap": overlap}).fetchone()
             if row is not None:
-                conn.execute("INSERT INTO reservations VALUES (?, ?, ?) ON CONFLICT(item_id, annotator) "
-                             "DO UPDATE SET expires = excluded.expires", (row["id"], annotator, now + hold))
+                _reserve(conn, row["id"], annotator, now + hold, now)
         return _item(row) if row else None
 
     def progress(self, annotator: str, overlap: int) -> tuple[int, int]:
-        """(judged by this annotator, judged + still open to them)."""
+        """(judged by this annotator, judged + still open to them); skipped and flagged items
+        are neither."""
         with self._conn() as conn:
-            done = conn.execute("SELECT COUNT(*) FROM votes WHERE annotator = ?", (annotator,)).fetchone()[0]
+            done = conn.execute("SELECT COUNT(DISTINCT item_id) FROM votes WHERE annotator = ?",
+                                (annotator,)).fetchone()[0]
             open_ = conn.execute(
-                "SELECT COUNT(*) FROM (SELECT items.id, COUNT(votes.item_id) AS n FROM items LEFT JOIN votes "
-                "ON votes.item_id = items.id WHERE items.id NOT IN (SELECT item_id FROM votes WHERE annotator = ?) "
-                "GROUP BY items.id HAVING n < ?)", (annotator, overlap)).fetchone()[0]
+                "SELECT COUNT(*) FROM (SELECT items.id, (SELECT COUNT(DISTINCT annotator) FROM votes "
+                f"WHERE votes.item_id = items.id) AS n FROM items WHERE items.id NOT IN ({_SET_ASIDE})) "
+                "WHERE n < :overlap", {"annotator": annotator, "overlap": overlap}).fetchone()[0]
         return done, done + open_
 
     # ---------------------------------------------------------------- votes
     def record_vote(self, item_id: str, annotator: str, verdict: str, left_model: str, comment: str = "",
-                    overlap: int | None = None) -> str:
-        """STORED; DUPLICATE when this annotator had already voted on the item (a double click or
-        a retried request: the first vote stands); FULL when `overlap` others voted on it while
-        this annotator's reservation had expired. Ends the annotator's reservation of the item."""
-        if verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+                    overlap: int | None = None, criterion: str = DEFAULT_CRITERION) -> str:
+        """One verdict on one criterion: record_verdicts with a single criterion."""
+        return self.record_verdicts(item_id, annotator, {criterion: verdict}, left_model, comment, overlap)
+
+    def record_verdicts(self, item_id: str, annotator: str, verdicts: dict[str, str], left_model: str,
+                        comment: str = "", overlap: int | None = None) -> str:
+        """The annotator's verdicts on an item, one per criterion, stored together. STORED;
+        DUPLICATE when this annotator had already voted on the item (a double click or a retried
+        request: the first vote stands); FULL when `overlap` others voted on it while this
+        annotator's reservation had expired. Ends the annotator's reservation of the item."""
+        if not verdicts:
+            raise ValueError("no verdicts given")
+        for criterion, verdict in verdicts.items():
+            if verdict not in VERDICTS:
+                raise ValueError(f"verdict for {criterion!r} must be one of {VERDICTS}, got {verdict!r}")
+        now = time.time()
         with self._conn() as conn:
-            conn.execute("DELETE FROM reservations WHERE item_id = ? AND annotator = ?", (item_id, annotator))
-            if conn.execute("SELECT 1 FROM votes WHERE item_id = ? AND annotator = ?", (item_id, annotator)).fetchone():
+            held = conn.execute("DELETE FROM reservations WHERE item_id = ? AND annotator = ? RETURNING started",
+                                (item_id, annotator)).fetchone()
+            mine = conn.execute("SELECT 1 FROM votes WHERE item_id = ? AND annotator = ?", (item_id, annotator))
+            if mine.fetchone():
                 return DUPLICATE
-            if overlap is not None and conn.execute(
-                    "SELECT COUNT(*) FROM votes WHERE item_id = ?", (item_id,)).fetchone()[0] >= overlap:
+            judges = conn.execute("SELECT COUNT(DISTINCT annotator) FROM votes WHERE item_id = ?", (item_id,))
+            if overlap is not None and judges.fetchone()[0] >= overlap:
                 return FULL
-            conn.execute("INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?)",
-                         (item_id, annotator, verdict, left_model, comment, time.time()))
+            seconds = now - held["started"] if held is not None and held["started"] is not None else None
+            for criterion, verdict in verdicts.items():
+                conn.execute("INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (item_id, annotator, criterion, verdict, left_model, comment, now, seconds))
+                conn.execute("INSERT INTO audit (item_id, annotator, criterion, old_verdict, new_verdict, at) "
+                             "VALUES (?, ?, ?, NULL, ?, ?)", (item_id, annotator, criterion, verdict, now))
             return STORED
 
+    def undo_last(self, annotator: str, hold: float = HOLD_SECONDS) -> str | None:
+        """Take back the annotator's latest vote (every criterion of that item): the audit keeps
+        it, and the item is handed back to them first. The item's id, or None without a vote."""
+        now = time.time()
+        with self._conn() as conn:
+            last = conn.execute("SELECT item_id FROM votes WHERE annotator = ? ORDER BY created DESC LIMIT 1",
+                                (annotator,)).fetchone()
+            if last is None:
+                return None
+            item_id = last["item_id"]
+            for vote in conn.execute("DELETE FROM votes WHERE item_id = ? AND annotator = ? "
+                                     "RETURNING criterion, verdict", (item_id, annotator)).fetchall():
+                conn.execute("INSERT INTO audit (item_id, annotator, criterion, old_verdict, new_verdict, at) "
+                             "VALUES (?, ?, ?, ?, NULL, ?)", (item_id, annotator, vote["criterion"], vote["verdict"],
+                                                              now))
+            # expires after the item they hold now, so next_item shows the undone one first
+            _reserve(conn, item_id, annotator, now + hold + 1, now)
+            return item_id
+
+    def skip(self, item_id: str, annotator: str) -> None:
+        """The annotator passes on the item: it goes to someone else, and it is no vote."""
+        with self._conn() as conn:
+            conn.execute("DELETE FROM reservations WHERE item_id = ? AND annotator = ?", (item_id, annotator))
+            conn.execute("INSERT OR IGNORE INTO skips VALUES (?, ?, ?)", (item_id, annotator, time.time()))
+
+    def flag(self, item_id: str, annotator: str, reason: str, note: str = "") -> None:
+        """The annotator reports the item (broken, offensive, identical answers, other) and
+        passes on it; the admin sees the flags."""
+        if reason not in FLAG_REASONS:
+            raise ValueError(f"flag reason must be one of {FLAG_REASONS}, got {reason!r}")
+        with self._conn() as conn:
+            conn.execute("DELETE FROM reservations WHERE item_id = ? AND annotator = ?", (item_id, annotator))
+            conn.execute("INSERT INTO flags VALUES (?, ?, ?, ?, ?) ON CONFLICT(item_id, annotator) DO UPDATE SET "
+                         "reason = excluded.reason, note = excluded.note, created = excluded.created",
+                         (item_id, annotator, reason, note, time.time()))
+
     def votes(self) -> list[dict]:
-        """Every vote with its item's models and category, oldest first."""
+        """Every current vote with its item's models and category, oldest first."""
         with self._conn() as conn:
             rows = conn.execute(
                 "SELECT votes.*, items.model_a, items.model_b, items.category FROM votes JOIN items "
-                "ON items.id = votes.item_id ORDER BY votes.created, votes.item_id, votes.annotator").fetchall()
+                "ON items.id = votes.item_id ORDER BY votes.created, votes.item_id, votes.annotator, "
+                "votes.criterion").fetchall()
         return [dict(r) for r in rows]
+
+    def audit(self) -> list[dict]:
+        """Every change of a vote, oldest first: who, when, criterion, old and new verdict."""
+        with self._conn() as conn:
+            return [dict(r) for r in conn.execute("SELECT * FROM audit ORDER BY id").fetchall()]
+
+    def flags(self) -> list[dict]:
+        with self._conn() as conn:
+            return [dict(r) for r in conn.execute("SELECT * FROM flags ORDER BY created, item_id").fetchall()]
+
+    def annotator_progress(self) -> list[dict]:
+        """Per annotator: items judged, skipped and flagged, and the median seconds per judged item."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT name AS annotator, "
+                "(SELECT COUNT(DISTINCT item_id) FROM votes WHERE annotator = name) AS done, "
+                "(SELECT COUNT(*) FROM skips WHERE annotator = name) AS skipped, "
+                "(SELECT COUNT(*) FROM flags WHERE annotator = name) AS flagged "
+                "FROM annotators ORDER BY name").fetchall()
+            timed = conn.execute("SELECT annotator, MAX(seconds) AS seconds FROM votes WHERE seconds IS NOT NULL "
+                                 "GROUP BY annotator, item_id").fetchall()
+        seconds: dict[str, list[float]] = {}
+        for row in timed:
+            seconds.setdefault(row["annotator"], []).append(row["seconds"])
+        return [{**dict(r), "median_seconds": statistics.median(seconds[r["annotator"]])
+                 if r["annotator"] in seconds else None} for r in rows]
+
+
+# The items an annotator (the named parameter :annotator) has judged, skipped or flagged.
+_SET_ASIDE = ("SELECT item_id FROM votes WHERE annotator = :annotator UNION SELECT item_id FROM skips WHERE "
+              "annotator = :annotator UNION SELECT item_id FROM flags WHERE annotator = :annotator")
+
+
+def _reserve(conn, item_id: str, annotator: str, expires: float, now: float) -> None:
+    """Hold the item for the annotator until `expires`; the first showing's time is kept."""
+    conn.execute("INSERT INTO reservations VALUES (?, ?, ?, ?) ON CONFLICT(item_id, annotator) "
+                 "DO UPDATE SET expires = excluded.expires", (item_id, annotator, expires, now))
 
 
 class _Transaction:

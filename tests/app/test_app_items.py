@@ -95,11 +95,11 @@ def test_export_every_vote_as_jsonl_and_csv(tmp_path):
     store.add_items([{"id": "q1", "dialogue": [], "category": "writing", "model_a": "a", "answer_a": "x",
                       "model_b": "b", "answer_b": "<script>alert(1)</script>"}])
     store.add_annotator("ann", "pw")
-    store.record_vote("q1", "ann", "tie", "b", 'a "quoted", comma')
+    store.record_vote("q1", "ann", "tie", "b", 'a "quoted", comma', criterion="helpful")
     jsonl, table = export_votes(store.votes(), tmp_path / "export")
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    assert rows == [{**{k: rows[0][k] for k in ("created",)}, "item_id": "q1", "annotator": "ann", "verdict": "tie",
-                     "model_a": "a", "model_b": "b", "left_model": "b", "category": "writing",
-                     "comment": 'a "quoted", comma'}]
+    assert rows == [{**{k: rows[0][k] for k in ("created",)}, "item_id": "q1", "annotator": "ann",
+                     "criterion": "helpful", "verdict": "tie", "model_a": "a", "model_b": "b", "left_model": "b",
+                     "category": "writing", "comment": 'a "quoted", comma', "seconds": None}]
     parsed = list(csv.DictReader(table.open()))
     assert parsed[0]["comment"] == 'a "quoted", comma' and parsed[0]["verdict"] == "tie"

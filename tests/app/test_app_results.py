@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from deft_app.results import agreement, all_results, pair_results, position_bias, strengths
+from deft_app.results import (
+    agreement,
+    all_results,
+    pair_results,
+    position_bias,
+    results_by_criterion,
+    strengths,
+    with_aliases,
+)
 
 
-def vote(item, annotator, verdict, left="dpo", a="dpo", b="deft", category="writing"):
-    return {"item_id": item, "annotator": annotator, "verdict": verdict, "left_model": left, "model_a": a,
-            "model_b": b, "category": category}
+def vote(item, annotator, verdict, left="dpo", a="dpo", b="deft", category="writing", criterion=None):
+    v = {"item_id": item, "annotator": annotator, "verdict": verdict, "left_model": left, "model_a": a,
+         "model_b": b, "category": category}
+    return v if criterion is None else {**v, "criterion": criterion}
 
 
 def test_pair_results_count_both_bad_as_a_tie():
@@ -48,3 +57,38 @@ def test_strengths_only_from_three_models_and_per_category():
     results = all_results(votes)
     assert results["votes"] == 12 and set(results["by_category"]) == {"math", "writing"}
     assert results["by_category"]["math"][0]["model_a"] == "mid"
+
+
+def test_results_per_criterion_are_separate_studies():
+    """The paper's two aspects: the same items judged on harmlessness and helpfulness. Each
+    criterion gets its own win rates and its own agreement (x and y agree on harmless, not on
+    helpful)."""
+    votes = []
+    for item, (x_h, y_h, x_p, y_p) in enumerate([("a", "a", "a", "b"), ("a", "a", "b", "a"), ("b", "b", "tie", "a")]):
+        votes += [vote(str(item), "x", x_h, criterion="harmless"), vote(str(item), "y", y_h, criterion="harmless"),
+                  vote(str(item), "x", x_p, criterion="helpful"), vote(str(item), "y", y_p, criterion="helpful")]
+    by = results_by_criterion(votes, ["harmless", "helpful", "honest"])
+    assert list(by) == ["harmless", "helpful", "honest"]  # the organiser's order; a criterion without votes too
+    harmless, helpful = by["harmless"]["pairs"][0], by["helpful"]["pairs"][0]
+    assert (harmless["win"], harmless["tie"], harmless["loss"]) == (4, 0, 2)
+    assert (helpful["win"], helpful["tie"], helpful["loss"]) == (3, 1, 2)
+    assert by["harmless"]["agreement"]["cohen"]["x / y"]["kappa"] == pytest.approx(1.0)
+    # helpful: x (a, b, tie) vs y (b, a, a): po 0; pe = (1*2 + 1*1 + 1*0) / 9 -> kappa (0 - 1/3) / (1 - 1/3) = -0.5
+    assert by["helpful"]["agreement"]["cohen"]["x / y"]["kappa"] == pytest.approx(-0.5)
+    assert by["honest"]["votes"] == 0 and by["honest"]["pairs"] == []
+    with pytest.raises(ValueError, match="one criterion"):
+        all_results(votes)
+
+
+def test_votes_from_before_criteria_are_the_overall_criterion():
+    by = results_by_criterion([vote("1", "x", "a"), vote("2", "x", "b", criterion="overall")])
+    assert list(by) == ["overall"] and by["overall"]["votes"] == 2
+
+
+def test_aliases_shorten_model_names_for_tables_only():
+    votes = [vote("1", "x", "a", left="runs/deft-dpo-5pct/checkpoint-120", a="runs/deft-dpo-5pct/checkpoint-120")]
+    short = with_aliases(votes, {"runs/deft-dpo-5pct/checkpoint-120": "DEFT 5%"})
+    assert (short[0]["model_a"], short[0]["left_model"], short[0]["model_b"]) == ("DEFT 5%", "DEFT 5%", "deft")
+    assert votes[0]["model_a"] == "runs/deft-dpo-5pct/checkpoint-120"  # the votes themselves untouched
+    assert pair_results(short)[0]["model_a"] == "DEFT 5%"
+

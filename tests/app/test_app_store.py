@@ -1,5 +1,7 @@
-"""The judging app's SQLite store: WAL, one vote per (item, annotator) under concurrency,
-nothing lost on reopening, hashed passwords, assignment with overlap."""
+"""The judging app's SQLite store: WAL, one vote per (item, annotator, criterion) under
+concurrency, nothing lost on reopening, hashed passwords, assignment with overlap; criteria,
+skips, flags, undo with its audit, per-annotator progress; and the migration of a database
+written by the previous version (tests/app/data/store_v1.sql)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,11 @@ import threading
 
 import pytest
 
-from deft_app.store import DUPLICATE, FULL, SCHEMA, STORED, Store, hash_password, left_is_a, verify_password
+from deft_app.store import DUPLICATE, FULL, SCHEMA_VERSION, STORED, Store, hash_password, left_is_a, verify_password
+
+from builders import TESTS
+
+V1_DUMP = TESTS / "app" / "data" / "store_v1.sql"
 
 
 def items(n: int) -> list[dict]:
@@ -62,7 +68,8 @@ def test_the_schema_refuses_a_second_vote_and_bad_verdicts(tmp_path):
         store.record_vote("q000", "ann", "left", "dpo")
     conn = sqlite3.connect(tmp_path / "v.db", isolation_level=None)  # autocommit: holds no lock afterwards
     with pytest.raises(sqlite3.IntegrityError):
-        conn.execute("INSERT INTO votes VALUES ('q000', 'ann', 'b', 'dpo', '', 0)")
+        conn.execute("INSERT INTO votes (item_id, annotator, verdict, left_model, created) "
+                     "VALUES ('q000', 'ann', 'b', 'dpo', 0)")
     conn.close()
     with pytest.raises(sqlite3.IntegrityError):  # no vote for an unknown annotator
         store.record_vote("q000", "intruder", "a", "dpo")
@@ -159,15 +166,121 @@ def test_concurrent_annotators_never_exceed_the_overlap_and_cover_every_item(tmp
     assert outcomes == [STORED] * 60
 
 
-def test_a_database_from_before_reservations_opens_and_assigns(tmp_path):
-    old_schema = SCHEMA[:SCHEMA.index("CREATE TABLE IF NOT EXISTS reservations")]
-    conn = sqlite3.connect(tmp_path / "old.db")
-    conn.executescript(old_schema)
-    conn.execute("INSERT INTO annotators VALUES ('ann', 'x', 'annotator')")
-    conn.executemany("INSERT INTO items VALUES (?, '[]', NULL, 'dpo', 'A', 'deft', 'B')", [("q0",), ("q1",)])
-    conn.execute("INSERT INTO votes VALUES ('q0', 'ann', 'a', 'dpo', '', 0)")
+def version_1_database(path, without_reservations=False):
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_DUMP.read_text())
+    if without_reservations:  # the first releases had no reservations table
+        conn.execute("DROP TABLE reservations")
     conn.commit()
     conn.close()
-    store = Store(tmp_path / "old.db")
-    assert [v["item_id"] for v in store.votes()] == ["q0"]
-    assert store.next_item("ann", overlap=1)["id"] == "q1"
+    return path
+
+
+def test_a_version_1_database_is_migrated_with_every_vote(tmp_path):
+    db = version_1_database(tmp_path / "v1.db")
+    before = sqlite3.connect(db).execute("SELECT item_id, annotator, verdict, left_model, comment, created "
+                                         "FROM votes ORDER BY item_id, annotator").fetchall()
+    assert len(before) == 3
+    store = Store(db)
+    votes = store.votes()
+    assert sorted((v["item_id"], v["annotator"], v["verdict"], v["left_model"], v["comment"], v["created"])
+                  for v in votes) == sorted(before)
+    assert {v["criterion"] for v in votes} == {"overall"} and {v["seconds"] for v in votes} == {None}
+    assert store.authenticate("boss", "password3") == "admin"  # annotators and passwords kept
+    assert store.item("q0")["dialogue"][1] == {"role": "assistant", "content": "earlier answer"}
+    version = sqlite3.connect(db).execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+    assert int(version) == SCHEMA_VERSION
+    # the old key (item, annotator) is now per criterion, and the new tables work
+    assert store.record_vote("q0", "ann1", "b", "dpo") == DUPLICATE
+    assert store.next_item("ann2", overlap=2)["id"] == "q1"  # its reservation from before had expired
+    assert store.next_item("ann1", overlap=2)["id"] == "q2"  # ann1 judged q0 and q1
+    store.skip("q2", "ann1")
+    assert store.next_item("ann1", overlap=2)["id"] == "q3"
+    assert store.record_verdicts("q3", "ann1", {"harmless": "a", "helpful": "b"}, "dpo") == STORED
+    assert Store(db).votes() == store.votes()  # reopening migrates nothing twice
+    assert store.audit()[-1]["new_verdict"] == "b"
+
+
+def test_a_database_from_before_reservations_opens_and_assigns(tmp_path):
+    store = Store(version_1_database(tmp_path / "old.db", without_reservations=True))
+    assert len(store.votes()) == 3
+    assert store.next_item("ann2", overlap=2)["id"] == "q1"
+
+
+def test_a_database_from_a_newer_version_is_refused(tmp_path):
+    Store(tmp_path / "new.db")
+    conn = sqlite3.connect(tmp_path / "new.db")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer deft-app"):
+        Store(tmp_path / "new.db")
+
+
+def test_criteria_are_stored_together_and_counted_once_per_annotator(tmp_path):
+    store = Store(tmp_path / "v.db")
+    store.add_items(items(2))
+    for name in ("ann1", "ann2"):
+        store.add_annotator(name, "pw")
+    assert store.next_item("ann1", overlap=1)["id"] == "q000"
+    assert store.record_verdicts("q000", "ann1", {"harmless": "a", "helpful": "tie"}, "dpo", "ok", overlap=1) == STORED
+    assert sorted((v["criterion"], v["verdict"], v["comment"]) for v in store.votes()) == [
+        ("harmless", "a", "ok"), ("helpful", "tie", "ok")]
+    # two criteria are one judgment: the item is full at overlap 1, and progress counts one item
+    assert store.next_item("ann2", overlap=1)["id"] == "q001"
+    assert store.progress("ann1", overlap=1) == (1, 2)
+    assert store.record_verdicts("q000", "ann2", {"harmless": "b", "helpful": "b"}, "dpo", overlap=1) == FULL
+    assert store.record_verdicts("q000", "ann1", {"harmless": "b"}, "dpo") == DUPLICATE
+    with pytest.raises(ValueError, match="helpful"):
+        store.record_verdicts("q001", "ann1", {"harmless": "a", "helpful": "left"}, "dpo")
+    with pytest.raises(ValueError, match="no verdicts"):
+        store.record_verdicts("q001", "ann1", {}, "dpo")
+    assert len(store.votes()) == 2  # nothing of the refused calls was stored
+
+
+def test_skip_and_flag_send_the_item_to_someone_else_and_are_no_votes(tmp_path):
+    store = Store(tmp_path / "v.db")
+    store.add_items(items(3))
+    for name in ("ann1", "ann2", "boss"):
+        store.add_annotator(name, "pw")
+    assert store.next_item("ann1", overlap=1)["id"] == "q000"
+    store.skip("q000", "ann1")
+    assert store.next_item("ann1", overlap=1)["id"] == "q001"  # never shown the skipped item again
+    assert store.next_item("ann2", overlap=1)["id"] == "q000"  # the skip freed it for others
+    store.flag("q001", "ann1", "identical", "the same text twice")
+    assert store.next_item("ann1", overlap=1)["id"] == "q002"
+    with pytest.raises(ValueError, match="reason"):
+        store.flag("q002", "ann1", "boring")
+    assert store.progress("ann1", overlap=1) == (0, 1)  # only q002 is still open to ann1
+    assert store.votes() == []
+    assert [(f["item_id"], f["annotator"], f["reason"], f["note"]) for f in store.flags()] == [
+        ("q001", "ann1", "identical", "the same text twice")]
+    progress = {p["annotator"]: p for p in store.annotator_progress()}
+    assert (progress["ann1"]["done"], progress["ann1"]["skipped"], progress["ann1"]["flagged"]) == (0, 1, 1)
+    assert progress["boss"] == {"annotator": "boss", "done": 0, "skipped": 0, "flagged": 0, "median_seconds": None}
+
+
+def test_undo_takes_back_the_last_vote_keeps_the_audit_and_shows_the_item_again(tmp_path, monkeypatch):
+    clock = iter(range(1000, 2000, 10))  # each time.time() call 10 seconds later
+    monkeypatch.setattr("deft_app.store.time.time", lambda: float(next(clock)))
+    store = Store(tmp_path / "v.db")
+    store.add_items(items(3))
+    store.add_annotator("ann", "pw")
+    assert store.undo_last("ann") is None  # nothing to take back
+    assert store.next_item("ann", overlap=1)["id"] == "q000"
+    assert store.record_verdicts("q000", "ann", {"harmless": "a", "helpful": "b"}, "dpo") == STORED
+    assert store.next_item("ann", overlap=1)["id"] == "q001"  # on the next item
+    assert store.undo_last("ann") == "q000"
+    assert store.votes() == []
+    assert store.next_item("ann", overlap=1)["id"] == "q000"  # shown again first
+    assert store.record_verdicts("q000", "ann", {"harmless": "tie", "helpful": "b"}, "dpo") == STORED
+    assert store.next_item("ann", overlap=1)["id"] == "q001"  # then the item it was on
+    assert sorted((v["criterion"], v["verdict"]) for v in store.votes()) == [("harmless", "tie"), ("helpful", "b")]
+    trail = [(a["criterion"], a["old_verdict"], a["new_verdict"]) for a in store.audit()]
+    assert trail == [("harmless", None, "a"), ("helpful", None, "b"), ("harmless", "a", None),
+                     ("helpful", "b", None), ("harmless", None, "tie"), ("helpful", None, "b")]
+    assert all(a["annotator"] == "ann" and a["item_id"] == "q000" for a in store.audit())
+    assert [a["at"] for a in store.audit()] == sorted(a["at"] for a in store.audit())
+    # seconds per item: from the first showing to the vote, on the injected clock
+    [seconds] = {v["seconds"] for v in store.votes()}
+    assert seconds > 0 and store.annotator_progress()[0]["median_seconds"] == seconds

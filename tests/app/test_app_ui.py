@@ -1,6 +1,7 @@
 """The judging app's handlers and its login, without a browser: blind sides fixed per item and
-annotator, votes stored in model terms, resume, admin-only results and export; the served app
-lets only listed annotators in."""
+annotator, votes stored in model terms, resume, admin-only results and export; several
+criteria, undo, skip, flag, the raw-text toggle, the reveal of the models, annotators'
+progress; the served app lets only listed annotators in."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import httpx
 import pytest
 from fastapi import HTTPException
 
+from deft_app.settings import Criterion, JudgingSettings
 from deft_app.store import Store
-from deft_app.ui import JudgingApp, launch, verdict_for
+from deft_app.ui import NOTHING_TO_UNDO, UNDONE_NOTE, JudgingApp, launch, verdict_for
 
 HOSTILE = '<script>document.title="pwned"</script><img src=x onerror=alert(1)>'
 
@@ -38,14 +40,18 @@ def req(user, cookies=None):
 
 
 def test_vote_flow_blind_sides_and_resume(app):
-    state, progress, dialogue, left, right, comment, results_tab, who = app.on_load(req("ann"))
+    state, progress, dialogue, left, right, comment, raw, results_tab, who = app.on_load(req("ann"))
     assert who == "Logged in as **ann**" and "<progress value='0' max='3'" in progress
     assert state["id"] == "q0" and "0 / 3" in progress and dialogue == "User: question 0"
-    assert {left, right} == {"dpo answer 0", HOSTILE}
+    assert set(state["texts"]) == {"dpo answer 0", HOSTILE} and raw is False
+    # rendered as Markdown, the hostile answer is text: its tags escaped, none of them live
+    hostile_view = left if state["texts"][0] == HOSTILE else right
+    assert "&lt;script&gt;" in hostile_view and "<script" not in hostile_view and "<img" not in hostile_view
+    assert "<p>dpo answer 0</p>" in left + right
     assert results_tab["visible"] is False  # annotators do not get the results tab
     # the layout is the same after a reload, and the click on the side with deft's answer stores "b"
     assert app.on_load(req("ann"))[0] == state
-    deft_side = "left" if left == HOSTILE else "right"
+    deft_side = "left" if state["texts"][0] == HOSTILE else "right"
     assert verdict_for(deft_side, state) == "b"
     nxt = app.vote(deft_side, "deft was better", state, req("ann"))
     assert nxt[0]["id"] == "q1" and "1 / 3" in nxt[1]
@@ -66,8 +72,9 @@ def test_results_and_export_are_for_admins_only(app):
     with pytest.raises(gr.Error):
         app.export(req("ann"))
     assert app.on_load(req("boss"))[-2]["visible"] is True
-    table, plot = app.results(req("boss"))
+    table, plot, annotators, flags = app.results(req("boss"))
     assert "| dpo | deft | 1 | 0 | 1 | 0 | 0.500 |" in table
+    assert "| ann | 1 | 0 | 0 |" in annotators and flags == "No flagged items."
     assert plot.format is None and plot.size[0] > 300  # an image in memory, no file on disk
     links = re.findall(r"\((deft-export/[^/]+/(votes\.\w+))\)", app.export(req("boss")))
     assert [name for _, name in links] == ["votes.jsonl", "votes.csv"]
@@ -114,7 +121,7 @@ def test_only_listed_annotators_get_in(app, capsys):
             assert admin.post("/login", data={"username": "boss", "password": "admin-pw-123"}).status_code == 200
             token = app.grants.grant("boss", dict(admin.cookies))
             fetched = admin.get(f"/deft-export/{token}/votes.csv")
-            assert fetched.status_code == 200 and fetched.text.startswith("item_id,annotator,verdict")
+            assert fetched.status_code == 200 and fetched.text.startswith("item_id,annotator,criterion,verdict")
             assert client.get(f"/deft-export/{token}/votes.csv").status_code == 404  # an annotator's login
             admin.close()
         with httpx.Client(base_url=base, timeout=30) as anonymous:
@@ -158,7 +165,7 @@ def test_serve_checks_its_paths_then_loads_items_and_annotators(tmp_path, monkey
 
 def test_names_from_the_data_are_escaped_in_the_admin_tables_and_plots(tmp_path):
     """A model or category name holding HTML, table syntax or dollar signs stays literal text."""
-    from deft_app.results import all_results, plot_results
+    from deft_app.results import plot_results, results_by_criterion
     from deft_app.ui import results_markdown
 
     evil_model, evil_category = "<img src=x onerror=alert(1)>|x", "**bold** $\\alpha$"
@@ -170,10 +177,10 @@ def test_names_from_the_data_are_escaped_in_the_admin_tables_and_plots(tmp_path)
     for _ in range(2):
         state = app.on_load(req("ann"))[0]
         app.vote("left", "", state, req("ann"))
-    text = results_markdown(all_results(store.votes()))
+    text = results_markdown(results_by_criterion(store.votes()))
     assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;\\|x" in text
     assert "\\*\\*bold\\*\\* \\$\\\\alpha\\$" in text
-    assert plot_results(all_results(store.votes()), tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    assert plot_results(results_by_criterion(store.votes()), tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_invisible_controls_in_answers_are_shown(tmp_path):
@@ -184,8 +191,8 @@ def test_invisible_controls_in_answers_are_shown(tmp_path):
     store.add_items([{"id": "q0", "dialogue": [{"role": "user", "content": "hi\u2066"}], "category": "c",
                       "model_a": "a", "answer_a": "safe \u202eeulav", "model_b": "b", "answer_b": "plain"}])
     store.add_annotator("ann", "annotator-pw")
-    _, _, dialogue, left, right, _ = JudgingApp(store, overlap=1)._show("ann")
-    assert "<U+202E>" in left + right and "\u202e" not in left + right and dialogue.endswith("hi<U+2066>")
+    _, _, dialogue, left, right, *_ = JudgingApp(store, overlap=1)._show("ann")
+    assert "&lt;U+202E&gt;" in left + right and "\u202e" not in left + right and dialogue.endswith("hi<U+2066>")
 
 
 def test_a_late_vote_on_an_item_others_completed_is_not_counted_and_said(tmp_path):
@@ -202,3 +209,87 @@ def test_a_late_vote_on_an_item_others_completed_is_not_counted_and_said(tmp_pat
     state, progress = app.vote("right", "", slow, req("ann"))[:2]
     assert "completed by other annotators" in progress and state["id"] == "q1"
     assert [(v["item_id"], v["annotator"]) for v in store.votes()] == [("q0", "ann2")]
+
+
+def two_criteria_app(tmp_path, **settings):
+    store = Store(tmp_path / "votes.db")
+    store.add_items([{"id": f"q{i}", "dialogue": [{"role": "user", "content": f"question {i}"}], "category": "c",
+                      "model_a": "runs/dpo-full", "answer_a": f"**bold** answer {i}", "model_b": "runs/deft-5pct",
+                      "answer_b": f"plain answer {i}"} for i in range(3)])
+    for name in ("ann", "ann2"):
+        store.add_annotator(name, "annotator-pw")
+    store.add_annotator("boss", "admin-pw-123", "admin")
+    criteria = [Criterion("harmless", "More harmless?"), Criterion("helpful", "More helpful?")]
+    return JudgingApp(store, overlap=1, settings=JudgingSettings(criteria=criteria, **settings))
+
+
+def test_several_criteria_are_answered_together_and_counted_apart(tmp_path):
+    app = two_criteria_app(tmp_path, aliases={"runs/dpo-full": "DPO", "runs/deft-5pct": "DEFT"})
+    shown = app.on_load(req("ann"))
+    state = shown[0]
+    assert len(shown) == 7 + 2 + 2 and shown[7:9] == (None, None)  # one cleared choice per criterion
+    # an unanswered criterion: nothing stored, the item stays, a note says why
+    kept = app.submit("", state, "left", None, request=req("ann"))
+    assert "Answer every question" in kept[1] and kept[0] == gr.skip()  # the item and its choices stay
+    assert app.store.votes() == []
+    nxt = app.submit("both fine", state, "left", "tie", request=req("ann"))
+    assert nxt[0]["id"] == "q1" and "1 / 3" in nxt[1]
+    left_verdict = verdict_for("left", state)
+    assert sorted((v["criterion"], v["verdict"], v["comment"]) for v in app.store.votes()) == [
+        ("harmless", left_verdict, "both fine"), ("helpful", "tie", "both fine")]
+    table = app.results(req("boss"))[0]
+    assert "### harmless" in table and "### helpful" in table
+    assert "| DPO | DEFT | 1 |" in table and "runs/" not in table  # the organiser's aliases in the tables
+
+
+def test_undo_takes_back_the_last_vote_once(tmp_path):
+    app = two_criteria_app(tmp_path)
+    first = app.on_load(req("ann"))[0]
+    assert app.undo(first, req("ann"))[1].endswith(NOTHING_TO_UNDO)  # no vote yet
+    second = app.submit("", first, "left", "right", request=req("ann"))
+    assert second[0]["undo"] is True and second[0]["id"] == "q1"
+    back = app.undo(second[0], req("ann"))
+    assert back[0]["id"] == first["id"] and UNDONE_NOTE in back[1] and app.store.votes() == []
+    assert back[0]["undo"] is False  # only the last vote, once
+    assert app.undo(back[0], req("ann"))[1].endswith(NOTHING_TO_UNDO)
+    again = app.submit("", back[0], "tie", "tie", request=req("ann"))
+    assert again[0]["id"] == "q1"
+    assert sorted(v["verdict"] for v in app.store.votes()) == ["tie", "tie"]  # the latest vote is the one kept
+    assert [(a["old_verdict"] is None, a["new_verdict"] is None) for a in app.store.audit()] == [
+        (True, False), (True, False), (False, True), (False, True), (True, False), (True, False)]
+
+
+def test_skip_and_flag_hand_the_item_on_and_the_admin_sees_them(tmp_path):
+    app = two_criteria_app(tmp_path)
+    first = app.on_load(req("ann"))[0]
+    after_skip = app.skip(first, req("ann"))
+    assert after_skip[0]["id"] == "q1" and "Skipped" in after_skip[1]
+    assert app.on_load(req("ann2"))[0]["id"] == first["id"]  # someone else gets it
+    unchanged = app.flag(None, "", after_skip[0], req("ann"))
+    assert "Choose a reason" in unchanged[1] and app.store.flags() == []
+    flagged = app.flag("Identical answers", "<b>same</b> text", after_skip[0], req("ann"))
+    assert flagged[0]["id"] == "q2" and "Flagged (Identical answers)" in flagged[1]
+    _, _, annotators, flags = app.results(req("boss"))
+    assert "| ann | 0 | 1 | 1 |" in annotators
+    assert "| q1 | ann | Identical answers | &lt;b&gt;same&lt;/b&gt; text |" in flags
+    assert app.store.votes() == []  # neither is a vote
+
+
+def test_raw_toggle_and_the_reveal_after_a_vote(tmp_path):
+    app = two_criteria_app(tmp_path, reveal_models=True, aliases={"runs/dpo-full": "<i>DPO</i>"})
+    state = app.on_load(req("ann"))[0]
+    rendered = app.show_raw(False, state)
+    raw = app.show_raw(True, state)
+    bold_side = 0 if state["texts"][0].startswith("**") else 1
+    assert "<strong>bold</strong>" in rendered[bold_side]
+    assert "<pre class=\"raw-answer\">**bold** answer 0</pre>" in raw[bold_side]
+    note = app.submit("", state, "left", "left", request=req("ann"))[1]
+    names = {"left": state["left"], "right": state["right"]}
+    shown = {side: "&lt;i&gt;DPO&lt;/i&gt;" if names[side] == "runs/dpo-full" else "runs/deft-5pct"
+             for side in names}
+    assert f"A was <b>{shown['left']}</b>, B was <b>{shown['right']}</b>" in note
+    (tmp_path / "blind").mkdir()
+    blind = two_criteria_app(tmp_path / "blind")  # off by default
+    s2 = blind.on_load(req("ann"))[0]
+    assert "A was" not in blind.submit("", s2, "left", "left", request=req("ann"))[1]
+
