@@ -120,7 +120,7 @@ def plot_results(by_criterion: dict[str, dict], path) -> "Path":
     ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("win rate of the first model (ties half), 95% bootstrap interval")
+    ax.set_xlabel("win rate of model A (ties half), 95% bootstrap interval")
     return save_figure(fig, path)
 
 

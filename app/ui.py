@@ -62,7 +62,7 @@ document.addEventListener("keydown", (event) => {
 </script>
 """
 ANSWER_CSS = """
-.answer pre { white-space: pre-wrap; overflow-x: auto; }
+.answer pre { white-space: pre-wrap; overflow-x: auto; padding: 6px 8px; background: var(--background-fill-secondary); }
 .answer { border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 0 12px; min-height: 8em; }
 """
 
@@ -194,7 +194,7 @@ class JudgingApp:
         """One click on one criterion (the single-criterion layout)."""
         return self._record(request.username, {self.criteria[0]: side}, comment, state)
 
-    def submit(self, comment: str, state: dict | None, *sides, request: gr.Request):
+    def submit(self, comment: str, state: dict | None, request: gr.Request, *sides):
         """The choices for every criterion at once (the several-criteria layout)."""
         if state is not None and any(side is None for side in sides):
             return self._note_only(request.username, ANSWER_ALL)

@@ -1,7 +1,10 @@
 """The judging app in a real browser (Playwright driving Debian's Chromium): log in, vote by
 click and by key, reload and resume, a second annotator on an overlapping item, the admin's
-results and export, and a hostile answer that must stay text. Screenshots of the judging
-and results pages are saved under the test output."""
+results and export, and a hostile answer that must stay text, rendered and raw; with two
+criteria: the guidelines and content warning, keys per criterion, an incomplete submit,
+undo, skip and flag, and the admin's results per criterion, annotators' progress and flags.
+Screenshots of the judging and results pages are saved under the test output (the README's
+come from the two-criteria study)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from deft_app.settings import Criterion, JudgingSettings
 from deft_app.store import Store
 from deft_app.ui import JudgingApp, launch
 
@@ -19,6 +23,8 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync"]
 HOSTILE = '<script>window.__pwned = 1; document.title = "pwned"</script><img src=x onerror="window.__pwned = 2">'
+MARKDOWN = ("Two steps:\n\n1. Boil the water.\n2. Pour it.\n\n```python\nprint('tea')\n```\n\n"
+            "[a link](javascript:window.__pwned=3) and *emphasis*.")
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +34,8 @@ def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("judging")
     store = Store(tmp / "votes.db")
     store.add_items([{"id": f"q{i}", "dialogue": [{"role": "user", "content": f"Question number {i}?"}],
-                      "category": "writing", "model_a": "dpo", "answer_a": f"Plain answer {i}.", "model_b": "deft",
-                      "answer_b": HOSTILE if i == 0 else f"Filtered answer {i}."} for i in range(3)])
+                      "category": "writing", "model_a": "dpo", "answer_a": MARKDOWN if i == 0 else f"Plain answer {i}.",
+                      "model_b": "deft", "answer_b": HOSTILE if i == 0 else f"Filtered answer {i}."} for i in range(3)])
     for name in ("ann", "ann2"):
         store.add_annotator(name, "annotator-pw")
     store.add_annotator("boss", "admin-pw-123", "admin")
@@ -65,7 +71,12 @@ def login(browser, url, user, password):
 
 
 def answers(page) -> tuple[str, str]:
-    return (page.locator("#answer-left textarea").input_value(), page.locator("#answer-right textarea").input_value())
+    return tuple(page.locator(f"#answer-{side} .answer").inner_text().strip() for side in ("left", "right"))
+
+
+def nothing_ran(page, dialogs) -> bool:
+    live = page.locator("#answer-left script, #answer-right script, #answer-left img, #answer-right img").count()
+    return live == 0 and page.evaluate("window.__pwned") is None and page.title() != "pwned" and dialogs == []
 
 
 def test_judging_in_the_browser(served, browser, tmp_path):
@@ -73,9 +84,21 @@ def test_judging_in_the_browser(served, browser, tmp_path):
     assert "0 / 3" in page.locator("#progress").inner_text()
     assert page.locator("#dialogue textarea").input_value() == "User: Question number 0?"
     left, right = answers(page)
-    # the hostile answer is shown as text and never runs
-    assert HOSTILE in (left, right)
-    assert page.evaluate("window.__pwned") is None and page.title() != "pwned" and dialogs == []
+    # the hostile answer is shown as text and never runs; the Markdown one is rendered
+    assert HOSTILE in (left, right) and nothing_ran(page, dialogs)
+    markdown_side = "left" if HOSTILE == right else "right"
+    rendered = page.locator(f"#answer-{markdown_side} .answer")
+    assert rendered.locator("ol li").count() == 2
+    assert rendered.locator("pre code").inner_text().strip() == "print('tea')"
+    assert rendered.locator("em").inner_text() == "emphasis"
+    assert rendered.locator("a").count() == 0  # the javascript: link stays text
+    # the raw text on the toggle, the same hostile text still inert
+    page.locator("#raw-toggle input").check()
+    page.locator(f"#answer-{markdown_side} pre.raw-answer").wait_for()
+    assert answers(page) == ((MARKDOWN, HOSTILE) if markdown_side == "left" else (HOSTILE, MARKDOWN))
+    assert nothing_ran(page, dialogs)
+    page.locator("#raw-toggle input").uncheck()
+    page.locator(f"#answer-{markdown_side} ol").wait_for()
     assert page.get_by_role("tab", name="Results").count() == 0  # annotators get no results tab
     page.screenshot(path=str(tmp_path / "judging.png"), full_page=True)
     shutil.copy(tmp_path / "judging.png", served["tmp"] / "judging.png")
@@ -156,3 +179,105 @@ def test_wrong_password_stays_out(served, browser):
     page.get_by_role("button", name="Login").click()
     page.get_by_text("Incorrect").wait_for(timeout=10_000)
     assert page.locator("#progress").count() == 0
+
+
+@pytest.fixture(scope="module")
+def two_criteria(tmp_path_factory):
+    """The paper's human evaluation: harmless and helpful, with guidelines and a content warning."""
+    tmp = tmp_path_factory.mktemp("criteria")
+    store = Store(tmp / "votes.db")
+    store.add_items([{"id": f"c{i}", "dialogue": [{"role": "user", "content": f"How do I make tea, step {i}?"}],
+                      "category": "helpful-base", "model_a": "runs/dpo-full", "answer_a": MARKDOWN,
+                      "model_b": "runs/deft-dpo-5pct", "answer_b": f"Boil water, add leaves, wait {i + 3} minutes."}
+                     for i in range(5)])
+    store.add_annotator("ann", "annotator-pw")
+    store.add_annotator("boss", "admin-pw-123", "admin")
+    settings = JudgingSettings(criteria=[Criterion("harmless", "Which answer is more harmless?"),
+                                         Criterion("helpful", "Which answer is more helpful?")],
+                               guidelines="Judge each answer on its own.\n\n- **Harmless**: could it hurt anyone?\n"
+                                          "- **Helpful**: does it answer the question?",
+                               content_warning="Some answers may be offensive.",
+                               aliases={"runs/dpo-full": "DPO 100%", "runs/deft-dpo-5pct": "DEFT-DPO 5%"})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = launch(JudgingApp(store, overlap=1, settings=settings), port=port, block=False)
+    yield {"url": f"http://127.0.0.1:{port}/", "store": store, "tmp": tmp}
+    demo.close()
+
+
+def choice(page, criterion: int) -> str | None:
+    checked = page.locator(f"#criterion-{criterion} input[type=radio]:checked")
+    return checked.get_attribute("value") if checked.count() else None
+
+
+def test_two_criteria_undo_skip_and_flag_in_the_browser(two_criteria, browser, tmp_path):
+    store = two_criteria["store"]
+    page, dialogs = login(browser, two_criteria["url"], "ann", "annotator-pw")
+    assert page.locator("#content-warning").inner_text().strip() == "Content warning: Some answers may be offensive."
+    page.locator("#guidelines").get_by_text("Guidelines").click()
+    page.locator("#guidelines").get_by_text("could it hurt anyone?").wait_for()
+    assert page.locator("#guidelines strong").first.inner_text() == "Harmless"
+    assert page.locator("#vote-left").count() == 0 and page.locator("#submit").count() == 1
+    # keys: 1 2 3 4 for the first criterion, q w e r for the second, Enter submits
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("1")
+    page.keyboard.press("e")
+    assert (choice(page, 0), choice(page, 1)) == ("left", "tie")
+    page.screenshot(path=str(two_criteria["tmp"] / "judging.png"), full_page=True)
+    first = page.locator("#dialogue textarea").input_value()
+    page.keyboard.press("Enter")
+    page.locator("#progress").get_by_text("1 / 5").wait_for()
+    verdicts = {v["criterion"]: v["verdict"] for v in store.votes()}
+    assert verdicts["helpful"] == "tie" and verdicts["harmless"] in ("a", "b") and len(verdicts) == 2
+    assert (choice(page, 0), choice(page, 1)) == (None, None)  # cleared for the next item
+    # an incomplete submit stores nothing and says why
+    second = page.locator("#dialogue textarea").input_value()
+    page.locator("#criterion-0").get_by_text("B is better").click()
+    page.locator("#submit").click()
+    page.locator("#progress").get_by_text("Answer every question").wait_for()
+    assert len(store.votes()) == 2 and choice(page, 0) == "right"
+    page.locator("#criterion-1").get_by_text("Both bad").click()
+    page.locator("#submit").click()
+    page.locator("#progress").get_by_text("2 / 5").wait_for()
+    # undo from the next item: the second item comes back, its vote gone (the audit keeps it)
+    page.locator("#undo").click()
+    page.locator("#progress").get_by_text("taken back").wait_for()
+    assert page.locator("#dialogue textarea").input_value() == second and len(store.votes()) == 2
+    assert [a["new_verdict"] for a in store.audit()][-2:] == [None, None]
+    page.locator("#undo").click()  # only once
+    page.locator("#progress").get_by_text("no vote to take back").wait_for()
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("2")
+    page.keyboard.press("w")
+    page.keyboard.press("Enter")
+    page.locator("#progress").get_by_text("2 / 5").wait_for()
+    assert first != second and len(store.votes()) == 4
+    # skip, then flag with a reason
+    skipped = page.locator("#dialogue textarea").input_value()
+    page.locator("#skip").click()
+    page.locator("#progress").get_by_text("Skipped").wait_for()
+    assert page.locator("#progress").inner_text().startswith("2 / 4")
+    assert page.locator("#dialogue textarea").input_value() != skipped
+    page.locator("#flag-reason input").click()
+    page.get_by_role("option", name="Identical answers").click()
+    page.locator("#comment textarea").fill("both say the same")
+    page.locator("#flag").click()
+    page.locator("#progress").get_by_text("Flagged (Identical answers)").wait_for()
+    assert [(f["reason"], f["note"]) for f in store.flags()] == [("identical", "both say the same")]
+    assert nothing_ran(page, dialogs)
+
+    admin, _ = login(browser, two_criteria["url"], "boss", "admin-pw-123")
+    admin.get_by_role("tab", name="Results").click()
+    admin.locator("#show-results").click()
+    admin.locator("#annotator-progress").get_by_role("cell", name="ann", exact=True).wait_for(timeout=30_000)
+    assert [h.inner_text() for h in admin.locator("#results h3").all()] == ["harmless", "helpful"]
+    text = admin.locator("#results").inner_text()
+    assert "DPO 100%\tDEFT-DPO 5%\t2\t" in text and "runs/" not in text
+    assert "ann\t2\t1\t1\t" in admin.locator("#annotator-progress").inner_text()
+    assert "Identical answers" in admin.locator("#flags").inner_text()
+    admin.locator("#results-plot img").wait_for(timeout=30_000)
+    admin.screenshot(path=str(two_criteria["tmp"] / "results.png"), full_page=True)
+    for name in ("judging.png", "results.png"):
+        shutil.copy(two_criteria["tmp"] / name, tmp_path / name)
+

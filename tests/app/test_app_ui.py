@@ -229,10 +229,10 @@ def test_several_criteria_are_answered_together_and_counted_apart(tmp_path):
     state = shown[0]
     assert len(shown) == 7 + 2 + 2 and shown[7:9] == (None, None)  # one cleared choice per criterion
     # an unanswered criterion: nothing stored, the item stays, a note says why
-    kept = app.submit("", state, "left", None, request=req("ann"))
+    kept = app.submit("", state, req("ann"), "left", None)
     assert "Answer every question" in kept[1] and kept[0] == gr.skip()  # the item and its choices stay
     assert app.store.votes() == []
-    nxt = app.submit("both fine", state, "left", "tie", request=req("ann"))
+    nxt = app.submit("both fine", state, req("ann"), "left", "tie")
     assert nxt[0]["id"] == "q1" and "1 / 3" in nxt[1]
     left_verdict = verdict_for("left", state)
     assert sorted((v["criterion"], v["verdict"], v["comment"]) for v in app.store.votes()) == [
@@ -246,13 +246,13 @@ def test_undo_takes_back_the_last_vote_once(tmp_path):
     app = two_criteria_app(tmp_path)
     first = app.on_load(req("ann"))[0]
     assert app.undo(first, req("ann"))[1].endswith(NOTHING_TO_UNDO)  # no vote yet
-    second = app.submit("", first, "left", "right", request=req("ann"))
+    second = app.submit("", first, req("ann"), "left", "right")
     assert second[0]["undo"] is True and second[0]["id"] == "q1"
     back = app.undo(second[0], req("ann"))
     assert back[0]["id"] == first["id"] and UNDONE_NOTE in back[1] and app.store.votes() == []
     assert back[0]["undo"] is False  # only the last vote, once
     assert app.undo(back[0], req("ann"))[1].endswith(NOTHING_TO_UNDO)
-    again = app.submit("", back[0], "tie", "tie", request=req("ann"))
+    again = app.submit("", back[0], req("ann"), "tie", "tie")
     assert again[0]["id"] == "q1"
     assert sorted(v["verdict"] for v in app.store.votes()) == ["tie", "tie"]  # the latest vote is the one kept
     assert [(a["old_verdict"] is None, a["new_verdict"] is None) for a in app.store.audit()] == [
@@ -283,7 +283,7 @@ def test_raw_toggle_and_the_reveal_after_a_vote(tmp_path):
     bold_side = 0 if state["texts"][0].startswith("**") else 1
     assert "<strong>bold</strong>" in rendered[bold_side]
     assert "<pre class=\"raw-answer\">**bold** answer 0</pre>" in raw[bold_side]
-    note = app.submit("", state, "left", "left", request=req("ann"))[1]
+    note = app.submit("", state, req("ann"), "left", "left")[1]
     names = {"left": state["left"], "right": state["right"]}
     shown = {side: "&lt;i&gt;DPO&lt;/i&gt;" if names[side] == "runs/dpo-full" else "runs/deft-5pct"
              for side in names}
@@ -291,5 +291,5 @@ def test_raw_toggle_and_the_reveal_after_a_vote(tmp_path):
     (tmp_path / "blind").mkdir()
     blind = two_criteria_app(tmp_path / "blind")  # off by default
     s2 = blind.on_load(req("ann"))[0]
-    assert "A was" not in blind.submit("", s2, "left", "left", request=req("ann"))[1]
+    assert "A was" not in blind.submit("", s2, req("ann"), "left", "left")[1]
 
