@@ -1,5 +1,6 @@
 """What every chunked vocabulary computation shares: how many positions one chunk holds, the
-dtype the work runs in, per-sequence sums of per-position values, and the masks of the positions that predict reply tokens.
+dtype the work runs in, per-sequence sums of per-position values, and the masks of the
+positions that predict reply tokens.
 
 A position t of a [batch, time] sequence *predicts* the token at t + 1: the masks here are over
 predicting positions, the targets are the next tokens."""

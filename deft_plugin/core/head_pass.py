@@ -23,7 +23,6 @@ from torch.utils.checkpoint import checkpoint
 from deft_plugin.core.chunked import DEFAULT_CHUNK_ELEMENTS, rows_per_chunk, sum_per_sequence, work_dtype
 from deft_plugin.core.reward import fit_q
 
-
 # Per-position statistics TRL's DPO trainer logs, taken from each chunk's logits on the way.
 STATS = ("mean_logit", "entropy", "correct")
 
