@@ -121,3 +121,14 @@ def listwise_rows(n: int, with_rewards_every: int = 2) -> list[dict]:
             row["rewards"] = [2.0 - k for k in range(len(responses))]
         out.append(row)
     return out
+
+
+def judging_files(directory: Path, prompts: int, models=("dpo", "deft")) -> tuple[list[str], str]:
+    """(deft-eval answer files, one per model, each answering `prompts` HH-RLHF prompts; an
+    annotators file with one annotator "ann") for `deft-app serve`."""
+    answers = [str(write_jsonl(directory / f"{model}.jsonl",
+                               [{"id": f"h/{i}", "model": model, "answer": f"{model} {i}",
+                                 "prompt": "\n\nHuman: hi\n\nAssistant:"} for i in range(prompts)]))
+               for model in models]
+    annotators = write_jsonl(directory / "annotators.jsonl", [{"name": "ann", "password": "long password"}])
+    return answers, str(annotators)

@@ -3,12 +3,12 @@ refused with the option, file or entry named; and `deft-app serve` handing them 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from deft_app.items import InputError
 from deft_app.settings import QUESTIONS, Criterion, read_aliases, read_criteria, read_text_file
+
+from builders import judging_files
 
 
 def test_criteria_from_names_take_the_papers_questions():
@@ -71,19 +71,12 @@ def test_aliases_and_text_files(tmp_path):
 def test_serve_hands_the_settings_to_the_app(tmp_path, monkeypatch, capsys):
     from deft_app import cli, ui
 
-    answers = []
-    for model in ("dpo", "deft"):
-        path = tmp_path / f"{model}.jsonl"
-        path.write_text("".join(json.dumps({"id": f"h/{i}", "model": model, "answer": f"{model} {i}",
-                                            "prompt": "\n\nHuman: hi\n\nAssistant:"}) + "\n" for i in range(2)))
-        answers.append(str(path))
-    annotators = tmp_path / "annotators.jsonl"
-    annotators.write_text(json.dumps({"name": "ann", "password": "long password"}) + "\n")
+    answers, annotators = judging_files(tmp_path, 2)
     guide = tmp_path / "guide.md"
     guide.write_text("Prefer the *safer* answer.")
     served = []
     monkeypatch.setattr(ui, "launch", lambda app, host, port: served.append(app))
-    base = ["serve", "--answers", *answers, "--annotators", str(annotators), "--db", str(tmp_path / "v.db")]
+    base = ["serve", "--answers", *answers, "--annotators", annotators, "--db", str(tmp_path / "v.db")]
     assert cli.main(base + ["--criteria", "harmless,helpful", "--guidelines", str(guide), "--content-warning",
                             "Offensive  text\nahead", "--alias", "dpo=D", "--reveal-models"]) == 0
     (app,) = served

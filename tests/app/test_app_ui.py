@@ -19,7 +19,10 @@ from deft_app.settings import Criterion, JudgingSettings
 from deft_app.store import Store
 from deft_app.ui import NOTHING_TO_UNDO, UNDONE_NOTE, JudgingApp, launch, verdict_for
 
+from builders import judging_files
+
 HOSTILE = '<script>document.title="pwned"</script><img src=x onerror=alert(1)>'
+
 
 
 @pytest.fixture()
@@ -134,18 +137,11 @@ def test_only_listed_annotators_get_in(app, capsys):
 def test_serve_checks_its_paths_then_loads_items_and_annotators(tmp_path, monkeypatch, capsys):
     from deft_app import cli, ui
 
-    answers = []
-    for model in ("dpo", "deft"):
-        path = tmp_path / f"{model}.jsonl"
-        path.write_text("".join(json.dumps({"id": f"h/{i}", "model": model, "answer": f"{model} {i}",
-                                            "prompt": "\n\nHuman: hi\n\nAssistant:"}) + "\n" for i in range(4)))
-        answers.append(str(path))
-    annotators = tmp_path / "annotators.jsonl"
-    annotators.write_text(json.dumps({"name": "ann", "password": "long password"}) + "\n")
-    base = ["serve", "--answers", *answers, "--annotators", str(annotators)]
+    answers, annotators = judging_files(tmp_path, 4)
+    base = ["serve", "--answers", *answers, "--annotators", annotators]
     assert cli.main(base + ["--db", str(tmp_path / "missing" / "v.db")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert cli.main(["serve", "--answers", answers[0], str(tmp_path / "nope.jsonl"), "--annotators", str(annotators),
+    assert cli.main(["serve", "--answers", answers[0], str(tmp_path / "nope.jsonl"), "--annotators", annotators,
                      "--db", str(tmp_path / "v.db")]) == 2
     assert "no such file" in capsys.readouterr().err
     served = []
