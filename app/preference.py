@@ -20,14 +20,9 @@ from collections import Counter
 from typing import Callable
 
 from deft_app.items import InputError
+from deft_app.store import DEFAULT_CRITERION, VERDICTS, criterion_of
 
-VERDICTS = ("a", "b", "tie", "both_bad")
-DEFAULT_CRITERION = "overall"
 LEFT_OUT = ("tie", "both_bad", "split")  # why an item gives no row
-
-
-def criterion_of(vote: dict) -> str:
-    return vote.get("criterion") or DEFAULT_CRITERION
 
 
 def criteria(votes: list[dict]) -> list[str]:

@@ -18,7 +18,7 @@ from deft_app.stats import (
     left_win_rate,
     win_tie_loss,
 )
-from deft_app.store import DEFAULT_CRITERION
+from deft_app.store import criterion_of
 
 OUTCOME = {"a": 1.0, "b": 0.0, "tie": 0.5, "both_bad": 0.5}  # for model_a; "both bad" counts as a tie
 
@@ -75,10 +75,6 @@ def agreement(votes: list[dict]) -> dict:
             table = [[list(labels.values()).count(c) for c in categories] for labels in items]
             fleiss = {"items": len(items), "annotators_per_item": size, "kappa": fleiss_kappa(table)}
     return {"cohen": cohen, "fleiss": fleiss}
-
-
-def criterion_of(vote: dict) -> str:
-    return vote.get("criterion") or DEFAULT_CRITERION  # votes from before criteria judged one, "overall"
 
 
 def results_by_criterion(votes: list[dict], criteria: list[str] | None = None, seed: int = 0) -> dict[str, dict]:

@@ -115,6 +115,11 @@ ALTER TABLE reservations ADD COLUMN started REAL;
 }
 
 
+def criterion_of(vote: dict) -> str:
+    """A vote's criterion; a vote from before criteria judged the one there was, "overall"."""
+    return vote.get("criterion") or DEFAULT_CRITERION
+
+
 def hash_password(password: str, salt: bytes | None = None) -> str:
     salt = salt or os.urandom(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=2 ** 14, r=8, p=1)

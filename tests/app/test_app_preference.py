@@ -149,15 +149,17 @@ def test_bad_input_is_named():
 # ---------------------------------------------------------------- deft-app export --as preference
 
 
-def judged_db(path) -> Store:
-    """Four items (one of them a multi-turn dialogue) judged by three annotators through the store's API."""
+def judged_db(path, criteria: dict[str, str] | None = None) -> Store:
+    """Four items (one of them a multi-turn dialogue) judged by three annotators through the
+    store's API; `criteria`: annotator -> the criterion their votes are on (default overall)."""
     store = Store(path)
     store.add_items([item(0, DIALOGUE), item(1), item(2), item(3)])
     for name in ("ann", "bob", "cat"):
         store.add_annotator(name, "long password")
     for item_id, verdicts in {"q0": "bba", "q1": "aa", "q2": "ab", "q3": "t"}.items():
         for name, verdict in zip(("ann", "bob", "cat"), verdicts):
-            store.record_vote(item_id, name, {"t": "tie"}.get(verdict, verdict), "deft")
+            store.record_vote(item_id, name, {"t": "tie"}.get(verdict, verdict), "deft",
+                              criterion=(criteria or {}).get(name, "overall"))
     return store
 
 
@@ -187,13 +189,9 @@ def test_the_vote_export_stays_the_default(tmp_path, capsys):
     assert capsys.readouterr().err == "deft-app: error: --criterion applies to --as preference only\n"
 
 
-def test_the_criterion_on_the_command_line(tmp_path, capsys, monkeypatch):
-    """Votes on two criteria (bob's on "safety"; given to the store's votes here, as the store
-    records no criterion yet)."""
-    judged_db(tmp_path / "v.db")
-    real = Store.votes
-    monkeypatch.setattr(Store, "votes", lambda self: [
-        {**v, "criterion": "safety" if v["annotator"] == "bob" else "overall"} for v in real(self)])
+def test_the_criterion_on_the_command_line(tmp_path, capsys):
+    """Votes on two criteria: bob's on "safety", the others' on "overall"."""
+    judged_db(tmp_path / "v.db", criteria={"bob": "safety"})
     base = ["export", "--db", str(tmp_path / "v.db"), "--out", str(tmp_path / "out"), "--as", "preference"]
     assert cli.main(base) == 2
     assert capsys.readouterr().err == ("deft-app: error: the votes are on several criteria (overall, safety): "
