@@ -151,9 +151,7 @@ class Store:
 
     def _migrate(self) -> None:
         """Bring a database of any earlier version up to SCHEMA_VERSION, in one transaction."""
-        conn = self._raw()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._conn() as conn:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             version = SCHEMA_VERSION
             if "votes" in tables:
@@ -164,18 +162,10 @@ class Store:
                 raise RuntimeError(f"{self.path}: written by a newer deft-app (schema {version}); this one reads "
                                    f"schema {SCHEMA_VERSION} and older")
             for step in range(version, SCHEMA_VERSION):
-                for statement in MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+                _run_script(conn, MIGRATIONS[step])
+            _run_script(conn, SCHEMA)
             conn.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET "
                          "value = excluded.value", (str(SCHEMA_VERSION),))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def _conn(self) -> "_Transaction":
         return _Transaction(self._raw())
@@ -382,6 +372,14 @@ class Store:
 # The items an annotator (the named parameter :annotator) has judged, skipped or flagged.
 _SET_ASIDE = ("SELECT item_id FROM votes WHERE annotator = :annotator UNION SELECT item_id FROM skips WHERE "
               "annotator = :annotator UNION SELECT item_id FROM flags WHERE annotator = :annotator")
+
+
+def _run_script(conn, script: str) -> None:
+    """The statements of a script inside the open transaction (executescript would commit it
+    first); the scripts here hold no semicolon but between statements."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 def _reserve(conn, item_id: str, annotator: str, expires: float, now: float) -> None:

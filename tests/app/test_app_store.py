@@ -10,7 +10,17 @@ import threading
 
 import pytest
 
-from deft_app.store import DUPLICATE, FULL, SCHEMA_VERSION, STORED, Store, hash_password, left_is_a, verify_password
+from deft_app.store import (
+    DUPLICATE,
+    FULL,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    STORED,
+    Store,
+    hash_password,
+    left_is_a,
+    verify_password,
+)
 
 from builders import TESTS
 
@@ -199,6 +209,15 @@ def test_a_version_1_database_is_migrated_with_every_vote(tmp_path):
     assert store.record_verdicts("q3", "ann1", {"harmless": "a", "helpful": "b"}, "dpo") == STORED
     assert Store(db).votes() == store.votes()  # reopening migrates nothing twice
     assert store.audit()[-1]["new_verdict"] == "b"
+
+
+def test_a_migration_that_fails_leaves_the_database_as_it_was(tmp_path, monkeypatch):
+    db = version_1_database(tmp_path / "v1.db")
+    dump = "\n".join(sqlite3.connect(db).iterdump())
+    monkeypatch.setitem(MIGRATIONS, 1, MIGRATIONS[1] + "SELECT no_such_function();")
+    with pytest.raises(sqlite3.OperationalError, match="no_such_function"):
+        Store(db)
+    assert "\n".join(sqlite3.connect(db).iterdump()) == dump  # the old votes table, rows and all
 
 
 def test_a_database_from_before_reservations_opens_and_assigns(tmp_path):
