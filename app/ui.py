@@ -31,6 +31,7 @@ SIDE_LABELS = {"left": "A is better", "right": "B is better", "tie": "Tie", "bot
 KEY_ROWS = ("1234", "qwer", "asdf", "zxcv")  # the verdict keys of criterion 1, 2, 3, 4
 FLAG_LABELS = {"broken": "Broken item", "offensive": "Offensive content", "identical": "Identical answers",
                "other": "Other problem"}
+FLAG_REASON_OF = {label: reason for reason, label in FLAG_LABELS.items()}
 SHORTCUTS = """
 <script>
 document.addEventListener("keydown", (event) => {
@@ -159,6 +160,8 @@ class JudgingApp:
         self.store, self.overlap, self.hold = store, overlap, hold
         self.settings = settings or JudgingSettings()
         self.criteria = self.settings.criterion_names
+        # one choice per criterion among the outputs when there are several (one criterion: buttons)
+        self.choice_outputs = len(self.criteria) if len(self.criteria) > 1 else 0
         self.secret = store.secret()
         self.grants = DownloadGrants()
 
@@ -174,7 +177,7 @@ class JudgingApp:
         for them until they vote, skip or flag it, or the hold expires."""
         item = self.store.next_item(user, self.overlap, self.hold)
         progress = self._progress(user, note)
-        choices = [None] * len(self.criteria) if len(self.criteria) > 1 else []
+        choices = [None] * self.choice_outputs
         if item is None:
             return None, progress + "<p>All done, thank you.</p>", "", "", "", "", False, *choices
         a_left = left_is_a(item["id"], user, self.secret)
@@ -221,8 +224,7 @@ class JudgingApp:
     def _note_only(self, user: str, note: str):
         """The item stays as it is (and its choices); only the note under the progress changes."""
         progress = self._progress(user, note)
-        radios = len(self.criteria) if len(self.criteria) > 1 else 0
-        return gr.skip(), progress, *[gr.skip()] * (5 + radios)
+        return gr.skip(), progress, *[gr.skip()] * (5 + self.choice_outputs)
 
     def undo(self, state: dict | None, request: gr.Request):
         """Take back the last vote, from the item after it; once, and not after a skip or flag."""
@@ -237,7 +239,7 @@ class JudgingApp:
         return self._show(request.username, SKIPPED_NOTE if state is not None else "")
 
     def flag(self, reason_label: str | None, note: str, state: dict | None, request: gr.Request):
-        reason = {label: key for key, label in FLAG_LABELS.items()}.get(reason_label)
+        reason = FLAG_REASON_OF.get(reason_label)
         if state is None or reason is None:
             return self._note_only(request.username, "<p>Choose a reason to flag the item.</p>")
         self.store.flag(state["id"], request.username, reason, note or "")
