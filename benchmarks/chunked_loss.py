@@ -143,7 +143,7 @@ def main(argv=None) -> None:
     p.add_argument("--child", choices=("deft", "plain"), help=argparse.SUPPRESS)
     p.add_argument("--data-file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    from deft_plugin.cli.demo import OFFLINE_ENV
+    from deft_plugin.launch.axolotl_train import OFFLINE_ENV
 
     os.environ.update({k: os.environ.get(k, v) for k, v in OFFLINE_ENV.items()})
     if args.child:

@@ -47,10 +47,12 @@ def reward_gap(model_dir: Path, cache_dir: Path, heldout_rows: list[dict], args)
 
 
 def main() -> None:
-    from deft_plugin.cli.demo import OFFLINE_ENV, axolotl_config, default_data, heldout, run_axolotl_train, sample_rows
+    from deft_plugin.cli.demo import axolotl_config, heldout, sample_rows
     from deft_plugin.cli.smollm2 import ensure_smollm2
     from deft_plugin.data.sources import load_rows
-    from deft_plugin.integration.artifacts import METRICS_LOG
+    from deft_plugin.launch.axolotl_train import OFFLINE_ENV, run_axolotl_train
+    from deft_plugin.launch.defaults import default_data
+    from deft_plugin.launch.outputs import METRICS_LOG
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_demo_args(p)

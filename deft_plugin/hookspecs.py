@@ -11,6 +11,7 @@ PRO trains on both (a preference row is a ranking of two).
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -40,6 +41,16 @@ class DatasetFormat:
 
 # score(r_chosen, r_rejected) -> filtering score, elementwise over tensors
 ScoreVariant = Callable[..., object]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A `deft` subcommand provided by a plugin (the study harness adds `deft study` this way)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]  # the exit code; UsageError for a mistake in the arguments
 
 
 class DeftSpecs:
@@ -78,4 +89,19 @@ class DeftSpecs:
 
         Merging: the dicts of every registered plugin are joined; a name given twice raises
         ``ValueError`` naming it, so a plugin cannot replace ``delta`` or ``chosen``.
+        """
+
+    @hookspec
+    def deft_commands(self) -> list[Command]:
+        """Subcommands this plugin adds to the `deft` command line.
+
+        Called with no arguments by `deft_plugin.registry.commands()` when `deft` builds its
+        parser. A package that sits above deft_plugin (it imports the plugin, the plugin does not
+        import it) adds its command this way: `deft study` comes from the study harness.
+
+        :return: a list of :class:`Command`: ``add_arguments(parser)`` declares the subcommand's
+            arguments, ``run(args)`` runs it and returns the exit code.
+
+        Merging: the lists of every registered plugin are joined by ``name``; a name given twice,
+        or one of `deft`'s own subcommands, raises ``ValueError`` naming it.
         """

@@ -7,7 +7,7 @@ import importlib
 
 import pluggy
 
-from deft_plugin.hookspecs import PROJECT, DatasetFormat, DeftSpecs
+from deft_plugin.hookspecs import PROJECT, Command, DatasetFormat, DeftSpecs
 
 FORMAT_PREFIX = "deft."  # a dataset format is named `type: deft.<name>` in Axolotl's `datasets:` entries
 
@@ -55,6 +55,11 @@ def dataset_formats() -> dict[str, DatasetFormat]:
 def score_variants() -> dict:
     return merge_unique((group.items() for group in plugin_manager().hook.deft_score_variants()),
                         "filtering-score variant")
+
+
+def commands() -> dict[str, Command]:
+    return merge_unique((((c.name, c) for c in group) for group in plugin_manager().hook.deft_commands()),
+                        "deft command")
 
 
 def get_format(name: str) -> DatasetFormat:

@@ -20,7 +20,8 @@ import pytest
 
 from builders import REPO
 
-PACKAGE_DIRS = {"deft_plugin": REPO / "deft_plugin", "deft_eval": REPO / "eval", "deft_app": REPO / "app"}
+PACKAGE_DIRS = {"deft_plugin": REPO / "deft_plugin", "deft_eval": REPO / "eval", "deft_app": REPO / "app",
+                "deft_study": REPO / "study"}
 TRAINING_STACK = ("axolotl", "trl")
 SHARED_WITH_APPS = ("deft_plugin.utils", "deft_plugin.data", "deft_plugin.hookspecs", "deft_plugin.registry")
 
@@ -45,10 +46,11 @@ RULES = {
                                   transitive=True),
     "deft_plugin.utils": Rule(TRAINING_STACK, ("deft_plugin.utils",), transitive=True),
     "deft_plugin.cli": Rule(TRAINING_STACK, None, transitive=True),
-    "deft_plugin.study": Rule(TRAINING_STACK, None, transitive=True),  # trains through `axolotl train` only
+    "deft_plugin.launch": Rule(TRAINING_STACK, ("deft_plugin.launch", "deft_plugin.utils"), transitive=True),
     "deft_plugin.integration": Rule(),
     "deft_eval": Rule(TRAINING_STACK, ("deft_eval",) + SHARED_WITH_APPS),
     "deft_app": Rule(TRAINING_STACK, ("deft_app",) + SHARED_WITH_APPS),
+    "deft_study": Rule(TRAINING_STACK, None, transitive=True),  # trains through `axolotl train` only
 }
 # The package's lazy `DEFTPlugin` attribute is how Axolotl finds the plugin: the one sanctioned way in.
 ALLOWED = {("deft_plugin", "deft_plugin.integration.plugin")}

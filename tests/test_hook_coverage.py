@@ -57,9 +57,10 @@ def declared(test_dir: Path) -> dict[str, list[tuple[str, bool]]]:
 
 def test_the_required_ids_are_what_the_registries_hold():
     ids = required()
-    assert {"hook:deft_dataset_formats", "hook:deft_score_variants", "hook:deft_eval_scorers"} <= ids
+    assert {"hook:deft_dataset_formats", "hook:deft_score_variants", "hook:deft_commands",
+            "hook:deft_eval_scorers"} <= ids
     assert "plugin:deft_plugin.data.formats.hh_rlhf" in ids and "format:listwise" in ids and "scorer:bleu" in ids
-    assert len(ids) == 3 + len(PLUGIN_BUILTINS) + len(EVAL_BUILTINS) + len(dataset_formats()) + len(score_variants()) \
+    assert len(ids) == 4 + len(PLUGIN_BUILTINS) + len(EVAL_BUILTINS) + len(dataset_formats()) + len(score_variants()) \
         + len(scorers())
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from builders import REPO
 
-SHIPPED_AS = {"deft_plugin": "deft_plugin", "eval": "deft_eval", "app": "deft_app"}
+SHIPPED_AS = {"deft_plugin": "deft_plugin", "eval": "deft_eval", "app": "deft_app", "study": "deft_study"}
 
 
 @pytest.mark.slow
@@ -29,7 +29,7 @@ def test_wheel_contents(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
-    assert {"deft_plugin", "deft_eval", "deft_app"} <= top and not {"eval", "app", "tests"} & top
+    assert {"deft_plugin", "deft_eval", "deft_app", "deft_study"} <= top and not {"eval", "app", "study", "tests"} & top
     # every tracked module, sub-packages included (the package list in pyproject.toml is explicit)
     modules = [f for f in files if f.endswith(".py") and f.split("/")[0] in SHIPPED_AS]
     assert len(modules) > 50

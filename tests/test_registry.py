@@ -12,13 +12,19 @@ from deft_eval.registry import BUILTIN_MODULES as EVAL_BUILTINS
 from deft_plugin import registry
 from deft_plugin.data.formats import hh_rlhf, preference
 from deft_plugin.filtering import score_variants
-from deft_plugin.hookspecs import DatasetFormat, RowError, hookimpl
+from deft_plugin.hookspecs import Command, DatasetFormat, RowError, hookimpl
+
+
+# Registered like a third-party plugin: the study harness sits above deft_plugin, which never names it.
+ABOVE_THE_PLUGIN = ("deft_study.cli",)
 
 
 def test_every_builtin_module_is_an_installed_entry_point():
     """registry.BUILTIN_MODULES (the source-tree fallback) and pyproject's entry points name the
-    same modules, so an installed and a source-tree run register the same built-ins."""
-    for group, builtins in (("deft_plugin", registry.BUILTIN_MODULES), ("deft_eval", EVAL_BUILTINS)):
+    same modules, so an installed and a source-tree run register the same built-ins; beside them
+    only the study's command module, which the plugin must not name."""
+    for group, builtins in (("deft_plugin", registry.BUILTIN_MODULES + ABOVE_THE_PLUGIN),
+                            ("deft_eval", EVAL_BUILTINS)):
         values = sorted(ep.value for ep in importlib.metadata.entry_points(group=group))
         assert values == sorted(builtins), group
 
@@ -154,3 +160,34 @@ def test_duplicate_within_one_plugin_raises(registered):
     registered(Twice(), "twice-test")
     with pytest.raises(ValueError, match="'twin' is registered twice"):
         registry.dataset_formats()
+
+
+@pytest.mark.covers("hook:deft_commands")
+def test_a_plugin_adds_a_deft_command(registered, capsys):
+    """`deft study` arrives through the hook (the study harness's entry point); another plugin's
+    command is parsed and run by `deft`; a name `deft` already has is refused by name."""
+    from deft_plugin.cli.main import build_parser, main
+
+    assert set(registry.commands()) == {"study"}
+    seen = []
+
+    def add_arguments(parser):
+        parser.add_argument("--times", type=int, default=1)
+
+    def run(args):
+        seen.append(args.times)
+        return 3
+
+    registered(type("Echo", (), {"deft_commands": hookimpl(lambda self: [Command("echo", "say", add_arguments,
+                                                                                 run)])})(), "echo-test")
+    assert main(["echo", "--times", "2"]) == 3 and seen == [2]
+    assert "echo" in build_parser().format_help() and "study" in build_parser().format_help()
+
+    class Clash:
+        @hookimpl
+        def deft_commands(self):
+            return [Command("demo", "another demo", add_arguments, run)]
+
+    registered(Clash(), "clash-command-test")
+    with pytest.raises(ValueError, match="deft command 'demo' is registered twice"):
+        build_parser()

@@ -12,8 +12,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,26 +19,12 @@ from pathlib import Path
 import yaml
 
 from deft_plugin.core.losses import DEFAULT_REWARD_WEIGHT
+from deft_plugin.launch.axolotl_train import OFFLINE_ENV, run_axolotl_train
+from deft_plugin.launch.defaults import default_data
 from deft_plugin.utils.atomic import atomic_write_text
 from deft_plugin.utils.quiet import keep_dependency_noise_in
 
-HH_RELATIVE = Path("shared") / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-HUB_DATASET = "Anthropic/hh-rlhf"
 STUDY_REPORT = "docs/study/report.md"
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1",
-               "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def default_data() -> str:
-    """HH-RLHF harmless-base from a `shared/data` folder beside the project when there is one,
-    else the hub dataset."""
-    if os.environ.get("DEFT_HH_RLHF"):
-        return os.environ["DEFT_HH_RLHF"]
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        for parent in (base, *base.parents):
-            if (parent / HH_RELATIVE).is_file():
-                return str(parent / HH_RELATIVE)
-    return HUB_DATASET
 
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:
@@ -111,22 +95,6 @@ def axolotl_config(args, model_dir: Path, train_file: Path, run_dir: Path) -> di
     if args.steps:
         cfg["max_steps"] = args.steps
     return cfg
-
-
-def run_axolotl_train(config_path: Path, log_path: Path) -> None:
-    """`axolotl train` in a subprocess; the full log goes to a file, progress to the terminal."""
-    env = {**os.environ, **OFFLINE_ENV}
-    cmd = [sys.executable, "-m", "axolotl.cli.main", "train", str(config_path.resolve()), "--launcher", "python"]
-    shown = ("DEFT", "it/s", "s/it", "{'loss'", "Error", "error:")
-    with log_path.open("w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                     text=True, env=env, cwd=config_path.parent) as proc:
-        for line in proc.stdout:
-            log.write(line)
-            if any(s in line for s in shown):
-                print("   " + line.rstrip()[:160], flush=True)
-    if proc.returncode != 0:
-        tail = log_path.read_text().splitlines()[-30:]
-        raise SystemExit(f"axolotl train failed (exit {proc.returncode}); log: {log_path}\n" + "\n".join(tail))
 
 
 def prepare_model(args) -> Path:
@@ -200,7 +168,7 @@ def run_demo(args) -> dict:
 
 def read_run_outputs(run_dir: Path) -> dict:
     """The filter's report, scores and cache directory, and the logged training steps."""
-    from deft_plugin.integration.artifacts import METRICS_LOG
+    from deft_plugin.launch.outputs import METRICS_LOG
 
     cache_dir = next((run_dir / "prepared" / "deft").glob("*/report.json")).parent
     history = [json.loads(line) for line in (run_dir / "model" / METRICS_LOG).read_text().splitlines()]

@@ -255,15 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_formats)
 
     from deft_plugin.cli.demo import add_demo_args
-    from deft_plugin.cli.study import add_study_args, cmd_study
+    from deft_plugin.registry import commands
 
     p = sub.add_parser("demo", help="DEFT-DPO end to end on SmolLM2-135M-Instruct (CPU)")
     add_demo_args(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("study", help="DEFT's 5% against random and full-data arms, through axolotl train")
-    add_study_args(p)
-    p.set_defaults(func=cmd_study)
+    for command in commands().values():  # `deft study` and any other plugin's commands
+        if command.name in sub.choices:
+            raise ValueError(f"deft command {command.name!r} is registered twice")
+        p = sub.add_parser(command.name, help=command.help)
+        command.add_arguments(p)
+        p.set_defaults(func=command.run)
     return parser
 
 

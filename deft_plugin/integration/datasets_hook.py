@@ -20,8 +20,8 @@ from deft_plugin.filtering.cache_key import score_cache_key
 from deft_plugin.filtering.distributed import is_main_process, join_launched_group
 from deft_plugin.filtering.pipeline import FilterResult, FilterSettings, run_filter
 from deft_plugin.filtering.scoring_model import load_scoring_model
-from deft_plugin.integration.artifacts import SELECTION_RECORD
-from deft_plugin.integration.reference import scoring_reference, with_reference
+from deft_plugin.integration.scoring_reference import scoring_reference, with_reference
+from deft_plugin.launch.outputs import SELECTION_RECORD
 from deft_plugin.registry import format_name
 from deft_plugin.utils.atomic import atomic_write_text
 

@@ -24,7 +24,7 @@ from axolotl.core.trainers.dpo.trainer import AxolotlDPOTrainer
 from deft_plugin.core.chunked import next_tokens, shift_completion_mask, without_special
 from deft_plugin.core.head_pass import SequenceHeadResult, sequence_head_pass
 from deft_plugin.core.losses import deft_dpo_term, dpo_loss
-from deft_plugin.integration.reference import REFERENCE_COLUMNS, has_reference
+from deft_plugin.integration.scoring_reference import REFERENCE_COLUMNS, has_reference
 
 # Batch keys that are not model inputs (TRL's collator adds them beside input_ids / attention_mask).
 NON_MODEL_KEYS = {"completion_mask", *REFERENCE_COLUMNS}

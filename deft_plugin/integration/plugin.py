@@ -68,7 +68,11 @@ class DEFTPlugin(BasePlugin):
         rl = cfg.get("rl")
         if not deft_enabled(cfg) or (cfg.get("deft_method") or "dpo") != "dpo" or getattr(rl, "value", rl) != "dpo":
             return
-        from deft_plugin.integration.reference import DPO_TRAINER_CLS, scoring_reference, skip_reference_model_load
+        from deft_plugin.integration.scoring_reference import (
+            DPO_TRAINER_CLS,
+            scoring_reference,
+            skip_reference_model_load,
+        )
 
         chosen = cfg.get("trainer_cls")
         if chosen and chosen != DPO_TRAINER_CLS:
@@ -122,8 +126,8 @@ class DEFTPlugin(BasePlugin):
     def add_callbacks_post_trainer(self, cfg, trainer):
         if not deft_enabled(cfg):
             return []
-        from deft_plugin.integration.artifacts import METRICS_LOG
         from deft_plugin.integration.callbacks import MetricsLogCallback
+        from deft_plugin.launch.outputs import METRICS_LOG
 
         return [MetricsLogCallback(Path(cfg.output_dir) / METRICS_LOG)]
 

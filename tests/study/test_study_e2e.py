@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from deft_plugin.cli.main import main
-from deft_plugin.study.report import render_markdown
+from deft_study.report import render_markdown
 
 from builders import hh_rows, write_jsonl
 

@@ -8,7 +8,7 @@ import torch
 
 from deft_plugin.data.encoding import encode_rows
 from deft_plugin.data.parsing import parse_rows
-from deft_plugin.study.qvolume import q_volume, top_pairs
+from deft_study.qvolume import q_volume, top_pairs
 
 from builders import SEQUENCE_LEN, hh_rows
 

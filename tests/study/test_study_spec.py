@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deft_plugin.study.spec import load_spec
+from deft_study.spec import load_spec
 
 
 def test_the_default_study_has_the_issue_arms():

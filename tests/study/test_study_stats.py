@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deft_plugin.study.stats import correct, mean_interval, pair_metrics, paired_bootstrap
+from deft_study.stats import correct, mean_interval, pair_metrics, paired_bootstrap
 
 
 def test_correct_counts_ties_half():
@@ -50,7 +50,7 @@ def test_paired_bootstrap_sees_a_real_difference_and_calls_none_noise():
 
 
 def test_distinct_word_share_sees_repetition():
-    from deft_plugin.study.measure import distinct_word_share
+    from deft_study.measure import distinct_word_share
 
     assert distinct_word_share("I I I I") == 0.25
     assert distinct_word_share("the cat sat on the mat") == 5 / 6
@@ -60,7 +60,7 @@ def test_distinct_word_share_sees_repetition():
 def test_a_finished_run_gets_a_new_generation_statistic_from_its_saved_answers(tmp_path):
     import json
 
-    from deft_plugin.study.measure import backfill_generation_stats
+    from deft_study.measure import backfill_generation_stats
 
     eval_path, answers = tmp_path / "eval.json", tmp_path / "generations.jsonl"
     eval_path.write_text(json.dumps({"generation": {"prompts": 2, "answer_chars": [3, 7]}, "pairs": {}}))

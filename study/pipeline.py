@@ -7,15 +7,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from deft_plugin.study.measure import (
+from deft_study.measure import (
     backfill_generation_stats,
     generate_and_score,
     load_trained,
     measure_pairs,
     write_json,
 )
-from deft_plugin.study.runner import run_dir, split_data, train_run
-from deft_plugin.study.spec import Arm, StudySpec
+from deft_study.spec import Arm, StudySpec
+from deft_study.training import run_dir, split_data, train_run
 
 
 def encoded_split(path: Path, tokenizer, max_length: int):
@@ -48,7 +48,7 @@ def partial_qdiff(out: Path, pool: Path, tokenizer, spec: StudySpec, fraction: f
     """The folder of Q built from a seeded fraction of the pool's usable pairs (as in the volume
     analysis), saved for the plugin's deft_qdiff_path."""
     from deft_plugin.filtering.pipeline import build_qdiff
-    from deft_plugin.study.qvolume import subset_indices
+    from deft_study.qvolume import subset_indices
 
     directory = out / "qdiff" / f"fraction-{fraction:g}-draw-{draw}"
     if not (directory / "qdiff.json").is_file():
@@ -131,7 +131,7 @@ def measure_q_volume(spec: StudySpec, out: Path, model_dir: Path, tokenizer, poo
     from transformers import AutoModelForCausalLM
 
     from deft_plugin.filtering.scorer import mean_distributions
-    from deft_plugin.study.qvolume import q_volume
+    from deft_study.qvolume import q_volume
 
     print("== Q against data volume", flush=True)
     start = time.perf_counter()

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from deft_plugin.cli.demo import run_axolotl_train
-from deft_plugin.integration.artifacts import METRICS_LOG, SELECTION_RECORD
-from deft_plugin.study.spec import Arm, StudySpec
+from deft_plugin.launch.axolotl_train import run_axolotl_train
+from deft_plugin.launch.outputs import METRICS_LOG, SELECTION_RECORD
 from deft_plugin.utils.atomic import atomic_write_text
+from deft_study.spec import Arm, StudySpec
 
 SPLITS = ("pool", "validation", "test")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deft_plugin.study.runner import portable, run_dir
-from deft_plugin.study.spec import StudySpec
-from deft_plugin.study.stats import mean_interval, pair_metrics, paired_bootstrap
+from deft_study.spec import StudySpec
+from deft_study.stats import mean_interval, pair_metrics, paired_bootstrap
+from deft_study.training import portable, run_dir
 
 METRICS = ("accuracy", "implicit_accuracy", "margin", "implicit_margin", "reward_gap")
 COMPARED = ("accuracy", "implicit_accuracy", "margin", "reward_gap")

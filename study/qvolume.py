@@ -15,7 +15,7 @@ import torch
 from deft_plugin.core.selection import select_top
 from deft_plugin.data.encoding import EncodedRow
 from deft_plugin.filtering.pipeline import build_qdiff
-from deft_plugin.study.stats import mean_interval
+from deft_study.stats import mean_interval
 
 
 def top_pairs(dists: torch.Tensor, qn: torch.Tensor, indices: list[int], ratio: float) -> set[int]:

@@ -113,7 +113,7 @@ def generate_and_score(model, tokenizer, prompts: list[dict], out_path: Path, ma
 
 
 def write_json(path: Path, value: dict) -> None:
-    from deft_plugin.study.runner import portable
     from deft_plugin.utils.atomic import atomic_write_text
+    from deft_study.training import portable
 
     atomic_write_text(path, portable(json.dumps(value)))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from deft_plugin.hookspecs import Command, hookimpl
+
 
 def add_study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", default=None, help="study YAML (split, recipe, measure, arms, comparisons); "
@@ -20,10 +22,11 @@ def add_study_args(p: argparse.ArgumentParser) -> None:
 def cmd_study(args) -> int:
     import os
 
-    from deft_plugin.cli.demo import OFFLINE_ENV, default_data
-    from deft_plugin.study.report import render_markdown, write_report
-    from deft_plugin.study.run import run_study
-    from deft_plugin.study.spec import load_spec
+    from deft_plugin.launch.axolotl_train import OFFLINE_ENV
+    from deft_plugin.launch.defaults import default_data
+    from deft_study.pipeline import run_study
+    from deft_study.report import render_markdown, write_report
+    from deft_study.spec import load_spec
 
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
@@ -51,3 +54,9 @@ def command_line(args) -> list[str]:
         if getattr(args, flag) is not None:
             words += [f"--{flag}", str(getattr(args, flag))]
     return words + (["--report-only"] if args.report_only else [])
+
+
+@hookimpl
+def deft_commands() -> list[Command]:
+    return [Command("study", "DEFT's 5% against random and full-data arms, through axolotl train",
+                    add_study_args, cmd_study)]

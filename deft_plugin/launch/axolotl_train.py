@@ -1,0 +1,27 @@
+"""`axolotl train` in a subprocess, offline, with its log in a file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1",
+               "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_axolotl_train(config_path: Path, log_path: Path) -> None:
+    """`axolotl train` in a subprocess; the full log goes to a file, progress to the terminal."""
+    env = {**os.environ, **OFFLINE_ENV}
+    cmd = [sys.executable, "-m", "axolotl.cli.main", "train", str(config_path.resolve()), "--launcher", "python"]
+    shown = ("DEFT", "it/s", "s/it", "{'loss'", "Error", "error:")
+    with log_path.open("w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                     text=True, env=env, cwd=config_path.parent) as proc:
+        for line in proc.stdout:
+            log.write(line)
+            if any(s in line for s in shown):
+                print("   " + line.rstrip()[:160], flush=True)
+    if proc.returncode != 0:
+        tail = log_path.read_text().splitlines()[-30:]
+        raise SystemExit(f"axolotl train failed (exit {proc.returncode}); log: {log_path}\n" + "\n".join(tail))
