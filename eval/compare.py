@@ -1,7 +1,12 @@
 """Two evaluation runs side by side: every metric both report, with the delta B - A, as a
 table (Markdown and JSON) and a plot. A run is a `deft-eval score` directory (report.json:
 metric means per subset and in total) or a `deft-eval mt-bench` directory (results.json:
-MT-Bench scores per turn and category), or both merged in one directory."""
+MT-Bench scores per turn and category), or both merged in one directory.
+
+MT-Bench metric names: with one model in results.json, `mt_bench/score`, `mt_bench/turn_N`,
+`mt_bench/<category>` and `mt_bench/win_rate_vs_<baseline>`; with several, each model's own under
+its name: `mt_bench/<model>/score`, `mt_bench/<model>/turn_N`, `mt_bench/<model>/<category>` and
+`mt_bench/<model>/win_rate_vs_<baseline>`."""
 
 from __future__ import annotations
 
@@ -10,8 +15,34 @@ import math
 from pathlib import Path
 
 
+def model_metrics(single: dict | None, pairwise: dict | None) -> dict[str, float]:
+    """Flat {name: value} of one model's MT-Bench result: its single-grading entry (score, turn,
+    category) and its pairwise entry (baseline, win_rate), either of them None when absent."""
+    metrics: dict[str, float] = {}
+    if single is not None:
+        metrics["score"] = single["score"]
+        metrics.update({f"turn_{t}": v for t, v in single["turn"].items()})
+        metrics.update(single["category"])
+    if pairwise is not None:
+        metrics[f"win_rate_vs_{pairwise['baseline']}"] = pairwise["win_rate"]
+    return metrics
+
+
+def mt_bench_metrics(results: dict) -> dict[str, float]:
+    """Flat metrics of a `deft-eval mt-bench` results.json: `mt_bench/<name>` for a single model,
+    `mt_bench/<model>/<name>` for each model when it holds several (see the module docstring)."""
+    single, pairwise = results.get("single", {}), results.get("pairwise", {})
+    models = sorted(set(single) | set(pairwise))
+    metrics: dict[str, float] = {}
+    for model in models:
+        prefix = "mt_bench/" if len(models) == 1 else f"mt_bench/{model}/"
+        metrics.update({prefix + name: value for name, value in
+                        model_metrics(single.get(model), pairwise.get(model)).items()})
+    return metrics
+
+
 def run_metrics(run_dir: str | Path) -> dict[str, float]:
-    """Flat {metric name: value} of a run directory."""
+    """Flat {metric name: value} of a run directory (MT-Bench names: see the module docstring)."""
     run = Path(run_dir)
     metrics: dict[str, float] = {}
     if (run / "report.json").is_file():
@@ -20,13 +51,7 @@ def run_metrics(run_dir: str | Path) -> dict[str, float]:
                 if key != "n" and isinstance(value, (int, float)):
                     metrics[f"{group}/{key}"] = float(value)
     if (run / "results.json").is_file():
-        results = json.loads((run / "results.json").read_text())
-        for _model, r in results.get("single", {}).items():
-            metrics["mt_bench/score"] = r["score"]
-            metrics.update({f"mt_bench/turn_{t}": v for t, v in r["turn"].items()})
-            metrics.update({f"mt_bench/{c}": v for c, v in r["category"].items()})
-        for _model, r in results.get("pairwise", {}).items():
-            metrics[f"mt_bench/win_rate_vs_{r['baseline']}"] = r["win_rate"]
+        metrics.update(mt_bench_metrics(json.loads((run / "results.json").read_text())))
     if not metrics:
         raise ValueError(f"{run}: neither report.json (deft-eval score) nor results.json (deft-eval mt-bench) found")
     return metrics

@@ -45,6 +45,33 @@ def test_cli_compare_writes_table_and_plot(tmp_path, capsys):
         main(["compare", str(a), str(tmp_path), "--out", str(tmp_path / "x")])
 
 
+def write_mt_bench(directory, scores: dict[str, float], win_rates: dict[str, float]):
+    """results.json of a `deft-eval mt-bench` run over several models, each with its own scores."""
+    directory.mkdir(parents=True)
+    single = {m: {"score": s, "judged": 160, "unparseable": 0, "turn": {"1": s + 1, "2": s - 1},
+                  "category": {"writing": s + 0.5}} for m, s in scores.items()}
+    pairwise = {m: {"baseline": "gpt-3.5", "win": 1, "loss": 1, "tie": 0, "inconsistent": 0, "unparseable": 0,
+                    "win_rate": w, "win_rate_ties_half": w} for m, w in win_rates.items()}
+    (directory / "results.json").write_text(json.dumps({"single": single, "pairwise": pairwise}))
+    return directory
+
+
+def test_mt_bench_results_with_several_models_keep_every_model(tmp_path):
+    a = write_mt_bench(tmp_path / "a", {"dpo": 5.0, "deft": 6.0}, {"dpo": 0.25, "deft": 0.5})
+    b = write_mt_bench(tmp_path / "b", {"dpo": 5.5, "deft": 7.0}, {"dpo": 0.5, "deft": 0.5})
+    assert run_metrics(a) == {
+        "mt_bench/dpo/score": 5.0, "mt_bench/dpo/turn_1": 6.0, "mt_bench/dpo/turn_2": 4.0,
+        "mt_bench/dpo/writing": 5.5, "mt_bench/dpo/win_rate_vs_gpt-3.5": 0.25,
+        "mt_bench/deft/score": 6.0, "mt_bench/deft/turn_1": 7.0, "mt_bench/deft/turn_2": 5.0,
+        "mt_bench/deft/writing": 6.5, "mt_bench/deft/win_rate_vs_gpt-3.5": 0.5}
+    deltas = {r["metric"]: r["delta"] for r in compare_runs(a, b)}
+    assert deltas == pytest.approx({
+        "mt_bench/dpo/score": 0.5, "mt_bench/dpo/turn_1": 0.5, "mt_bench/dpo/turn_2": 0.5,
+        "mt_bench/dpo/writing": 0.5, "mt_bench/dpo/win_rate_vs_gpt-3.5": 0.25,
+        "mt_bench/deft/score": 1.0, "mt_bench/deft/turn_1": 1.0, "mt_bench/deft/turn_2": 1.0,
+        "mt_bench/deft/writing": 1.0, "mt_bench/deft/win_rate_vs_gpt-3.5": 0.0})
+
+
 def write_scores(directory, values: dict[str, float]):
     (directory / "scores.jsonl").write_text("".join(json.dumps({"id": i, "subset": "harmless-base", "bleu_char": v})
                                                     + "\n" for i, v in values.items()))
