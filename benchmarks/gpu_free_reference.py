@@ -45,7 +45,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scoring_throughput as st  # noqa: E402  (its shapes, model builder and pair loading)
 
-from deft_plugin.core.head_pass import sequence_head_pass  # noqa: E402
+from deft_plugin.core.chunked import next_tokens  # noqa: E402
+from deft_plugin.core.head_pass import model_head_pass  # noqa: E402
 from deft_plugin.core.losses import dpo_loss  # noqa: E402
 from deft_plugin.core.qdiff import QDiff  # noqa: E402
 from deft_plugin.data.encoding import EncodedRow  # noqa: E402
@@ -131,10 +132,8 @@ def deft_dpo_step(policy, inputs, ref_logps, qn, weight):
     """DEFT-DPO as the plugin computes it: decoder hidden states, then the chunked head pass
     for the reply log-probabilities and (weight > 0) the distribution reward; no full logits."""
     ids, attn, pred = inputs
-    hidden = policy.get_decoder()(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
-    mask = pred[:, :-1]
-    heads = sequence_head_pass(hidden[:, :-1], policy.get_output_embeddings(), ids[:, 1:], mask,
-                               mask if weight else None, qn if weight else None)
+    heads = model_head_pass(policy, {"input_ids": ids, "attention_mask": attn}, next_tokens(ids), pred,
+                            pred if weight else None, qn if weight else None)
     loss = dpo_of(heads.logps, ref_logps)
     if weight:
         r_chosen, r_rejected = heads.rewards.chunk(2)

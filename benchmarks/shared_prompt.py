@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from deft_plugin.core.head_pass import decoder_and_head
 from deft_plugin.data.encoding import encode_rows, resolve_prompt_style
 from deft_plugin.data.parsing import parse_rows
 from deft_plugin.data.sources import load_rows
@@ -48,7 +49,7 @@ def main() -> None:
     model_dir = args.model or str(ensure_smollm2())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    decoder = model.get_decoder()
+    decoder = decoder_and_head(model)[0]
     raw = [dict(r) for r in load_rows(args.data)][: args.pairs]
     rows = parse_rows(raw, "hh_rlhf", resolve_prompt_style("auto", tokenizer)).rows
     encoded, _ = encode_rows(rows, tokenizer, args.max_length)

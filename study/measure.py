@@ -10,12 +10,9 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from deft_plugin.core.chunked import next_tokens, rows_per_chunk
-from deft_plugin.core.reward import fit_q
 from deft_plugin.data.encoding import EncodedRow
-from deft_plugin.filtering.batching import batches_by_length, collate_candidates, values_per_row
+from deft_plugin.filtering.heldout import measure_replies
 
 PER_PAIR = ("lp_chosen", "lp_rejected", "n_chosen", "n_rejected", "r_chosen", "r_rejected")
 
@@ -33,37 +30,17 @@ def load_trained(model_dir: Path, base_model: Path):
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
 
-@torch.inference_mode()
 def measure_pairs(model, rows: list[EncodedRow], qn: torch.Tensor, special_ids, pad_id: int, batch_size: int = 8,
                   progress: bool = True) -> dict[str, list[float]]:
-    """PER_PAIR values of every row (a pair), in the order of `rows`: one decoder pass per
-    sequence, the LM head on reply positions only, in chunks of positions."""
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
-    device = next(model.parameters()).device
-    q = fit_q(qn, head.weight.shape[0], device)
-    chunk = rows_per_chunk(head.weight.shape[0])
-    found: dict[int, tuple] = {}
-    with tqdm(total=len(rows), desc="held-out pairs", unit="pair", disable=not progress) as bar:
-        for batch in batches_by_length(rows, batch_size):
-            ids, attn, pred = collate_candidates(batch, set(special_ids), pad_id, device)
-            hidden = decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
-            where = pred.nonzero()
-            states, targets = hidden[where[:, 0], where[:, 1]], next_tokens(ids)[where[:, 0], where[:, 1]]
-            logp, reward = torch.empty(len(where)), torch.empty(len(where))
-            for start in range(0, len(where), chunk):
-                logits = head(states[start:start + chunk]).float()
-                logp[start:start + chunk] = logits.log_softmax(-1).gather(1, targets[start:start + chunk, None])[:, 0]
-                reward[start:start + chunk] = logits.softmax(-1) @ q.float()
-            sequences = ids.shape[0]
-            sums = [torch.zeros(sequences).index_add(0, where[:, 0].cpu(), v) for v in (logp, reward)]
-            counts = pred.sum(1).cpu().float()
-            per_seq = list(zip(sums[0].tolist(), counts.tolist(), (sums[1] / counts.clamp_min(1)).tolist()))
-            found.update(values_per_row(per_seq, batch))
-            bar.update(len(batch))
+    """PER_PAIR values of every row (a pair), in the order of `rows`, as the plugin's held-out
+    measurement gives them (the token counts as floats, as eval.json has always had them)."""
+    measured = measure_replies(model, rows, special_ids, pad_id, qn, batch_size, progress, desc="held-out pairs")
     out = {key: [] for key in PER_PAIR}
     for row in rows:
-        (lp_c, n_c, r_c), (lp_r, n_r, r_r) = found[row.index][:2]
-        for key, value in zip(PER_PAIR, (lp_c, lp_r, n_c, n_r, r_c, r_r)):
+        chosen, rejected = measured[row.index][:2]
+        values = (chosen.logp, rejected.logp, float(chosen.tokens), float(rejected.tokens), chosen.reward,
+                  rejected.reward)
+        for key, value in zip(PER_PAIR, values):
             out[key].append(value)
     return out
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deft_study.measure import (
     backfill_generation_stats,
@@ -16,6 +17,9 @@ from deft_study.measure import (
 )
 from deft_study.spec import Arm, StudySpec
 from deft_study.training import run_dir, split_data, train_run
+
+if TYPE_CHECKING:
+    from deft_plugin.data.encoding import EncodedRow
 
 
 def encoded_split(path: Path, tokenizer, max_length: int):
@@ -30,21 +34,21 @@ def encoded_split(path: Path, tokenizer, max_length: int):
     return usable, parsed.rows, counts
 
 
-def study_qdiff(out: Path, pool: Path, tokenizer, spec: StudySpec):
-    """Q of the whole pool: the yardstick of every arm's held-out distribution reward gap."""
+def study_qdiff(out: Path, pool: list[EncodedRow], tokenizer):
+    """Q of the whole pool (its usable encoded pairs): the yardstick of every arm's held-out
+    distribution reward gap."""
     from deft_plugin.core.qdiff import QDiff
     from deft_plugin.filtering.pipeline import build_qdiff
 
     directory = out / "qdiff"
     if (directory / "qdiff.json").is_file():
         return QDiff.load(directory)
-    usable, _, _ = encoded_split(pool, tokenizer, spec.recipe.sequence_len)
-    qdiff = build_qdiff(usable, tokenizer, "maxabs")
+    qdiff = build_qdiff(pool, tokenizer, "maxabs")
     qdiff.save(directory)
     return qdiff
 
 
-def partial_qdiff(out: Path, pool: Path, tokenizer, spec: StudySpec, fraction: float, draw: int) -> Path:
+def partial_qdiff(out: Path, pool: list[EncodedRow], tokenizer, spec: StudySpec, fraction: float, draw: int) -> Path:
     """The folder of Q built from a seeded fraction of the pool's usable pairs (as in the volume
     analysis), saved for the plugin's deft_qdiff_path."""
     from deft_plugin.filtering.pipeline import build_qdiff
@@ -52,19 +56,17 @@ def partial_qdiff(out: Path, pool: Path, tokenizer, spec: StudySpec, fraction: f
 
     directory = out / "qdiff" / f"fraction-{fraction:g}-draw-{draw}"
     if not (directory / "qdiff.json").is_file():
-        usable, _, _ = encoded_split(pool, tokenizer, spec.recipe.sequence_len)
-        chosen = subset_indices(len(usable), fraction, draw, spec.split.seed)
-        build_qdiff([usable[j] for j in chosen], tokenizer, "maxabs", fraction=fraction, draw=draw).save(directory)
+        chosen = subset_indices(len(pool), fraction, draw, spec.split.seed)
+        build_qdiff([pool[j] for j in chosen], tokenizer, "maxabs", fraction=fraction, draw=draw).save(directory)
     return directory
 
 
-def write_pool_tokens(out: Path, pool: Path, tokenizer, spec: StudySpec) -> None:
+def write_pool_tokens(out: Path, pool: list[EncodedRow]) -> None:
     """Tokens one epoch over each usable pool row costs (the prompt once per reply, and the replies),
     by the row indices the plugin's selection records use."""
     path = out / "data" / "pool_tokens.json"
     if not path.is_file():
-        usable, _, _ = encoded_split(pool, tokenizer, spec.recipe.sequence_len)
-        tokens = {r.index: sum(len(r.prompt_ids) + len(c) for c in r.completions) for r in usable}
+        tokens = {r.index: sum(len(r.prompt_ids) + len(c) for c in r.completions) for r in pool}
         write_json(path, {str(i): n for i, n in tokens.items()})
 
 
@@ -107,8 +109,9 @@ def run_study(spec: StudySpec, out: Path, model_dir: Path, data: str, only: set[
     measured = files[spec.measure.heldout]
     pairs, _, counts = encoded_split(measured, tokenizer, spec.recipe.sequence_len)
     write_json(out / "data" / "measured_counts.json", {"split": spec.measure.heldout, **counts})
-    qdiff = study_qdiff(out, files["pool"], tokenizer, spec)
-    write_pool_tokens(out, files["pool"], tokenizer, spec)
+    pool, _, _ = encoded_split(files["pool"], tokenizer, spec.recipe.sequence_len)  # encoded once, for every step
+    qdiff = study_qdiff(out, pool, tokenizer)
+    write_pool_tokens(out, pool)
     prompts = load_prompts(str(measured))[0][: spec.measure.generate] if spec.measure.generate else []
     for arm in spec.arms:
         if only and arm.name not in only and arm.method != "base":
@@ -116,14 +119,16 @@ def run_study(spec: StudySpec, out: Path, model_dir: Path, data: str, only: set[
         for seed in arm.seeds:
             print(f"== {arm.name} seed {seed}", flush=True)
             train_run(spec, arm, seed, model_dir, files["pool"], out,
-                      lambda fraction, draw: partial_qdiff(out, files["pool"], tokenizer, spec, fraction, draw))
+                      lambda fraction, draw: partial_qdiff(out, pool, tokenizer, spec, fraction, draw))
             measure_run(spec, arm, seed, out, model_dir, tokenizer, pairs, qdiff.qn, prompts, progress)
     if spec.q_volume.fractions and not only:
-        measure_q_volume(spec, out, model_dir, tokenizer, files["pool"], progress)
+        measure_q_volume(spec, out, model_dir, tokenizer, pool, progress)
 
 
-def measure_q_volume(spec: StudySpec, out: Path, model_dir: Path, tokenizer, pool: Path, progress: bool) -> None:
-    """qvolume.json unless it exists: Q from parts of the pool against Q of all of it."""
+def measure_q_volume(spec: StudySpec, out: Path, model_dir: Path, tokenizer, pool: list[EncodedRow],
+                     progress: bool) -> None:
+    """qvolume.json unless it exists: Q from parts of the pool (its usable encoded pairs) against Q
+    of all of it."""
     path = out / "qvolume.json"
     if path.is_file():
         return
@@ -135,10 +140,9 @@ def measure_q_volume(spec: StudySpec, out: Path, model_dir: Path, tokenizer, poo
 
     print("== Q against data volume", flush=True)
     start = time.perf_counter()
-    usable, _, _ = encoded_split(pool, tokenizer, spec.recipe.sequence_len)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    dists = mean_distributions(model, usable, tokenizer.all_special_ids, tokenizer.pad_token_id or 0,
+    dists = mean_distributions(model, pool, tokenizer.all_special_ids, tokenizer.pad_token_id or 0,
                                spec.recipe.score_batch_size, progress=progress)
     v = spec.q_volume
-    result = q_volume(usable, dists, tokenizer, v.fractions, v.draws, v.ratio, spec.split.seed)
+    result = q_volume(pool, dists, tokenizer, v.fractions, v.draws, v.ratio, spec.split.seed)
     write_json(path, {**result, "seconds": round(time.perf_counter() - start, 2)})

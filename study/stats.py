@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from deft_plugin.filtering.heldout import preference_correct
 
-def correct(margins: np.ndarray) -> np.ndarray:
-    """1 where the chosen reply wins, 0 where it loses, 0.5 on a tie (an unchanged model)."""
-    return (margins > 0) + 0.5 * (margins == 0)
+# 1 win, 0 loss, 0.5 tie (an unchanged model's implicit margin): the plugin's one rule, also the demo's.
+correct = preference_correct
 
 
 def pair_metrics(run: dict, base: dict, beta: float) -> dict[str, np.ndarray]:

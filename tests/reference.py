@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from deft_plugin.core.reward import fit_q
+from deft_plugin.core.head_pass import fit_q
 
 
 def naive_distribution_reward(logits: torch.Tensor, q: torch.Tensor, prediction_mask: torch.Tensor) -> torch.Tensor:

@@ -119,7 +119,7 @@ def prepare_data(args, run_dir: Path) -> tuple[str, Path, list[dict], list[dict]
 
 
 def heldout(model_dir: Path, rows: list[dict], args, desc: str) -> dict:
-    from deft_plugin.cli.heldout import heldout_accuracy
+    from deft_plugin.filtering.heldout import heldout_accuracy
 
     return heldout_accuracy(model_dir, rows, args.sequence_len, args.score_batch_size, desc)
 

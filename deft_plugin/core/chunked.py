@@ -24,10 +24,10 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def sum_per_sequence(per_row: torch.Tensor, rows: torch.Tensor, batch: int, time: int) -> torch.Tensor:
-    """Per-position values (or rows of values) at flat indices `rows` summed per sequence."""
-    out = torch.zeros((batch, *per_row.shape[1:]), dtype=per_row.dtype, device=per_row.device)
-    return out.index_add(0, rows // time, per_row)
+def sum_per_sequence(per_row: torch.Tensor, owner: torch.Tensor, sequences: int) -> torch.Tensor:
+    """Per-position values (or rows of values) summed per sequence; owner: the sequence of each row."""
+    out = torch.zeros((sequences, *per_row.shape[1:]), dtype=per_row.dtype, device=per_row.device)
+    return out.index_add(0, owner, per_row)
 
 
 def next_tokens(ids: torch.Tensor, fill: int = 0) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Reply log-probabilities and the distribution reward straight from the decoder's hidden
-states, without the full logits.
+states, without the full logits: the one home of "decoder states, then the LM head on the reply
+positions" (model_head_pass), for the trainers, the scorer and held-out measurement alike.
 
 The LM head runs only on the positions that predict reply tokens, a chunk of positions at a
 time; each chunk gives, from one [chunk, vocab] block in at least float32,
@@ -21,10 +22,19 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from deft_plugin.core.chunked import DEFAULT_CHUNK_ELEMENTS, rows_per_chunk, sum_per_sequence, work_dtype
-from deft_plugin.core.reward import fit_q
 
 # Per-position statistics TRL's DPO trainer logs, taken from each chunk's logits on the way.
 STATS = ("mean_logit", "entropy", "correct")
+
+
+def fit_q(q: torch.Tensor, vocab: int, device) -> torch.Tensor:
+    """q on `device` in float32 (float64 kept), zero-padded to the LM head's vocabulary."""
+    q = q.to(device=device, dtype=q.dtype if q.dtype == torch.float64 else torch.float32)
+    if q.numel() == vocab:
+        return q
+    if q.numel() > vocab:
+        raise ValueError(f"discrepancy distribution has {q.numel()} entries but the model's vocabulary is {vocab}")
+    return torch.nn.functional.pad(q, (0, vocab - q.numel()))
 
 
 class HeadRows(NamedTuple):
@@ -87,24 +97,56 @@ class SequenceHeadResult:
 
 def sequence_head_pass(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
                        logp_mask: torch.Tensor, reward_mask: torch.Tensor | None, q: torch.Tensor | None,
-                       chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, with_stats: bool = False) -> SequenceHeadResult:
+                       chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, with_stats: bool = False,
+                       sequence_ids: torch.Tensor | None = None, sequences: int | None = None) -> SequenceHeadResult:
     """hidden: [batch, time, hidden] decoder states; targets: [batch, time] the token each
     position predicts; logp_mask: [batch, time] the positions whose log-probabilities are summed;
     reward_mask: the positions the reward averages over (a subset of logp_mask: the reward skips
-    special tokens, DPO's sum does not), or None with q None."""
+    special tokens, DPO's sum does not), or None with q None. One sequence per row, unless
+    sequence_ids ([batch, time] long, read at logp_mask's positions) says which of `sequences`
+    each position belongs to: a packed row holds several, so the sums are per segment."""
     batch, time = logp_mask.shape
+    if (sequence_ids is None) != (sequences is None):
+        raise ValueError("sequence_ids and sequences go together")
+    count = batch if sequences is None else sequences
     rows = logp_mask.reshape(-1).bool().nonzero().squeeze(1)
+    owner = rows // time if sequence_ids is None else sequence_ids.reshape(-1).index_select(0, rows)
     logp, reward, stats = head_logps_and_rewards(hidden.reshape(batch * time, -1).index_select(0, rows), head,
                                                  targets.reshape(-1).index_select(0, rows), q, chunk_elements,
                                                  with_stats)
-    logps = sum_per_sequence(logp, rows, batch, time)
-    lengths = logp_mask.reshape(batch, time).sum(1)
-    stats = sum_per_sequence(stats, rows, batch, time) if with_stats else None
+    logps = sum_per_sequence(logp, owner, count)
+    lengths = sum_per_sequence(torch.ones_like(owner), owner, count)
+    stats = sum_per_sequence(stats, owner, count) if with_stats else None
     if reward_mask is None or q is None:
         return SequenceHeadResult(logps, torch.zeros_like(logps), lengths, stats)
     if (reward_mask.bool() & ~logp_mask.bool()).any():
         raise ValueError("the reward's positions must be a subset of the log-probabilities' positions")
     counted = reward_mask.reshape(-1).index_select(0, rows).to(reward.dtype)
-    sums = sum_per_sequence(reward * counted, rows, batch, time)
-    counts = reward_mask.reshape(batch, time).sum(1).clamp_min(1).to(sums.dtype)
+    sums = sum_per_sequence(reward * counted, owner, count)
+    counts = sum_per_sequence(counted, owner, count).clamp_min(1)
     return SequenceHeadResult(logps, sums / counts, lengths, stats)
+
+
+def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The decoder (hidden states, no LM head) and the LM head of a causal LM, through a PEFT
+    wrapper if there is one (its adapter layers sit inside both)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.base_model, inner.get_output_embeddings()
+
+
+def model_head_pass(model: torch.nn.Module, model_inputs: dict, targets: torch.Tensor, logp_mask: torch.Tensor,
+                    reward_mask: torch.Tensor | None = None, q: torch.Tensor | None = None,
+                    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, with_stats: bool = False,
+                    sequence_ids: torch.Tensor | None = None, sequences: int | None = None,
+                    hidden_index: torch.Tensor | None = None) -> SequenceHeadResult:
+    """One decoder forward of a causal LM (`model_inputs`: input_ids, attention_mask, ...) and the
+    chunked head pass over the positions of logp_mask (see sequence_head_pass). hidden_index
+    ([rows, time'] long, flat indices batch * time + position into the decoder's output) lays the
+    states out as targets and the masks are, when they are not the inputs' layout: one state may
+    serve several sequences (a shared prompt's last position predicts every reply's first token)."""
+    decoder, head = decoder_and_head(model)
+    hidden = decoder(**model_inputs, use_cache=False).last_hidden_state
+    if hidden_index is not None:
+        hidden = hidden.reshape(-1, hidden.shape[-1])[hidden_index]
+    return sequence_head_pass(hidden, head, targets, logp_mask, reward_mask, q, chunk_elements, with_stats,
+                              sequence_ids, sequences)

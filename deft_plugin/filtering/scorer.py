@@ -15,8 +15,8 @@ from typing import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from deft_plugin.core.chunked import DEFAULT_CHUNK_ELEMENTS, rows_per_chunk
-from deft_plugin.core.reward import reward_and_logprob_from_hidden
+from deft_plugin.core.chunked import DEFAULT_CHUNK_ELEMENTS, next_tokens, rows_per_chunk, without_special
+from deft_plugin.core.head_pass import SequenceHeadResult, decoder_and_head, model_head_pass
 from deft_plugin.data.encoding import EncodedRow
 from deft_plugin.filtering.batching import batches_by_length, collate_candidates, values_per_row
 from deft_plugin.filtering.distributed import barrier, merge_from_all_ranks, rank_and_world
@@ -40,13 +40,13 @@ class ReplyScorer:
     def __init__(self, model, qn: torch.Tensor, special_ids: Iterable[int], pad_id: int = 0,
                  batch_size: int = 8, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, share_prompt: bool = True):
         self.model = model.eval()
-        self.decoder = model.get_decoder()
-        self.lm_head = model.get_output_embeddings()
-        if self.decoder is None or self.lm_head is None:
+        decoder, lm_head = decoder_and_head(model)
+        if decoder is model or lm_head is None:
             raise TypeError(f"{type(model).__name__} exposes no decoder / output embeddings to score with")
+        self.dtype = next(decoder.parameters()).dtype  # the block mask's
         self.device = next(model.parameters()).device
         self.qn = qn.to(self.device)
-        self.special = torch.tensor(sorted(set(special_ids)), dtype=torch.long, device=self.device)
+        self.special = tuple(sorted(set(special_ids)))
         self.pad_id = pad_id
         self.batch_size = batch_size
         self.chunk_elements = chunk_elements
@@ -56,32 +56,35 @@ class ReplyScorer:
             LOG.info("DEFT scoring: attention backend %r takes no block mask; each prompt runs once per reply",
                      backend)
 
-    def _shared_hidden(self, batch: list[EncodedRow]):
-        ids, positions, allowed, where, targets, sequence = pack_shared(batch, self.pad_id)
-        dtype = next(self.decoder.parameters()).dtype
-        hidden = self.decoder(input_ids=ids.to(self.device), position_ids=positions.to(self.device),
-                              attention_mask=additive_mask(allowed, dtype).to(self.device),
-                              use_cache=False).last_hidden_state
-        where = where.to(self.device)
-        return hidden[where[:, 0], where[:, 1]], targets.to(self.device), sequence.to(self.device)
+    def _head_pass(self, inputs: dict, targets: torch.Tensor, logp_mask: torch.Tensor,
+                   **packing) -> SequenceHeadResult:
+        """Every reply token's log-probability summed (DPO counts special tokens), the reward
+        averaged over the non-special ones."""
+        reward_mask = without_special(logp_mask, targets, self.special)
+        return model_head_pass(self.model, inputs, targets, logp_mask, reward_mask, self.qn, self.chunk_elements,
+                               **packing)
 
-    def _unshared_hidden(self, batch: list[EncodedRow]):
+    def _shared_pass(self, batch: list[EncodedRow]) -> SequenceHeadResult:
+        """The packed rows' states, read at every reply-predicting position (a prompt's last one
+        once per reply) as one row of segments, one per reply."""
+        ids, positions, allowed, where, targets, sequence = pack_shared(batch, self.pad_id)
+        inputs = {"input_ids": ids.to(self.device), "position_ids": positions.to(self.device),
+                  "attention_mask": additive_mask(allowed, self.dtype).to(self.device)}
+        index = (where[:, 0] * ids.shape[1] + where[:, 1]).to(self.device)[None]
+        targets = targets.to(self.device)[None]
+        return self._head_pass(inputs, targets, torch.ones_like(targets, dtype=torch.bool),
+                               sequence_ids=sequence.to(self.device)[None],
+                               sequences=sum(len(row.completions) for row in batch), hidden_index=index)
+
+    def _unshared_pass(self, batch: list[EncodedRow]) -> SequenceHeadResult:
         ids, attn, pred = collate_candidates(batch, set(), self.pad_id, self.device)
-        hidden = self.decoder(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state
-        where = pred.nonzero()
-        return hidden[where[:, 0], where[:, 1]], ids[where[:, 0], where[:, 1] + 1], where[:, 0]
+        return self._head_pass({"input_ids": ids, "attention_mask": attn}, next_tokens(ids), pred)
 
     @torch.inference_mode()
     def score_batch(self, batch: list[EncodedRow]) -> dict[int, ReplyScores]:
-        hidden, targets, sequence = (self._shared_hidden if self.share_prompt else self._unshared_hidden)(batch)
-        r, logp = reward_and_logprob_from_hidden(hidden, self.lm_head, self.qn, targets, self.chunk_elements)
-        counted = ~torch.isin(targets, self.special)  # the reward leaves special tokens out, DPO counts them
-        n = sum(len(row.completions) for row in batch)
-        rewards = torch.zeros(n, dtype=r.dtype, device=r.device).index_add(0, sequence[counted], r[counted])
-        tokens = torch.bincount(sequence[counted], minlength=n).to(r.dtype)
-        logps = torch.zeros(n, dtype=logp.dtype, device=logp.device).index_add(0, sequence, logp)
-        per_row_rewards = values_per_row((rewards / tokens.clamp_min(1)).tolist(), batch)
-        per_row_logps = values_per_row(logps.tolist(), batch)
+        passed = (self._shared_pass if self.share_prompt else self._unshared_pass)(batch)
+        per_row_rewards = values_per_row(passed.rewards.tolist(), batch)
+        per_row_logps = values_per_row(passed.logps.tolist(), batch)
         return {i: ReplyScores(per_row_rewards[i], per_row_logps[i]) for i in per_row_rewards}
 
     def score(self, rows: list[EncodedRow], cache: ScoreCache | None = None, progress: bool = True,
@@ -116,7 +119,7 @@ def mean_distributions(model, rows: list[EncodedRow], special_ids: Iterable[int]
     """row index -> [replies, vocab] float32: each reply's next-token distribution averaged over the
     positions that predict its tokens. R(x, y) under any Q is then mean_distribution @ Qn, so one
     pass serves every Q (Q built from less data, another norm) without scoring again."""
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    decoder, head = decoder_and_head(model)
     device = next(model.parameters()).device
     vocab = head.weight.shape[0]
     chunk = rows_per_chunk(vocab, chunk_elements)

@@ -1,9 +1,9 @@
 """The head pass: reply log-probabilities and the distribution reward from hidden states and
 the LM head, a chunk of positions at a time with a recomputing backward. Values and gradients
 against the naive full-logits computation (float64, several chunks, a bias, a padded Q),
-gradcheck, the subset rule of the two masks, that the autograd graph keeps no block of
-logits (only the chunks' inputs are saved), and a training step's peak memory on a
-large-vocabulary model against the full-logits step."""
+gradcheck, the subset rule of the two masks, packed rows (sums per segment), that the
+autograd graph keeps no block of logits (only the chunks' inputs are saved), and a training
+step's peak memory on a large-vocabulary model against the full-logits step."""
 
 import os
 import subprocess
@@ -162,6 +162,26 @@ def test_without_gradients_nothing_is_checkpointed_and_values_agree():
     torch.testing.assert_close(a.logps, naive_sequence_logprobs(h @ w.T + b, targets, logp_mask), rtol=0, atol=1e-12)
     assert a.lengths.tolist() == logp_mask.sum(1).tolist()
 
+
+
+def test_a_packed_row_sums_per_segment_as_separate_rows_do():
+    """Every row's positions laid end to end in one row, sequence_ids naming the row each came
+    from: the same sums, rewards, lengths and statistics per sequence as one sequence per row."""
+    h, w, b, q, targets, logp_mask, reward_mask = _case()
+    head = FunctionalHead(w, b)
+    batch, time = logp_mask.shape
+    rows = torch.arange(batch)[:, None].expand(batch, time)
+    flat = lambda t: t.reshape(1, batch * time, *t.shape[2:])  # noqa: E731
+    with torch.no_grad():
+        plain = sequence_head_pass(h, head, targets, logp_mask, reward_mask, q, with_stats=True)
+        packed = sequence_head_pass(flat(h), head, flat(targets), flat(logp_mask), flat(reward_mask), q,
+                                    with_stats=True, sequence_ids=flat(rows), sequences=batch + 1)
+    for got, want in zip((packed.logps, packed.rewards, packed.lengths, packed.stats),
+                         (plain.logps, plain.rewards, plain.lengths, plain.stats)):
+        assert got.shape[0] == batch + 1 and not got[-1].any()  # a sequence with no positions sums to 0
+        torch.testing.assert_close(got[:batch], want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="together"):
+        sequence_head_pass(flat(h), head, flat(targets), flat(logp_mask), None, None, sequence_ids=flat(rows))
 
 STEP_MEMORY_PROBE = textwrap.dedent("""
     import sys, torch, transformers

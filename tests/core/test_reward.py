@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from deft_plugin.core.chunked import DEFAULT_CHUNK_ELEMENTS, shift_completion_mask
-from deft_plugin.core.head_pass import sequence_head_pass
-from deft_plugin.core.reward import distribution_reward_from_hidden
+from deft_plugin.core.head_pass import head_logps_and_rewards, sequence_head_pass
 
 from reference import naive_distribution_reward
 
@@ -29,6 +28,13 @@ def distribution_reward(logits, q, mask, chunk_elements=DEFAULT_CHUNK_ELEMENTS):
     batch, time, vocab = logits.shape
     targets = torch.zeros(batch, time, dtype=torch.long)
     return sequence_head_pass(logits, LogitsHead(vocab), targets, mask, mask, q, chunk_elements).rewards
+
+
+@torch.no_grad()
+def reward_from_hidden(hidden, head, q, chunk_elements=DEFAULT_CHUNK_ELEMENTS):
+    """r_t per row of [rows, hidden] states through the head pass, as scoring runs it (no gradient)."""
+    targets = torch.zeros(hidden.shape[0], dtype=torch.long)
+    return head_logps_and_rewards(hidden, head, targets, q, chunk_elements).rewards
 
 
 def _case(batch=4, time=7, vocab=13, seed=0, dtype=torch.float64, scale=3.0):
@@ -202,7 +208,7 @@ def test_short_q_is_zero_padded_and_long_q_raises():
     with pytest.raises(ValueError, match="14 entries.*vocabulary is 13"):
         distribution_reward(logits, torch.zeros(14, dtype=q.dtype), mask)
     with pytest.raises(ValueError, match="vocabulary"):
-        distribution_reward_from_hidden(torch.zeros(2, 4), torch.nn.Linear(4, 13), torch.zeros(14))
+        reward_from_hidden(torch.zeros(2, 4), torch.nn.Linear(4, 13), torch.zeros(14))
 
 
 # ----------------------------------------------------------------------------- hidden-state path
@@ -219,7 +225,7 @@ def test_from_hidden_equals_reward_on_full_logits(q_len):
     mask = torch.rand(batch, time) > 0.5
     mask[1] = False
     mask[0, 3] = True
-    rows = distribution_reward_from_hidden(h[mask], head, q, chunk_elements=3 * vocab)  # chunks of 3 rows
+    rows = reward_from_hidden(h[mask], head, q, chunk_elements=3 * vocab)  # chunks of 3 rows
     assert rows.shape == (int(mask.sum()),) and rows.dtype == torch.float32 and not rows.requires_grad
     # per position: expected q under softmax(head(h))
     q_full = torch.nn.functional.pad(q, (0, vocab - q_len))
@@ -238,8 +244,8 @@ def test_from_hidden_bfloat16_head():
     head = torch.nn.Linear(8, 40, bias=False)
     h = torch.randn(10, 8)
     q = torch.randn(40)
-    ref = distribution_reward_from_hidden(h, head, q)
-    low = distribution_reward_from_hidden(h.bfloat16(), head.to(torch.bfloat16), q, chunk_elements=40 * 4)
+    ref = reward_from_hidden(h, head, q)
+    low = reward_from_hidden(h.bfloat16(), head.to(torch.bfloat16), q, chunk_elements=40 * 4)
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, ref, rtol=0, atol=3e-2)
 

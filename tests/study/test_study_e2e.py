@@ -97,12 +97,12 @@ def test_arms_train_what_they_declare(study):
 
 
 def test_accuracy_recomputed_from_the_saved_model(study, tiny_model_dir):
-    """The report's accuracy of the DEFT arm, from its saved weights through cli.heldout's full-logits path."""
+    """The report's accuracy of the DEFT arm, from its saved weights through the demo's held-out accuracy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from deft_plugin.cli.heldout import preference_accuracy
     from deft_plugin.data.encoding import encode_rows
     from deft_plugin.data.parsing import parse_source
+    from deft_plugin.filtering.heldout import preference_accuracy
 
     out = study["out"]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
