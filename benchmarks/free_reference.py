@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -168,12 +169,12 @@ def one_step(trainer, batch):
 
 def weightless_step(trainer, batch):
     """A DEFT-DPO step at deft_reward_weight 0 (selection only): the free reference without the term."""
-    weight = trainer.deft_reward_weight
-    trainer.deft_reward_weight = 0.0
+    loss = trainer.deft_loss
+    trainer.configure_deft(replace(loss, reward_weight=0.0))
     try:
         one_step(trainer, batch)
     finally:
-        trainer.deft_reward_weight = weight
+        trainer.deft_loss = loss
 
 
 def p2_time(args, data_file, work: Path) -> dict[str, float]:

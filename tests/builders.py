@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -132,3 +134,15 @@ def judging_files(directory: Path, prompts: int, models=("dpo", "deft")) -> tupl
                for model in models]
     annotators = write_jsonl(directory / "annotators.jsonl", [{"name": "ann", "password": "long password"}])
     return answers, str(annotators)
+
+
+@contextlib.contextmanager
+def loss_changed(trainer, **changes):
+    """A DEFT trainer configured with its loss settings changed by `changes` (dataclasses.replace)
+    for the block; its own settings are back afterwards."""
+    saved = trainer.deft_loss
+    trainer.configure_deft(replace(saved, **changes))
+    try:
+        yield trainer.deft_loss
+    finally:
+        trainer.deft_loss = saved

@@ -14,7 +14,6 @@ from deft_plugin.data.formats import hh_rlhf, preference
 from deft_plugin.filtering import score_variants
 from deft_plugin.hookspecs import Command, DatasetFormat, RowError, hookimpl
 
-
 # Registered like a third-party plugin: the study harness sits above deft_plugin, which never names it.
 ABOVE_THE_PLUGIN = ("deft_study.cli",)
 

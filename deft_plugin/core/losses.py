@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 LOSS_FORMS = ("pair", "chosen")
@@ -9,6 +11,19 @@ DEFAULT_PRO_SFT_WEIGHT = 0.05
 # lambda, chosen from benchmarks/reward_weight_sweep.py (README, "lambda"): the largest swept
 # weight that left the held-out log-probability margin unchanged.
 DEFAULT_REWARD_WEIGHT = 1.0
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """What the DEFT trainers need besides their batches: lambda, the term's form, PRO's SFT
+    weight, and from the data, the normalised discrepancy Qn and the special token ids the
+    reward leaves out. Both trainers take it through `configure_deft`."""
+
+    reward_weight: float
+    form: str
+    pro_sft_weight: float
+    qn: torch.Tensor | None = field(default=None, compare=False)
+    special_ids: tuple[int, ...] = ()
 
 
 def deft_dpo_term(r_chosen: torch.Tensor, r_rejected: torch.Tensor, form: str = "pair") -> torch.Tensor:
@@ -58,12 +73,14 @@ def pro_rank_loss(scores: torch.Tensor, mask: torch.Tensor, rewards: torch.Tenso
         tau_k = tau[:, 1:].masked_fill(~present[:, 1:], float("-inf")).amax(1, keepdim=True)
         tau = torch.cat([torch.where(tau_on, tau_k, torch.ones_like(tau_k)), tau[:, 1:]], dim=1)
         logits = (s * tau).masked_fill(~present, float("-inf"))
+        # PRO's ranking loss: Song et al. 2023 (arXiv 2306.17492), as the authors' code (DAMO-ConvAI/PRO) computes it
         total = total + (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
     return total
 
 
 def pro_sft_loss(nll_best: torch.Tensor, n: torch.Tensor, weight: float) -> torch.Tensor:
     """PRO's SFT term: mean_batch[ weight * (n - 1)^2 * NLL(y1) ], NLL summed over tokens."""
+    # Song et al. 2023 (arXiv 2306.17492): the (n - 1)^2 scale and the summed NLL are its public code's
     return (weight * (n.to(nll_best.dtype) - 1) ** 2 * nll_best).mean()
 
 
@@ -86,15 +103,16 @@ def dpo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, b
     delta = chosen_logratios - rejected_logratios
     total = delta.new_zeros(())
     for loss_type, weight in zip(loss_types, weights, strict=True):
-        if loss_type == "sigmoid":
+        if loss_type == "sigmoid":  # DPO: Rafailov et al. 2023 (arXiv 2305.18290), TRL's "sigmoid"
             per_pair = -torch.nn.functional.logsigmoid(beta * delta)
-        elif loss_type == "hinge":
+        elif loss_type == "hinge":  # SLiC-HF: Zhao et al. 2023 (arXiv 2305.10425), TRL's "hinge"
             per_pair = torch.relu(1 - beta * delta)
         elif loss_type == "ipo":
             if chosen_lengths is None or rejected_lengths is None:
                 raise ValueError("the ipo loss needs the reply lengths")
             per_token = (chosen_logratios / chosen_lengths.clamp_min(1).to(delta.dtype)
                          - rejected_logratios / rejected_lengths.clamp_min(1).to(delta.dtype))
+            # IPO: Azar et al. 2023 (arXiv 2310.12036), on length-averaged log-ratios as TRL's "ipo" computes it
             per_pair = (per_token - 1 / (2 * beta)) ** 2
         else:
             raise ValueError(f"dpo_loss_type: {loss_type!r} is not one of {', '.join(DPO_LOSS_TYPES)}")

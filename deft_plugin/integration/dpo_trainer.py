@@ -22,43 +22,25 @@ import torch
 from axolotl.core.trainers.dpo.trainer import AxolotlDPOTrainer
 
 from deft_plugin.core.chunked import next_tokens, shift_completion_mask, without_special
-from deft_plugin.core.head_pass import SequenceHeadResult, sequence_head_pass
+from deft_plugin.core.head_pass import SequenceHeadResult, model_head_pass
 from deft_plugin.core.losses import deft_dpo_term, dpo_loss
 from deft_plugin.integration.scoring_reference import REFERENCE_COLUMNS, has_reference
+from deft_plugin.integration.trainer_loss import DeftLossMixin
 
 # Batch keys that are not model inputs (TRL's collator adds them beside input_ids / attention_mask).
 NON_MODEL_KEYS = {"completion_mask", *REFERENCE_COLUMNS}
 
 
-def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The decoder (hidden states, no LM head) and the LM head of a causal LM, through a PEFT
-    wrapper if there is one (its adapter layers sit inside both)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.base_model, inner.get_output_embeddings()
-
-
-class DeftDPOLossMixin:
-    deft_qn: torch.Tensor | None = None
-    deft_reward_weight: float = 0.0
-    deft_loss_form: str = "pair"
-    deft_special_ids: tuple[int, ...] = ()
-
-    def configure_deft(self, qn: torch.Tensor, reward_weight: float, loss_form: str, special_ids) -> None:
-        self.deft_qn = qn.float()
-        self.deft_reward_weight = float(reward_weight)
-        self.deft_loss_form = loss_form
-        self.deft_special_ids = tuple(special_ids)
-
+class DeftDPOLossMixin(DeftLossMixin):
     def _head_pass(self, model, inputs, q: torch.Tensor | None, with_stats: bool = False) -> SequenceHeadResult:
         """One decoder forward and the chunked head pass over the reply positions of a batch
         (chosen rows, then rejected rows)."""
-        model_kwargs = {k: v for k, v in inputs.items() if k not in NON_MODEL_KEYS}
-        decoder, head = decoder_and_head(self.accelerator.unwrap_model(model))
-        hidden = decoder(**model_kwargs, use_cache=False).last_hidden_state
+        model_inputs = {k: v for k, v in inputs.items() if k not in NON_MODEL_KEYS}
         targets = next_tokens(inputs["input_ids"])
         logp_mask = shift_completion_mask(inputs["completion_mask"])  # TRL's: every reply token, special ones too
-        reward_mask = None if q is None else without_special(logp_mask, targets, self.deft_special_ids)
-        return sequence_head_pass(hidden, head, targets, logp_mask, reward_mask, q, with_stats=with_stats)
+        reward_mask = None if q is None else without_special(logp_mask, targets, self.configured_loss().special_ids)
+        return model_head_pass(self.accelerator.unwrap_model(model), model_inputs, targets, logp_mask, reward_mask, q,
+                               with_stats=with_stats)
 
     def compute_ref_log_probs(self, model, inputs):
         """The reference's summed reply log-probabilities (chosen, rejected) for a batch, by the
@@ -76,12 +58,11 @@ class DeftDPOLossMixin:
             return self._head_pass(model, inputs, None).logps.chunk(2)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.deft_qn is None:
-            raise RuntimeError("DEFT loss attached without a discrepancy distribution (configure_deft not called)")
+        settings = self.configured_loss()
         if return_outputs:
             raise RuntimeError("DEFT-DPO computes its loss without the logits; there are no outputs to return")
-        weight = self.deft_reward_weight
-        policy = self._head_pass(model, inputs, self.deft_qn, with_stats=True)
+        weight = settings.reward_weight
+        policy = self._head_pass(model, inputs, settings.qn, with_stats=True)
         if all(k in inputs for k in REFERENCE_COLUMNS):
             ref_chosen, ref_rejected = (inputs[k].to(policy.logps.dtype) for k in REFERENCE_COLUMNS)
         else:
@@ -94,7 +75,7 @@ class DeftDPOLossMixin:
         dpo = dpo_loss(chosen_ratio, rejected_ratio, args.beta, args.loss_type, args.loss_weights,
                        chosen_len, rejected_len)
         r_chosen, r_rejected = policy.rewards.chunk(2)
-        term = deft_dpo_term(r_chosen, r_rejected, self.deft_loss_form)
+        term = deft_dpo_term(r_chosen, r_rejected, settings.form)
         loss = dpo - weight * term if weight > 0 else dpo
         self._log_dpo_metrics(inputs, args.beta, chosen_ratio, rejected_ratio, chosen_logps, rejected_logps)
         self._log_token_metrics(policy)

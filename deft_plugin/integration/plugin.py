@@ -6,17 +6,20 @@ constructs, and the reference from the scoring pass), load_datasets (filtering, 
 counts and TRL tokenisation are fixed; also runs in `axolotl preprocess`), post_trainer_create
 (the DEFT loss term's settings), add_callbacks_post_trainer (a JSONL log of the metrics), and for
 `deft_method: pro` (Axolotl's causal trainer path) get_trainer_cls and
-get_collator_cls_and_kwargs. Every hook does nothing unless the config lists this plugin,
-since newer Axolotl versions register installed plugins on every run."""
+get_collator_cls_and_kwargs. Every hook reads Axolotl's config once, through deft_settings (the
+door, settings.py), and does nothing unless the config lists this plugin, since newer Axolotl
+versions register installed plugins on every run."""
 
 from __future__ import annotations
 
 import functools
 import importlib
 import logging
-from pathlib import Path
+from dataclasses import replace
 
 from axolotl.integrations.base import BasePlugin
+
+from deft_plugin.integration.settings import DeftSettings, read_settings
 
 LOG = logging.getLogger("axolotl.integrations.deft")
 
@@ -41,8 +44,18 @@ def deft_enabled(cfg) -> bool:
                for name in (cfg.get("plugins") or []))
 
 
+def deft_settings(cfg) -> DeftSettings | None:
+    """The door of every hook: DEFT's settings, or None when the config does not list the plugin
+    (newer Axolotl versions call every installed plugin's hooks on every run)."""
+    return read_settings(cfg) if deft_enabled(cfg) else None
+
+
 def pro_enabled(cfg) -> bool:
-    return deft_enabled(cfg) and cfg.get("deft_method") == "pro"
+    return (settings := deft_settings(cfg)) is not None and settings.method == "pro"
+
+
+def uses_scoring_reference(cfg) -> bool:
+    return (settings := deft_settings(cfg)) is not None and settings.scoring_reference
 
 
 class DEFTPlugin(BasePlugin):
@@ -65,14 +78,10 @@ class DEFTPlugin(BasePlugin):
         also stands in for `dpo_use_liger_kernel`; with the scoring
         pass as DPO's reference, TRL takes precomputed reference log-probabilities and Axolotl
         loads no reference model."""
-        rl = cfg.get("rl")
-        if not deft_enabled(cfg) or (cfg.get("deft_method") or "dpo") != "dpo" or getattr(rl, "value", rl) != "dpo":
+        settings = deft_settings(cfg)
+        if settings is None or not settings.dpo_trainer:
             return
-        from deft_plugin.integration.scoring_reference import (
-            DPO_TRAINER_CLS,
-            scoring_reference,
-            skip_reference_model_load,
-        )
+        from deft_plugin.integration.scoring_reference import DPO_TRAINER_CLS, skip_reference_model_load
 
         chosen = cfg.get("trainer_cls")
         if chosen and chosen != DPO_TRAINER_CLS:
@@ -90,21 +99,23 @@ class DEFTPlugin(BasePlugin):
             LOG.info("DEFT: dpo_use_liger_kernel: the DEFT-DPO trainer's chunked loss takes the place of the Liger "
                      "DPO loss (no full logits either way)")
             cfg["dpo_use_liger_kernel"] = False
-        if scoring_reference(cfg):
+        if settings.scoring_reference:
             if cfg.get("precompute_ref_log_probs") is None:  # an explicit false is refused by validation, by name
                 cfg["precompute_ref_log_probs"] = True
-            skip_reference_model_load()
+            skip_reference_model_load(uses_scoring_reference)
 
     def load_datasets(self, cfg, preprocess: bool = False):
-        if not deft_enabled(cfg):
+        settings = deft_settings(cfg)
+        if settings is None:
             return None
         from axolotl.common.datasets import TrainDatasetMeta
         from axolotl.loaders import load_tokenizer
 
-        from deft_plugin.integration.datasets_hook import load_deft_datasets
+        from deft_plugin.integration.datasets_hook import load_axolotl_rows, load_deft_datasets
 
         tokenizer = load_tokenizer(cfg)
-        train, evaluation, steps, self.filter_result = load_deft_datasets(cfg, tokenizer)
+        train, evaluation, steps, self.filter_result = load_deft_datasets(
+            settings, tokenizer, functools.partial(load_axolotl_rows, cfg))
         self.special_ids = list(tokenizer.all_special_ids)
         DEFTPlugin.latest_datasets = (self.filter_result, self.special_ids)
         return TrainDatasetMeta(train_dataset=train, eval_dataset=evaluation, total_num_steps=steps)
@@ -124,38 +135,32 @@ class DEFTPlugin(BasePlugin):
         return ListwiseCollator, {}
 
     def add_callbacks_post_trainer(self, cfg, trainer):
-        if not deft_enabled(cfg):
+        settings = deft_settings(cfg)
+        if settings is None:
             return []
         from deft_plugin.integration.callbacks import MetricsLogCallback
         from deft_plugin.launch.outputs import METRICS_LOG
 
-        return [MetricsLogCallback(Path(cfg.output_dir) / METRICS_LOG)]
+        return [MetricsLogCallback(settings.output_dir / METRICS_LOG)]
 
     def post_trainer_create(self, cfg, trainer):
-        if not deft_enabled(cfg):
+        settings = deft_settings(cfg)
+        if settings is None:
             return
         if self.filter_result is None and DEFTPlugin.latest_datasets is not None:
             self.filter_result, self.special_ids = DEFTPlugin.latest_datasets
         if self.filter_result is None:
             raise RuntimeError("DEFT: no discrepancy distribution; load_datasets did not run for this config")
-        qn, weight, form = self.filter_result.qdiff.qn, cfg.deft_reward_weight, cfg.deft_loss_form or "pair"
-        if pro_enabled(cfg):
-            from deft_plugin.core.losses import DEFAULT_PRO_SFT_WEIGHT
-            from deft_plugin.integration.pro_trainer import DeftPROTrainer
-
-            if not isinstance(trainer, DeftPROTrainer):
-                raise RuntimeError("deft_method: pro needs the DEFT-PRO trainer, but Axolotl built "
-                                   f"{type(trainer).__name__} "
-                                   "(another plugin's get_trainer_cls or trainer_cls took precedence)")
-            sft = cfg.deft_pro_sft_weight if cfg.deft_pro_sft_weight is not None else DEFAULT_PRO_SFT_WEIGHT
-            trainer.configure_deft(qn, weight, form, self.special_ids, sft)
+        if settings.method == "pro":
+            from deft_plugin.integration.pro_trainer import DeftPROTrainer as wanted_cls
         else:
-            from deft_plugin.integration.dpo_trainer import DeftDPOLossMixin
-
-            if not isinstance(trainer, DeftDPOLossMixin):
-                raise RuntimeError("DEFT-DPO needs the DEFT DPO trainer, but Axolotl built "
-                                   f"{type(trainer).__name__} (another plugin's get_trainer_cls took precedence "
-                                   "over trainer_cls)")
-            trainer.configure_deft(qn, weight, form, self.special_ids)
-        LOG.info("DEFT: loss term attached to %s (weight %s, form %s)", type(trainer).__name__,
-                 trainer.deft_reward_weight, trainer.deft_loss_form)
+            from deft_plugin.integration.dpo_trainer import DeftDPOLossMixin as wanted_cls
+        if not isinstance(trainer, wanted_cls):
+            wanted = "the DEFT-PRO trainer" if settings.method == "pro" else "the DEFT DPO trainer"
+            raise RuntimeError(f"deft_method: {settings.method} needs {wanted}, but Axolotl built "
+                               f"{type(trainer).__name__} (another plugin's get_trainer_cls or trainer_cls took "
+                               "precedence)")
+        loss = replace(settings.loss, qn=self.filter_result.qdiff.qn, special_ids=tuple(self.special_ids))
+        trainer.configure_deft(loss)
+        LOG.info("DEFT: loss term attached to %s (weight %s, form %s)", type(trainer).__name__, loss.reward_weight,
+                 loss.form)

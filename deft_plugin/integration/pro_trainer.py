@@ -16,10 +16,10 @@ import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 
 from deft_plugin.core.chunked import next_tokens, without_special
-from deft_plugin.core.head_pass import sequence_head_pass
-from deft_plugin.core.losses import DEFAULT_PRO_SFT_WEIGHT, deft_ranking_term, mean_of_rest, pro_rank_loss, pro_sft_loss
+from deft_plugin.core.head_pass import model_head_pass
+from deft_plugin.core.losses import deft_ranking_term, mean_of_rest, pro_rank_loss, pro_sft_loss
 from deft_plugin.integration.collator import IGNORE_INDEX, PRO_COLUMNS
-from deft_plugin.integration.dpo_trainer import decoder_and_head
+from deft_plugin.integration.trainer_loss import DeftLossMixin
 
 
 def _by_row(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -27,13 +27,7 @@ def _by_row(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
 
-class DeftPROTrainer(AxolotlTrainer):
-    deft_qn: torch.Tensor | None = None
-    deft_reward_weight: float = 0.0
-    deft_loss_form: str = "pair"
-    deft_special_ids: tuple[int, ...] = ()
-    pro_sft_weight: float = DEFAULT_PRO_SFT_WEIGHT
-
+class DeftPROTrainer(DeftLossMixin, AxolotlTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._deft_metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -41,41 +35,29 @@ class DeftPROTrainer(AxolotlTrainer):
         # gradient-accumulation steps itself.
         self.model_accepts_loss_kwargs = False
 
-    def configure_deft(self, qn: torch.Tensor, reward_weight: float, loss_form: str, special_ids,
-                       sft_weight: float = DEFAULT_PRO_SFT_WEIGHT) -> None:
-        self.deft_qn = qn.float()
-        self.deft_reward_weight = float(reward_weight)
-        self.deft_loss_form = loss_form
-        self.deft_special_ids = tuple(special_ids)
-        self.pro_sft_weight = float(sft_weight)
-
     def _set_signature_columns_if_needed(self):
         # The model's forward signature would drop the listwise columns the collator needs.
         self._signature_columns = list(PRO_COLUMNS)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.deft_qn is None:
-            raise RuntimeError("DEFT-PRO trainer without a discrepancy distribution (configure_deft not called)")
+        settings = self.configured_loss()
         if return_outputs:
             raise RuntimeError("DEFT-PRO computes its loss without the logits; there are no outputs to return")
         labels, sizes = inputs["labels"], inputs["group_sizes"]
-        decoder, head = decoder_and_head(self.accelerator.unwrap_model(model))
-        hidden = decoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                         use_cache=False).last_hidden_state
         targets = next_tokens(labels.clamp_min(0))
         pred = next_tokens(labels, IGNORE_INDEX) != IGNORE_INDEX
-
-        weight = self.deft_reward_weight
-        passed = sequence_head_pass(hidden, head, targets, pred, without_special(pred, targets, self.deft_special_ids),
-                                    self.deft_qn)
+        weight = settings.reward_weight
+        passed = model_head_pass(self.accelerator.unwrap_model(model),
+                                 {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]},
+                                 targets, pred, without_special(pred, targets, settings.special_ids), settings.qn)
         scores = passed.logps / passed.lengths.clamp_min(1)
         mask = torch.arange(int(sizes.max()), device=sizes.device)[None, :] < sizes[:, None]
         first = torch.cumsum(sizes, 0) - sizes
         rank_loss = pro_rank_loss(_by_row(scores, mask), mask, inputs["rewards"].to(scores.dtype))
-        sft_loss = pro_sft_loss(-passed.logps[first], sizes, self.pro_sft_weight)
+        sft_loss = pro_sft_loss(-passed.logps[first], sizes, settings.pro_sft_weight)
 
         rewards = _by_row(passed.rewards, mask)
-        term = deft_ranking_term(rewards, mask, self.deft_loss_form)
+        term = deft_ranking_term(rewards, mask, settings.form)
         loss = rank_loss + sft_loss
         if weight > 0:
             loss = loss - weight * term

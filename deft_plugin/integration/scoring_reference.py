@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Callable
 
 from datasets import Dataset
 
@@ -22,15 +23,6 @@ LOG = logging.getLogger("axolotl.integrations.deft")
 
 DPO_TRAINER_CLS = "deft_plugin.integration.dpo_trainer.DeftDPOTrainer"
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")  # TRL's names for precomputed reference log-probs
-
-
-def scoring_reference(cfg) -> bool:
-    """Whether this config takes DPO's reference from the scoring pass."""
-    from deft_plugin.integration.plugin import deft_enabled
-
-    rl = cfg.get("rl")
-    return (deft_enabled(cfg) and (cfg.get("deft_method") or "dpo") == "dpo" and getattr(rl, "value", rl) == "dpo"
-            and (cfg.get("deft_reference") or "scoring") == "scoring")
 
 
 def with_reference(dataset: Dataset, logps: list[tuple[float, ...]]) -> Dataset:
@@ -43,9 +35,10 @@ def has_reference(dataset) -> bool:
     return all(c in (getattr(dataset, "column_names", None) or ()) for c in REFERENCE_COLUMNS)
 
 
-def skip_reference_model_load() -> None:
+def skip_reference_model_load(uses_scoring_reference: Callable[[object], bool]) -> None:
     """Make Axolotl load no reference model for configs whose reference comes from the scoring
-    pass; other configs load theirs as before. Installing it twice changes nothing."""
+    pass (`uses_scoring_reference(cfg)`, the plugin's reading of each config Axolotl passes);
+    other configs load theirs as before. Installing it twice changes nothing."""
     import axolotl.train as axolotl_train
 
     original = axolotl_train.setup_reference_model
@@ -54,7 +47,7 @@ def skip_reference_model_load() -> None:
 
     @functools.wraps(original)
     def setup_reference_model(cfg, *args, **kwargs):
-        if scoring_reference(cfg):
+        if uses_scoring_reference(cfg):
             LOG.info("DEFT: DPO's reference log-probabilities come from the scoring pass; no reference model loaded")
             return None
         return original(cfg, *args, **kwargs)

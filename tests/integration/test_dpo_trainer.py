@@ -21,9 +21,10 @@ import math
 import pytest
 import torch
 
-from deft_plugin.integration.dpo_trainer import DeftDPOLossMixin, decoder_and_head
+from deft_plugin.core.head_pass import decoder_and_head
+from deft_plugin.integration.dpo_trainer import DeftDPOLossMixin
 
-from builders import HH_PAIRS, KEPT, RATIO, SEQUENCE_LEN, sharpened
+from builders import HH_PAIRS, KEPT, RATIO, SEQUENCE_LEN, loss_changed, sharpened
 from reference import naive_distribution_reward
 
 WEIGHT = 0.5
@@ -156,7 +157,7 @@ def test_axolotl_constructs_the_deft_trainer_without_a_reference_model(full_ft):
     deft, plain = full_ft["deft"], full_ft["plain"]
     assert type(deft) is DeftDPOTrainer  # the class Axolotl constructed, not swapped in afterwards
     assert not isinstance(plain, DeftDPOLossMixin) and isinstance(plain, AxolotlDPOTrainer)
-    assert deft.deft_reward_weight == WEIGHT and deft.deft_loss_form == "pair"
+    assert deft.deft_loss.reward_weight == WEIGHT and deft.deft_loss.form == "pair"
     assert deft.ref_model is None and plain.ref_model is not None  # full fine-tuning: plain DPO loads a second model
     assert full_ft["loads"] == {"deft": 1, "plain": 2}  # the policy only, against policy and reference
     assert deft.args.precompute_ref_log_probs and not plain.args.precompute_ref_log_probs
@@ -188,11 +189,8 @@ def test_weight_zero_equals_plain_dpo(full_ft):
     deft, plain, batch = full_ft["deft"], full_ft["plain"], full_ft["batch"]
     with torch.no_grad():
         plain_loss = plain.compute_loss(plain.model, dict(batch))
-        deft.configure_deft(deft.deft_qn, 0.0, "pair", deft.deft_special_ids)
-        try:
+        with loss_changed(deft, reward_weight=0.0):
             deft_loss = deft.compute_loss(deft.model, dict(batch))
-        finally:
-            deft.configure_deft(deft.deft_qn, WEIGHT, "pair", deft.deft_special_ids)
     assert deft_loss.item() == pytest.approx(plain_loss.item(), abs=1e-5)
     assert deft_loss.item() == pytest.approx(math.log(2), abs=1e-5)
 
@@ -217,14 +215,10 @@ def test_no_reference_forward_runs(full_ft, monkeypatch):
 @pytest.mark.parametrize("form", ["pair", "chosen"])
 def test_weighted_loss_is_dpo_minus_weighted_reward_term(full_ft, form):
     deft, plain, batch, special = full_ft["deft"], full_ft["plain"], full_ft["batch"], full_ft["special"]
-    deft.configure_deft(deft.deft_qn, WEIGHT, form, deft.deft_special_ids)
-    try:
-        with torch.no_grad():
-            plain_loss = plain.compute_loss(plain.model, dict(batch))
-            loss = deft.compute_loss(deft.model, dict(batch))
-            r_c, r_r = naive_rewards(deft.model, batch, deft.deft_qn, special)
-    finally:
-        deft.configure_deft(deft.deft_qn, WEIGHT, "pair", deft.deft_special_ids)
+    with loss_changed(deft, form=form), torch.no_grad():
+        plain_loss = plain.compute_loss(plain.model, dict(batch))
+        loss = deft.compute_loss(deft.model, dict(batch))
+        r_c, r_r = naive_rewards(deft.model, batch, deft.deft_loss.qn, special)
     term = (r_c - r_r).mean() if form == "pair" else r_c.mean()
     assert abs(term.item()) > 1e-3  # the term is not negligible next to the tolerance below
     assert loss.item() == pytest.approx(plain_loss.item() - WEIGHT * term.item(), abs=1e-5)
@@ -246,7 +240,7 @@ def test_trainer_rewards_at_start_equal_the_filter_scores(full_ft):
     kept_rewards = [plugin.filter_result.rewards[i] for i in plugin.filter_result.kept]
     deft, batch = full_ft["deft"], full_ft["batch"]
     with torch.no_grad():
-        r_c, r_r = naive_rewards(deft.model, batch, deft.deft_qn, full_ft["special"])
+        r_c, r_r = naive_rewards(deft.model, batch, deft.deft_loss.qn, full_ft["special"])
     for rc, rr in zip(r_c.tolist(), r_r.tolist()):
         matches = [k for k in kept_rewards if abs(k[0] - rc) < 1e-5 and abs(k[1] - rr) < 1e-5]
         assert len(matches) == 1, (rc, rr, kept_rewards)
@@ -267,17 +261,16 @@ def test_gradient_of_the_deft_term(full_ft):
     grads = {}
     try:
         for weight in (0.0, WEIGHT):
-            deft.configure_deft(deft.deft_qn, weight, "pair", deft.deft_special_ids)
-            model.zero_grad(set_to_none=True)
-            deft.compute_loss(model, dict(batch)).backward()
+            with loss_changed(deft, reward_weight=weight):
+                model.zero_grad(set_to_none=True)
+                deft.compute_loss(model, dict(batch)).backward()
             grads[weight] = _grads(model, names)
         model.zero_grad(set_to_none=True)
-        r_c, r_r = naive_rewards(model, batch, deft.deft_qn, special)
+        r_c, r_r = naive_rewards(model, batch, deft.deft_loss.qn, special)
         (-WEIGHT * (r_c - r_r).mean()).backward()
         reference = _grads(model, names)
     finally:
         model.zero_grad(set_to_none=True)
-        deft.configure_deft(deft.deft_qn, WEIGHT, "pair", deft.deft_special_ids)
     for n in names:
         delta = grads[WEIGHT][n] - grads[0.0][n]
         assert delta.abs().max() > 1e-4 * grads[0.0][n].abs().max(), n  # the term changes the gradient
@@ -329,11 +322,8 @@ def assert_same_dpo(deft, plain, batch, loss_abs=1e-4):
     Tolerances: the two sum float32 log-probabilities of up to ~3,000 in magnitude in different
     orders, so a log-ratio may differ by ~1e-3: 1e-5 relative on log-probabilities, 2e-4 absolute
     on DPO's rewards (beta times a log-ratio), 1e-4 on the loss, 1e-4 relative on gradients."""
-    deft.configure_deft(deft.deft_qn, 0.0, "pair", deft.deft_special_ids)
-    try:
+    with loss_changed(deft, reward_weight=0.0):
         d_loss, d_metrics, d_grads = loss_metrics_and_grads(deft, batch)
-    finally:
-        deft.configure_deft(deft.deft_qn, WEIGHT, "pair", deft.deft_special_ids)
     p_loss, p_metrics, p_grads = loss_metrics_and_grads(plain, batch)
     assert d_loss == pytest.approx(p_loss, abs=loss_abs)
     assert abs(p_metrics["rewards/margins"]) > 1e-3  # moved away from the reference: not the trivial 0
@@ -411,19 +401,18 @@ def test_lora_free_reference_and_deft_loss(lora):
     with torch.no_grad():
         with ForwardCounter(plain.model) as plain_forwards:
             plain_loss = plain.compute_loss(plain.model, dict(batch))
-        deft.configure_deft(deft.deft_qn, 0.0, "pair", deft.deft_special_ids)
-        with ForwardCounter(deft.model) as deft_forwards:
+        with loss_changed(deft, reward_weight=0.0), ForwardCounter(deft.model) as deft_forwards:
             zero_loss = deft.compute_loss(deft.model, dict(batch))
     assert plain_forwards.calls == 2  # the policy, then the reference with the adapter disabled
     assert deft_forwards.calls == 1  # the policy only: no adapter-disabled forward
     assert zero_loss.item() == pytest.approx(plain_loss.item(), abs=1e-5)
     assert zero_loss.item() == pytest.approx(math.log(2), abs=1e-5)
 
-    deft.configure_deft(deft.deft_qn, WEIGHT, "pair", deft.deft_special_ids)
+    assert deft.deft_loss.reward_weight == WEIGHT
     deft.model.zero_grad(set_to_none=True)
     loss = deft.compute_loss(deft.model, dict(batch))
     with torch.no_grad():
-        r_c, r_r = naive_rewards(deft.model, batch, deft.deft_qn, lora["special"])
+        r_c, r_r = naive_rewards(deft.model, batch, deft.deft_loss.qn, lora["special"])
     term = (r_c - r_r).mean().item()
     assert math.isfinite(term) and abs(term) > 1e-3
     assert deft._metrics["train"]["deft/term"][-1] == pytest.approx(term, abs=1e-6)
@@ -527,8 +516,8 @@ def test_reference_model_when_asked(base_cfg, tmp_path):
     assert type(trainer) is DeftDPOTrainer and trainer.ref_model is not None and loads == 2
     batch = next(iter(trainer.get_train_dataloader()))
     with ForwardCounter(trainer.ref_model) as reference, torch.no_grad():
-        trainer.configure_deft(trainer.deft_qn, 0.0, "pair", trainer.deft_special_ids)
-        loss = trainer.compute_loss(trainer.model, dict(batch))
+        with loss_changed(trainer, reward_weight=0.0):
+            loss = trainer.compute_loss(trainer.model, dict(batch))
     assert reference.calls == 1 and loss.item() == pytest.approx(math.log(2), abs=1e-6)
     plain = build_trainer(load(without_plugin(cfg)), meta)
     with moved_away(trainer.model, plain.model):

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from builders import listwise_rows, sharpened, write_jsonl
+from builders import listwise_rows, loss_changed, sharpened, write_jsonl
 from reference import naive_distribution_reward
 
 WEIGHT = 0.5
@@ -95,25 +95,24 @@ def reference_loss(model, batch, qn, special, weight, sft_weight):
 def test_loss_and_gradients_match_the_reference(trainer, tiny_tokenizer, weight, sft_weight):
     from deft_plugin.integration.pro_trainer import DeftPROTrainer
 
-    assert isinstance(trainer, DeftPROTrainer) and trainer.pro_sft_weight == SFT
+    assert isinstance(trainer, DeftPROTrainer) and trainer.deft_loss.pro_sft_weight == SFT
     special = set(tiny_tokenizer.all_special_ids)
-    trainer.configure_deft(trainer.deft_qn, weight, "pair", trainer.deft_special_ids, sft_weight)
     model = trainer.model
     head = model.get_output_embeddings().weight
     try:
         for batch in batches(trainer)[:2]:
             model.zero_grad()
-            loss = trainer.compute_loss(model, dict(batch))
+            with loss_changed(trainer, reward_weight=weight, pro_sft_weight=sft_weight):
+                loss = trainer.compute_loss(model, dict(batch))
             loss.backward()
             grad = head.grad.clone()
             model.zero_grad()
-            ref, term = reference_loss(model, batch, trainer.deft_qn, special, weight, sft_weight)
+            ref, term = reference_loss(model, batch, trainer.deft_loss.qn, special, weight, sft_weight)
             ref.backward()
             assert abs(term.item()) > 1e-3  # the DEFT term is not negligible next to the tolerance
             assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
             torch.testing.assert_close(grad, head.grad, rtol=1e-4, atol=1e-6)
     finally:
-        trainer.configure_deft(trainer.deft_qn, WEIGHT, "pair", trainer.deft_special_ids, SFT)
         model.zero_grad()
 
 
