@@ -8,7 +8,11 @@ count too), each failure naming the file and line:
 - only deft_plugin.integration imports axolotl or trl; the command line reaches neither through
   any chain of the project's imports (the demo runs `axolotl train` in a subprocess);
 - deft_eval and deft_app use only deft_plugin's public utils, data, hookspecs and registry;
-- nothing imports another package's _private name."""
+- nothing imports another package's _private name;
+- no import climbs (LAYERS: within deft_plugin utils < hookspecs/registry < data/core/launch <
+  filtering < integration < cli; across packages deft_plugin < deft_eval, deft_app < deft_study,
+  so the plugin never imports the evaluation, the app or the study) and no chain of imports comes
+  back to where it started, in modules or in packages."""
 
 from __future__ import annotations
 
@@ -52,6 +56,20 @@ RULES = {
     "deft_app": Rule(TRAINING_STACK, ("deft_app",) + SHARED_WITH_APPS),
     "deft_study": Rule(TRAINING_STACK, None, transitive=True),  # trains through `axolotl train` only
 }
+# How high each part stands: an import may go to its own layer or below, never up. The most
+# specific prefix chooses. The package root stands on top: its lazy DEFTPlugin is the way in.
+LAYERS = {
+    "deft_plugin.utils": 0,
+    "deft_plugin.hookspecs": 1, "deft_plugin.registry": 1,
+    "deft_plugin.data": 2, "deft_plugin.core": 2, "deft_plugin.launch": 2,
+    "deft_plugin.filtering": 3,
+    "deft_plugin.integration": 4,
+    "deft_plugin.cli": 5,
+    "deft_plugin": 6,
+    "deft_eval": 7, "deft_app": 7,
+    "deft_study": 8,
+}
+
 # The package's lazy `DEFTPlugin` attribute is how Axolotl finds the plugin: the one sanctioned way in.
 ALLOWED = {("deft_plugin", "deft_plugin.integration.plugin")}
 
@@ -142,6 +160,102 @@ def _reached(start: str, imports: dict[str, list[Import]], modules: dict[str, Pa
                     seen[target] = (chain + [target], first_step or imp.where)
                     queue.append(target)
     return problems
+
+
+def layer_of(module: str) -> int:
+    return LAYERS[max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)]
+
+
+def module_graph(package_dirs: dict[str, Path], root: Path) -> tuple[dict[str, set[str]], dict[tuple, str]]:
+    """module -> the project modules it imports (function-level imports too), and where each
+    arrow is written (file:line)."""
+    modules = module_names(package_dirs)
+    graph, where = {m: set() for m in modules}, {}
+    for module, path in modules.items():
+        for imp in imports_of(module, path, root):
+            for target in _project_target(imp, modules):
+                if target != module:
+                    graph[module].add(target)
+                    where.setdefault((module, target), imp.where)
+    return graph, where
+
+
+def climbing_imports(package_dirs: dict[str, Path], root: Path) -> list[str]:
+    graph, where = module_graph(package_dirs, root)
+    return [f"{where[(a, b)]}: {a} (layer {layer_of(a)}) imports {b} (layer {layer_of(b)}), which stands above it"
+            for a in sorted(graph) for b in sorted(graph[a]) if layer_of(b) > layer_of(a)]
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan), each sorted."""
+    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(node):
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    top = lambda m: m.split(".")[0]  # noqa: E731
+    packages: dict[str, set[str]] = {}
+    for a, targets in graph.items():
+        packages.setdefault(top(a), set()).update(top(b) for b in targets if top(b) != top(a))
+    return packages
+
+
+def test_no_import_climbs():
+    assert climbing_imports(PACKAGE_DIRS, REPO) == []
+
+
+def test_no_cycle_of_modules_or_packages():
+    graph, _ = module_graph(PACKAGE_DIRS, REPO)
+    assert cycles(graph) == []
+    packages = package_graph(graph)
+    assert cycles(packages) == []
+    assert packages["deft_plugin"] == set()  # the plugin imports neither the evaluation, the app nor the study
+
+
+def test_every_package_and_part_has_a_layer():
+    assert {m.split(".")[0] for m in module_names(PACKAGE_DIRS)} <= set(LAYERS)
+    assert all(layer_of(m) is not None for m in module_names(PACKAGE_DIRS))
+
+
+def test_a_climb_and_a_cycle_are_named(tmp_path):
+    root = tmp_path / "deft_plugin"
+    write_package(root, {"__init__": "", "core/__init__": "", "core/reward": "",
+                         "utils/__init__": "", "utils/plots": "\ndef f():\n    from deft_plugin.core import reward\n",
+                         "filtering/__init__": "", "filtering/a": "from deft_plugin.filtering import b\n",
+                         "filtering/b": "def g():\n    import deft_plugin.filtering.a\n"})
+    assert climbing_imports({"deft_plugin": root}, root) == [
+        f"utils/plots.py:3: deft_plugin.utils.plots (layer 0) imports {target} (layer 2), which stands above it"
+        for target in ("deft_plugin.core", "deft_plugin.core.reward")]
+    graph, _ = module_graph({"deft_plugin": root}, root)
+    assert cycles(graph) == [["deft_plugin.filtering.a", "deft_plugin.filtering.b"]]
+    assert cycles(package_graph({"deft_plugin.x": {"deft_study.y"}, "deft_study.y": {"deft_plugin.x"}})) == [
+        ["deft_plugin", "deft_study"]]
 
 
 def test_the_project_keeps_its_boundaries():
