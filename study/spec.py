@@ -9,8 +9,10 @@ from pathlib import Path
 
 import yaml
 
+from deft_plugin.core.selection import SELECTIONS
+
 METHODS = ("base", "dpo", "pro")
-SELECTIONS = ("all", "top", "random", "bottom")
+ARM_SELECTIONS = ("all", *SELECTIONS)  # an arm trains on the whole pool, or on the plugin's selection of it
 
 
 @dataclass
@@ -71,8 +73,8 @@ class Arm:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"arms.{self.name}.method: one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.select not in SELECTIONS:
-            raise ValueError(f"arms.{self.name}.select: one of {', '.join(SELECTIONS)}, got {self.select!r}")
+        if self.select not in ARM_SELECTIONS:
+            raise ValueError(f"arms.{self.name}.select: one of {', '.join(ARM_SELECTIONS)}, got {self.select!r}")
         if not 0 < self.ratio <= 1:
             raise ValueError(f"arms.{self.name}.ratio: in (0, 1], got {self.ratio}")
         if self.q_fraction is not None and not (0 < self.q_fraction <= 1 and self.select in ("top", "bottom")):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from deft_plugin.launch.axolotl_train import run_axolotl_train
+from deft_plugin.launch.axolotl_train import deft_run_config, run_axolotl_train
 from deft_plugin.launch.outputs import METRICS_LOG, SELECTION_RECORD
 from deft_plugin.utils.atomic import atomic_write_text
 from deft_study.spec import Arm, StudySpec
@@ -77,31 +77,12 @@ def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path
     def local(path: Path) -> str:
         return os.path.relpath(Path(path).resolve(), here)
 
-    cfg = {
-        "base_model": local(model_dir),
-        "plugins": ["deft_plugin.DEFTPlugin"],
-        **({"deft_method": "pro", "sample_packing": False} if arm.method == "pro" else {"rl": "dpo"}),
-        "datasets": [{"path": local(pool), "type": "deft.hh_rlhf"}],
-        "deft_reward_weight": arm.reward_weight,
-        "deft_filter_score": arm.score,
-        "deft_qdiff_norm": arm.norm,
-        "deft_score_batch_size": r.score_batch_size,
-        "sequence_len": r.sequence_len,
-        "micro_batch_size": r.micro_batch_size,
-        "gradient_accumulation_steps": r.gradient_accumulation_steps,
-        "num_epochs": r.num_epochs,
-        "learning_rate": r.learning_rate,
-        "optimizer": "adamw_torch",
-        "lr_scheduler": r.lr_scheduler,
-        "seed": seed,
-        "output_dir": "model",
-        "dataset_prepared_path": local(out / "prepared"),
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "bf16": False,
-        "device_map": "cpu",
-        "dataloader_num_workers": 0,
-    }
+    cfg = deft_run_config(local(model_dir), local(pool), arm.method, "model", local(out / "prepared"), seed,
+                          deft_reward_weight=arm.reward_weight, deft_filter_score=arm.score, deft_qdiff_norm=arm.norm,
+                          deft_score_batch_size=r.score_batch_size, sequence_len=r.sequence_len,
+                          micro_batch_size=r.micro_batch_size,
+                          gradient_accumulation_steps=r.gradient_accumulation_steps, num_epochs=r.num_epochs,
+                          learning_rate=r.learning_rate, lr_scheduler=r.lr_scheduler)
     if arm.method == "dpo":
         cfg["rl_beta"] = r.rl_beta
         cfg["deft_reference"] = r.reference

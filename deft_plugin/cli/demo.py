@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from deft_plugin.core.losses import DEFAULT_REWARD_WEIGHT
-from deft_plugin.launch.axolotl_train import OFFLINE_ENV, run_axolotl_train
+from deft_plugin.launch.axolotl_train import OFFLINE_ENV, deft_run_config, run_axolotl_train
 from deft_plugin.launch.defaults import default_data
 from deft_plugin.utils.atomic import atomic_write_text
 from deft_plugin.utils.quiet import keep_dependency_noise_in
@@ -68,30 +68,12 @@ def sample_rows(raw, pairs: int, heldout: int, seed: int) -> tuple[list[dict], l
 
 
 def axolotl_config(args, model_dir: Path, train_file: Path, run_dir: Path) -> dict:
-    cfg = {
-        "base_model": str(model_dir.resolve()),
-        "plugins": ["deft_plugin.DEFTPlugin"],
-        **({"deft_method": "pro", "sample_packing": False} if args.method == "pro" else {"rl": "dpo"}),
-        "datasets": [{"path": str(train_file.resolve()), "type": "deft.hh_rlhf"}],
-        "deft_filter_ratio": args.ratio,
-        "deft_reward_weight": args.reward_weight,
-        "deft_score_batch_size": args.score_batch_size,
-        "sequence_len": args.sequence_len,
-        "micro_batch_size": args.micro_batch_size,
-        "gradient_accumulation_steps": 1,
-        "num_epochs": 1,
-        "learning_rate": args.learning_rate,
-        "optimizer": "adamw_torch",
-        "lr_scheduler": "constant",
-        "seed": args.seed,
-        "output_dir": str((run_dir / "model").resolve()),
-        "dataset_prepared_path": str((run_dir / "prepared").resolve()),
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "bf16": False,
-        "device_map": "cpu",
-        "dataloader_num_workers": 0,
-    }
+    cfg = deft_run_config(str(model_dir.resolve()), str(train_file.resolve()), args.method,
+                          str((run_dir / "model").resolve()), str((run_dir / "prepared").resolve()), args.seed,
+                          deft_filter_ratio=args.ratio, deft_reward_weight=args.reward_weight,
+                          deft_score_batch_size=args.score_batch_size, sequence_len=args.sequence_len,
+                          micro_batch_size=args.micro_batch_size, gradient_accumulation_steps=1, num_epochs=1,
+                          learning_rate=args.learning_rate, lr_scheduler="constant")
     if args.steps:
         cfg["max_steps"] = args.steps
     return cfg

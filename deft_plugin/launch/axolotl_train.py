@@ -11,6 +11,29 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "AXOLOTL_DO_N
                "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
 
 
+def deft_run_config(base_model: str, data: str, method: str, output_dir: str, prepared: str, seed: int,
+                    **keys) -> dict:
+    """The Axolotl config of a DEFT run on the CPU, as the demo and the study write it: the plugin,
+    DEFT-DPO (rl: dpo) or DEFT-PRO, one HH-RLHF-format dataset, AdamW, a log line every step, no
+    checkpoints, float32; `keys` add the run's own (the recipe, the deft_* keys) or override."""
+    return {
+        "base_model": base_model,
+        "plugins": ["deft_plugin.DEFTPlugin"],
+        **({"deft_method": "pro", "sample_packing": False} if method == "pro" else {"rl": "dpo"}),
+        "datasets": [{"path": data, "type": "deft.hh_rlhf"}],
+        "optimizer": "adamw_torch",
+        "seed": seed,
+        "output_dir": output_dir,
+        "dataset_prepared_path": prepared,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "bf16": False,
+        "device_map": "cpu",
+        "dataloader_num_workers": 0,
+        **keys,
+    }
+
+
 def run_axolotl_train(config_path: Path, log_path: Path) -> None:
     """`axolotl train` in a subprocess; the full log goes to a file, progress to the terminal."""
     env = {**os.environ, **OFFLINE_ENV}
