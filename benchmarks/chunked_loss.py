@@ -150,11 +150,12 @@ def main(argv=None) -> None:
         return step_memory_child(args)
     from deft_plugin.cli.smollm2 import ensure_smollm2
     from deft_plugin.data.sources import load_rows
+    from deft_plugin.data.split import DATA_SPLIT
 
     work = Path(tempfile.mkdtemp())
     args.model = args.model or str(large_vocab_model(work / "model") if args.large_vocab else ensure_smollm2())
     data_file = work / "pairs.jsonl"
-    raw = [dict(r) for r in load_rows(args.data)][: 4 * args.micro_batch]
+    raw = [dict(r) for r in DATA_SPLIT.parts(load_rows(args.data))["pool"]][: 4 * args.micro_batch]  # the pool only
     data_file.write_text("".join(json.dumps(r) + "\n" for r in raw))
     print("P2m: step time", flush=True)
     seconds, tokens, reply_tokens = step_times(args, data_file)

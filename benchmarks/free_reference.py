@@ -45,8 +45,9 @@ def hh_pairs(tokenizer, path: Path, n: int, max_length: int):
     from deft_plugin.data.encoding import encode_rows, resolve_prompt_style
     from deft_plugin.data.parsing import parse_rows
     from deft_plugin.data.sources import load_rows
+    from deft_plugin.data.split import DATA_SPLIT
 
-    raw = [dict(r) for r in load_rows(str(path))][: 2 * n]
+    raw = [dict(r) for r in DATA_SPLIT.parts(load_rows(str(path)))["pool"]][: 2 * n]  # training: the pool only
     rows = parse_rows(raw, "hh_rlhf", resolve_prompt_style("auto", tokenizer)).rows
     encoded, _ = encode_rows(rows, tokenizer, max_length)
     return raw, rows, encoded[:n]

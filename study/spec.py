@@ -10,17 +10,10 @@ from pathlib import Path
 import yaml
 
 from deft_plugin.core.selection import SELECTIONS
+from deft_plugin.data.split import Split
 
 METHODS = ("base", "dpo", "pro")
 ARM_SELECTIONS = ("all", *SELECTIONS)  # an arm trains on the whole pool, or on the plugin's selection of it
-
-
-@dataclass
-class Split:
-    test: int = 300  # held-out pairs, never used for a decision
-    validation: int = 100  # for choices made while designing the study
-    pool: int = 400  # the training pool every arm selects from
-    seed: int = 0
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -50,16 +49,10 @@ def split_data(spec: StudySpec, out: Path, raw_rows) -> dict[str, Path]:
             if not files[name].is_file():
                 atomic_write_text(files[name], "".join(json.dumps(raw_rows[i]) + "\n" for i in found["indices"][name]))
         return files
-    if sum(sizes.values()) > len(raw_rows):
-        raise SystemExit(f"split: pool {sizes['pool']} + validation {sizes['validation']} + test {sizes['test']} "
-                         f"exceed the {len(raw_rows)} rows of the data")
-    order = list(range(len(raw_rows)))
-    random.Random(spec.split.seed).shuffle(order)
-    start = 0
-    indices = {}
-    for name in ("test", "validation", "pool"):  # test first: growing the pool never moves a test pair
-        indices[name] = order[start:start + sizes[name]]
-        start += sizes[name]
+    try:
+        indices = spec.split.indices(len(raw_rows))
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
     for name in SPLITS:
         atomic_write_text(files[name], "".join(json.dumps(raw_rows[i]) + "\n" for i in indices[name]))
     atomic_write_text(record_path, json.dumps({**wanted, "indices": indices}, indent=1))

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from deft_plugin.core.losses import DEFAULT_REWARD_WEIGHT
+from deft_plugin.data.split import DATA_SPLIT
 from deft_plugin.launch.axolotl_train import OFFLINE_ENV, deft_run_config, run_axolotl_train
 from deft_plugin.launch.defaults import default_data
 from deft_plugin.utils.atomic import atomic_write_text
@@ -59,12 +60,17 @@ class Phases:
 
 
 def sample_rows(raw, pairs: int, heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
-    if pairs + heldout > len(raw):
-        raise SystemExit(f"--pairs {pairs} + --heldout {heldout} exceed the {len(raw)} rows available")
-    order = list(range(len(raw)))
-    random.Random(seed).shuffle(order)
-    rows = [raw[i] for i in order[: pairs + heldout]]
-    return rows[:pairs], rows[pairs:]
+    """A seeded sample of `pairs` training rows from the pool part of the project's split and of
+    `heldout` rows from its validation part: the demo never trains on, nor measures, a test pair."""
+    try:
+        parts = DATA_SPLIT.parts(raw)
+    except ValueError as err:
+        raise SystemExit(f"--data: {err}") from err
+    if pairs > len(parts["pool"]) or heldout > len(parts["validation"]):
+        raise SystemExit(f"--pairs {pairs} / --heldout {heldout}: the split leaves {len(parts['pool'])} pool rows "
+                         f"to train on and {len(parts['validation'])} validation rows to measure on")
+    rng = random.Random(seed)
+    return rng.sample(parts["pool"], pairs), rng.sample(parts["validation"], heldout)
 
 
 def axolotl_config(args, model_dir: Path, train_file: Path, run_dir: Path) -> dict:
@@ -96,7 +102,8 @@ def prepare_data(args, run_dir: Path) -> tuple[str, Path, list[dict], list[dict]
     train_rows, heldout_rows = sample_rows(raw, args.pairs, args.heldout, args.seed)
     train_file = run_dir / "train.jsonl"
     atomic_write_text(train_file, "".join(json.dumps(r) + "\n" for r in train_rows))
-    print(f"   data: {data}: {len(raw)} rows; sampled {len(train_rows)} for training, {len(heldout_rows)} held out")
+    print(f"   data: {data}: {len(raw)} rows; sampled {len(train_rows)} for training from the split's pool, "
+          f"{len(heldout_rows)} held out from its validation part (its test part is never read)")
     return data, train_file, train_rows, heldout_rows
 
 
