@@ -44,10 +44,11 @@ class HeadRows(NamedTuple):
     logps: torch.Tensor
     rewards: torch.Tensor
     stats: torch.Tensor
+    predicted: torch.Tensor  # the most likely token at each position (with stats; [0] otherwise)
 
 
 def _chunk_rows(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, q: torch.Tensor | None,
-                with_stats: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                with_stats: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     logits = head(hidden)
     logits = logits.to(work_dtype(logits.dtype))
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
@@ -55,11 +56,12 @@ def _chunk_rows(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tens
     probs = torch.exp(logits - lse) if q is not None or with_stats else None
     reward = torch.zeros_like(logp) if q is None else probs @ fit_q(q, logits.shape[-1], logits.device).to(probs.dtype)
     if not with_stats:
-        return logp, reward, logp.new_zeros(logp.shape[0], 0).detach()
+        return logp, reward, logp.new_zeros(logp.shape[0], 0).detach(), targets[:0]
     with torch.no_grad():
         entropy = lse.squeeze(1) - (probs * logits).sum(-1)
-        stats = torch.stack([logits.mean(-1), entropy, (logits.argmax(-1) == targets).to(logits.dtype)], dim=1)
-    return logp, reward, stats
+        predicted = logits.argmax(-1)
+        stats = torch.stack([logits.mean(-1), entropy, (predicted == targets).to(logits.dtype)], dim=1)
+    return logp, reward, stats, predicted
 
 
 def head_logps_and_rewards(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
@@ -79,7 +81,7 @@ def head_logps_and_rewards(hidden: torch.Tensor, head: torch.nn.Module, targets:
         parts.append(checkpoint(_chunk_rows, *args, use_reentrant=False) if needs_grad else _chunk_rows(*args))
     if not parts:  # still on the graph, so a backward gives zero gradients rather than an error
         empty = hidden[:0, 0].to(work_dtype(hidden.dtype))
-        return HeadRows(empty, empty, empty.detach().new_zeros(0, len(STATS) if with_stats else 0))
+        return HeadRows(empty, empty, empty.detach().new_zeros(0, len(STATS) if with_stats else 0), targets[:0])
     return HeadRows(*(torch.cat(column) for column in zip(*parts)))
 
 
@@ -93,6 +95,8 @@ class SequenceHeadResult:
     rewards: torch.Tensor  # [batch]
     lengths: torch.Tensor  # [batch]
     stats: torch.Tensor | None = None  # [batch, len(STATS)], detached
+    predicted: torch.Tensor | None = None  # with stats: [positions] the most likely token at each summed position
+    owner: torch.Tensor | None = None  # with stats: [positions] the sequence each of those positions belongs to
 
 
 def sequence_head_pass(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor,
@@ -111,20 +115,21 @@ def sequence_head_pass(hidden: torch.Tensor, head: torch.nn.Module, targets: tor
     count = batch if sequences is None else sequences
     rows = logp_mask.reshape(-1).bool().nonzero().squeeze(1)
     owner = rows // time if sequence_ids is None else sequence_ids.reshape(-1).index_select(0, rows)
-    logp, reward, stats = head_logps_and_rewards(hidden.reshape(batch * time, -1).index_select(0, rows), head,
-                                                 targets.reshape(-1).index_select(0, rows), q, chunk_elements,
-                                                 with_stats)
+    logp, reward, stats, predicted = head_logps_and_rewards(hidden.reshape(batch * time, -1).index_select(0, rows),
+                                                            head, targets.reshape(-1).index_select(0, rows), q,
+                                                            chunk_elements, with_stats)
     logps = sum_per_sequence(logp, owner, count)
     lengths = sum_per_sequence(torch.ones_like(owner), owner, count)
     stats = sum_per_sequence(stats, owner, count) if with_stats else None
+    positions = {"predicted": predicted, "owner": owner} if with_stats else {}
     if reward_mask is None or q is None:
-        return SequenceHeadResult(logps, torch.zeros_like(logps), lengths, stats)
+        return SequenceHeadResult(logps, torch.zeros_like(logps), lengths, stats, **positions)
     if (reward_mask.bool() & ~logp_mask.bool()).any():
         raise ValueError("the reward's positions must be a subset of the log-probabilities' positions")
     counted = reward_mask.reshape(-1).index_select(0, rows).to(reward.dtype)
     sums = sum_per_sequence(reward * counted, owner, count)
     counts = sum_per_sequence(counted, owner, count).clamp_min(1)
-    return SequenceHeadResult(logps, sums / counts, lengths, stats)
+    return SequenceHeadResult(logps, sums / counts, lengths, stats, **positions)
 
 
 def decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -1,12 +1,26 @@
-"""The losses (pure tensor functions): the DEFT term for pairs and ranked lists, and PRO."""
+"""The losses (pure tensor functions): the DEFT term for pairs and ranked lists, DPO and PRO.
+
+Two families of DEFT term (`deft_loss_form`), with g = R(y+) - R(y-) the policy's reward gap and
+g0 the starting model's (the scoring pass records it):
+- linear (pair, the paper's reading; chosen): L = L_pref - lambda * term. Its gradient never fades,
+  and its maximiser is a point mass on argmax Qn at every reply position: over a long run it can
+  collapse a model into one repeated token.
+- saturating (margin, anchored): the term is measured against g0 and its gradient fades once a
+  pair is separated, as DPO's does. margin puts lambda * (g - g0) inside the preference loss's
+  own link (DPO's sigmoid or hinge; PRO's ranking softmax), so the term fades exactly when the
+  preference loss does; anchored adds -log sigmoid((g - g0) / s), s the spread of the starting
+  gaps, so it fades once a pair's gap has grown a few s beyond its start, whatever DPO does."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
-LOSS_FORMS = ("pair", "chosen")
+LINEAR_FORMS = ("pair", "chosen")
+SATURATING_FORMS = ("margin", "anchored")  # they need the starting model's rewards
+LOSS_FORMS = LINEAR_FORMS + SATURATING_FORMS
 DEFAULT_PRO_SFT_WEIGHT = 0.05
 # lambda, chosen from benchmarks/reward_weight_sweep.py (README, "lambda"): the largest swept
 # weight that left the held-out log-probability margin unchanged.
@@ -24,6 +38,80 @@ class LossSettings:
     pro_sft_weight: float
     qn: torch.Tensor | None = field(default=None, compare=False)
     special_ids: tuple[int, ...] = ()
+    reward_scale: float = 1.0  # anchored: s, the spread (std) of the starting model's reward gaps
+    guard: str = "warn"  # the collapse guard watching the trained model: warn | stop | off
+
+
+class DeftObjective(NamedTuple):
+    loss: torch.Tensor  # what is trained
+    preference: torch.Tensor  # the plain DPO (or PRO) loss of the batch, to compare with a plain run
+    term: torch.Tensor  # deft/term: loss = preference - lambda * term for every form but margin
+
+
+def anchored_term(gap: torch.Tensor, start_gap: torch.Tensor, scale: float) -> torch.Tensor:
+    """mean_batch[ log sigmoid((g - g0) / s) ]: ln(1/2) where a pair's gap is where it started,
+    towards 0 (and its gradient with it) once the gap has grown a few s beyond its start; the
+    loss is L_pref - lambda * term."""
+    return torch.nn.functional.logsigmoid((gap - start_gap) / scale).mean()
+
+
+def deft_dpo_objective(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, r_chosen: torch.Tensor,
+                       r_rejected: torch.Tensor, settings: LossSettings, beta: float,
+                       loss_types: list[str] | tuple[str, ...] = ("sigmoid",), loss_weights: list[float] | None = None,
+                       chosen_lengths: torch.Tensor | None = None, rejected_lengths: torch.Tensor | None = None,
+                       start: tuple[torch.Tensor, torch.Tensor] | None = None) -> DeftObjective:
+    """DEFT-DPO's loss in the settings' form. start: (R0(y+), R0(y-)) of the batch's pairs, the
+    starting model's rewards, which the saturating forms need.
+
+        pair, chosen   L_DPO - lambda * deft_dpo_term(R(y+), R(y-))
+        margin         DPO's loss with beta * d + lambda * (g - g0) as its margin (sigmoid, hinge)
+        anchored       L_DPO - lambda * anchored_term(g, g0, s)"""
+    lengths = (chosen_lengths, rejected_lengths)
+    dpo = dpo_loss(chosen_logratios, rejected_logratios, beta, loss_types, loss_weights, *lengths)
+    weight, form = settings.reward_weight, settings.form
+    if form in LINEAR_FORMS:
+        term = deft_dpo_term(r_chosen, r_rejected, form)
+        return DeftObjective(dpo - weight * term if weight > 0 else dpo, dpo, term)
+    if start is None:
+        raise ValueError(f"deft_loss_form: {form} measures the reward gap against the starting model's, "
+                         "which this batch does not carry")
+    gap, start_gap = r_chosen - r_rejected, (start[0] - start[1]).to(r_chosen.dtype)
+    if form == "margin":
+        loss = (dpo_loss(chosen_logratios, rejected_logratios, beta, loss_types, loss_weights, *lengths,
+                         margin=weight * (gap - start_gap)) if weight > 0 else dpo)
+        return DeftObjective(loss, dpo, (gap - start_gap).mean())
+    if form == "anchored":
+        term = anchored_term(gap, start_gap, settings.reward_scale)
+        return DeftObjective(dpo - weight * term if weight > 0 else dpo, dpo, term)
+    raise ValueError(f"deft_loss_form must be one of {LOSS_FORMS}, got {form!r}")
+
+
+def deft_pro_objective(rank_loss: torch.Tensor, sft_loss: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,
+                       tau_rewards: torch.Tensor | None, rewards: torch.Tensor, settings: LossSettings,
+                       start: torch.Tensor | None = None) -> DeftObjective:
+    """DEFT-PRO's loss in the settings' form, from PRO's plain rank and SFT losses of the batch.
+    scores, rewards, start: [batch, n_max] per candidate, best first (start: R0, the starting
+    model's rewards); mask: the candidates each row has; gaps are R(y1) - mean_{k>1} R(yk).
+
+        pair, chosen   L_PRO - lambda * deft_ranking_term(R)
+        margin         PRO's ranking loss over the scores s_k + lambda * (R_k - R0_k), plus its SFT term
+        anchored       L_PRO - lambda * anchored_term(gap, gap0, s)"""
+    pro, weight, form = rank_loss + sft_loss, settings.reward_weight, settings.form
+    if form in LINEAR_FORMS:
+        term = deft_ranking_term(rewards, mask, form)
+        return DeftObjective(pro - weight * term if weight > 0 else pro, pro, term)
+    if start is None:
+        raise ValueError(f"deft_loss_form: {form} measures the reward gap against the starting model's, "
+                         "which this batch does not carry")
+    moved = torch.where(mask.bool(), rewards - torch.nan_to_num(start.to(rewards.dtype)), 0)
+    gap_change = moved[:, 0] - mean_of_rest(moved, mask)
+    if form == "margin":
+        loss = pro_rank_loss(scores + weight * moved, mask, tau_rewards) + sft_loss if weight > 0 else pro
+        return DeftObjective(loss, pro, gap_change.mean())
+    if form == "anchored":
+        term = anchored_term(gap_change, torch.zeros_like(gap_change), settings.reward_scale)
+        return DeftObjective(pro - weight * term if weight > 0 else pro, pro, term)
+    raise ValueError(f"deft_loss_form must be one of {LOSS_FORMS}, got {form!r}")
 
 
 def deft_dpo_term(r_chosen: torch.Tensor, r_rejected: torch.Tensor, form: str = "pair") -> torch.Tensor:
@@ -90,26 +178,32 @@ DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
 
 def dpo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float,
              loss_types: list[str] | tuple[str, ...] = ("sigmoid",), loss_weights: list[float] | None = None,
-             chosen_lengths: torch.Tensor | None = None, rejected_lengths: torch.Tensor | None = None) -> torch.Tensor:
+             chosen_lengths: torch.Tensor | None = None, rejected_lengths: torch.Tensor | None = None,
+             margin: torch.Tensor | None = None) -> torch.Tensor:
     """TRL's DPO loss from the log-ratios log pi(y) - log pi_ref(y) of each pair, the weighted sum
     over loss types of their batch means:
 
-        sigmoid  -log sigmoid(beta * d)            d = chosen - rejected log-ratio
-        hinge    relu(1 - beta * d)
+        sigmoid  -log sigmoid(beta * d + m)        d = chosen - rejected log-ratio
+        hinge    relu(1 - beta * d - m)
         ipo      (d_len - 1 / (2 beta))^2          d_len: each log-ratio divided by its reply length
 
+    m: a per-pair margin added to beta * d (DEFT's margin form; 0 for plain DPO; ipo takes none).
     The lengths (reply tokens per sequence) are needed for ipo only."""
     weights = loss_weights if loss_weights is not None else [1.0] * len(loss_types)
     delta = chosen_logratios - rejected_logratios
+    shifted = beta * delta if margin is None else beta * delta + margin
     total = delta.new_zeros(())
     for loss_type, weight in zip(loss_types, weights, strict=True):
         if loss_type == "sigmoid":  # DPO: Rafailov et al. 2023 (arXiv 2305.18290), TRL's "sigmoid"
-            per_pair = -torch.nn.functional.logsigmoid(beta * delta)
+            per_pair = -torch.nn.functional.logsigmoid(shifted)
         elif loss_type == "hinge":  # SLiC-HF: Zhao et al. 2023 (arXiv 2305.10425), TRL's "hinge"
-            per_pair = torch.relu(1 - beta * delta)
+            per_pair = torch.relu(1 - shifted)
         elif loss_type == "ipo":
             if chosen_lengths is None or rejected_lengths is None:
                 raise ValueError("the ipo loss needs the reply lengths")
+            if margin is not None:
+                raise ValueError("dpo_loss_type ipo regresses the log-ratio to a target and takes no margin: "
+                                 "deft_loss_form margin needs sigmoid or hinge")
             per_token = (chosen_logratios / chosen_lengths.clamp_min(1).to(delta.dtype)
                          - rejected_logratios / rejected_lengths.clamp_min(1).to(delta.dtype))
             # IPO: Azar et al. 2023 (arXiv 2310.12036), on length-averaged log-ratios as TRL's "ipo" computes it

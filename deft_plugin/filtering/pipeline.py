@@ -46,6 +46,7 @@ class FilterSettings:
     select: str = "top"  # top (DEFT) | bottom | random: the two controls
     seed: int = 0  # of the random subset
     reference: bool = False  # also record DPO's reference log-probabilities of the kept rows
+    start_rewards: bool = False  # also record the kept rows' rewards, even unfiltered (saturating loss forms)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class FilterResult:
     report: dict = field(default_factory=dict)
     encoded: dict[int, EncodedRow] = field(default_factory=dict)  # row index -> token ids (usable rows)
     logps: dict[int, tuple[float, ...]] = field(default_factory=dict)  # kept row -> reference log-prob per reply
+    start_rewards: dict[int, tuple[float, ...]] = field(default_factory=dict)  # kept row -> R0 per reply, best first
 
 
 class _Timer:
@@ -75,6 +77,14 @@ class _Timer:
 def best_and_rest(rewards: tuple[float, ...]) -> tuple[float, float]:
     """(R of the best reply, mean R of the others): (R chosen, R rejected) for a pair."""
     return rewards[0], sum(rewards[1:]) / len(rewards[1:])
+
+
+def gap_spread(rewards: dict[int, tuple[float, ...]]) -> float:
+    """The standard deviation of the reward gaps R(best) - mean R(others) over the rows given: the
+    scale of the anchored loss form. 1.0 when it cannot be measured (fewer than two rows, or all equal)."""
+    gaps = torch.tensor([best - rest for best, rest in map(best_and_rest, rewards.values())], dtype=torch.float64)
+    spread = float(gaps.std()) if len(gaps) > 1 else 0.0
+    return spread if spread > 0 else 1.0
 
 
 def build_qdiff(pairs: list[EncodedRow], tokenizer, norm: str, **meta) -> QDiff:
@@ -102,23 +112,26 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
     score = functools.partial(score_replies, tokenizer=tokenizer, load_model=load_model, qdiff=qdiff,
                               batch_size=settings.batch_size, cache_dir=cache_dir, progress=progress,
                               need_logps=settings.reference)
+    kept_rewards = {}
     if settings.filter and settings.select == "random":  # needs no scores: reports them only when cached
         rewards = cached_rewards(usable, cache_dir)
         kept = [usable[j].index for j in select_random(len(usable), settings.ratio, settings.count, settings.seed)]
-        if settings.reference:  # the reference of the kept rows only
+        if settings.reference or settings.start_rewards:  # the kept rows only
             chosen = set(kept)
-            logps = logps_of(timer("score", score, [r for r in usable if r.index in chosen]))
-    elif settings.filter or settings.reference:
+            kept_scored = timer("score", score, [r for r in usable if r.index in chosen])
+            logps, kept_rewards = logps_of(kept_scored), {i: s.rewards for i, s in kept_scored.items()}
+    elif settings.filter or settings.reference or settings.start_rewards:
         scored = timer("score", score, usable)
         rewards, logps = {i: s.rewards for i, s in scored.items()}, logps_of(scored)
     scores = filtering_scores(rewards, settings.score)
     if settings.filter and settings.select != "random":
         kept = keep_by_score(usable, scores, settings)
     logps = {i: logps[i] for i in kept} if settings.reference else {}
+    start_rewards = {i: {**rewards, **kept_rewards}[i] for i in kept} if settings.start_rewards else {}
     report = filter_report(rows, degenerate, rewards, scores, kept, settings, qdiff, timer.seconds, source_report)
     report["degenerate_examples"] = {reason: [row_names[i] if row_names else f"row {i + 1}" for i in indices[:5]]
                                      for reason, indices in getattr(degenerate, "rows", {}).items()}
-    result = FilterResult(kept, scores, rewards, qdiff, report, {r.index: r for r in usable}, logps)
+    result = FilterResult(kept, scores, rewards, qdiff, report, {r.index: r for r in usable}, logps, start_rewards)
     if cache_dir and is_main_process():
         write_outputs(result, cache_dir)
     barrier()

@@ -54,7 +54,15 @@ class DEFTArgs(BaseModel):
 
     # loss
     deft_reward_weight: float = Field(DEFAULT_REWARD_WEIGHT, description="lambda, the weight of the DEFT loss term.")
-    deft_loss_form: Literal["pair", "chosen"] = Field("pair", description="DEFT term: R(y+) - R(y-), or R(y+) alone.")
+    deft_loss_form: Literal["pair", "chosen", "margin", "anchored"] = Field(
+        "pair", description="DEFT term: pair (R(y+) - R(y-), the paper's reading) or chosen (R(y+)), linear and never "
+                            "fading; margin (the gap's move since the start inside DPO's/PRO's own loss) or anchored "
+                            "(-log sigmoid of that move over its spread), which fade once a pair is separated.")
+    deft_guard: Literal["warn", "stop", "off"] = Field(
+        "warn", description="The collapse guard: warn writes one line per event (one token taking over the "
+                            "predictions, the chosen replies' accuracy falling, R(y-) rising with R(y+)), naming the "
+                            "signal, its value and what to change; stop also ends the run with its checkpoint saved; "
+                            "off.")
     deft_pro_sft_weight: float = Field(
         DEFAULT_PRO_SFT_WEIGHT,
         description="PRO: weight w of the SFT term, w * (n-1)^2 * summed NLL of the best response.")
@@ -160,6 +168,9 @@ def check_dpo_loss(data: dict) -> None:
         if loss_type not in DPO_LOSS_TYPES:
             raise ValueError(f"dpo_loss_type: {loss_type!r} is not computed by the DEFT-DPO loss; "
                              f"use one of {', '.join(DPO_LOSS_TYPES)}")
+        if loss_type == "ipo" and data.get("deft_loss_form") == "margin":
+            raise ValueError("deft_loss_form: margin puts the reward gap inside DPO's sigmoid or hinge; dpo_loss_type "
+                             "ipo has no such margin: use deft_loss_form anchored, or another dpo_loss_type")
     refused = {"dpo_use_weighting": "weights pairs by a function of the full logits (WPO)",
                "dpo_padding_free": "packs chosen and rejected rows into one sequence",
                "rl_adapter_ref_model": "loads a second adapter as the reference"}

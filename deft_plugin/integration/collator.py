@@ -6,15 +6,16 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100
-PRO_COLUMNS = ("prompt_ids", "completion_ids", "rewards")
+PRO_COLUMNS = ("prompt_ids", "completion_ids", "rewards", "start_rewards")
 
 
 class ListwiseCollator:
     """features: dicts with `prompt_ids` (list of ids), `completion_ids` (one id list per
     candidate, best first; rows may differ in the number of candidates) and `rewards` (one
-    score per candidate, or empty). Returns input_ids / attention_mask / labels for the
-    flattened sequences, `group_sizes` [batch] (candidates per row) and `rewards`
-    [batch, n_max] (NaN where a row has no rewards, and as padding)."""
+    score per candidate, or empty), and optionally `start_rewards` (the starting model's R of each
+    candidate, for the saturating loss forms). Returns input_ids / attention_mask / labels for the
+    flattened sequences, `group_sizes` [batch] (candidates per row), `rewards` [batch, n_max]
+    (NaN where a row has no rewards, and as padding) and, when given, `start_rewards` alike."""
 
     def __init__(self, tokenizer, pad_to_multiple_of: int | None = None, **_):
         # Axolotl passes padding / return_tensors: padding is always to the longest sequence.
@@ -36,14 +37,22 @@ class ListwiseCollator:
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         n_max = max(sizes)
-        rewards = torch.full((len(features), n_max), float("nan"))
-        for b, f in enumerate(features):
-            if f.get("rewards"):
-                rewards[b, : len(f["rewards"])] = torch.tensor(f["rewards"], dtype=torch.float32)
-        return {
+        batch = {
             "input_ids": torch.tensor([s + [self.pad_id] * (width - len(s)) for s in seqs]),
             "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]),
             "labels": torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for lab in labels]),
             "group_sizes": torch.tensor(sizes),
-            "rewards": rewards,
+            "rewards": per_candidate(features, "rewards", n_max),
         }
+        if features and "start_rewards" in features[0]:
+            batch["start_rewards"] = per_candidate(features, "start_rewards", n_max)
+        return batch
+
+
+def per_candidate(features: list[dict], key: str, n_max: int) -> torch.Tensor:
+    """[batch, n_max] of a per-candidate list, NaN where a row has none and as padding."""
+    values = torch.full((len(features), n_max), float("nan"))
+    for b, f in enumerate(features):
+        if f.get(key):
+            values[b, : len(f[key])] = torch.tensor(f[key], dtype=torch.float32)
+    return values

@@ -19,9 +19,9 @@ from deft_plugin.data.encoding import EncodedRow, as_ranked, encode_rows, resolv
 from deft_plugin.data.parsing import ParsedRows, parse_source
 from deft_plugin.filtering.cache_key import score_cache_key
 from deft_plugin.filtering.distributed import is_main_process, join_launched_group
-from deft_plugin.filtering.pipeline import FilterResult, run_filter
+from deft_plugin.filtering.pipeline import FilterResult, best_and_rest, run_filter
 from deft_plugin.filtering.scoring_model import load_scoring_model
-from deft_plugin.integration.scoring_reference import with_reference
+from deft_plugin.integration.scoring_reference import with_reference, with_start_rewards
 from deft_plugin.integration.settings import DeftSettings
 from deft_plugin.launch.outputs import SELECTION_RECORD
 from deft_plugin.utils.atomic import atomic_write_text
@@ -51,16 +51,20 @@ def load_deft_datasets(settings: DeftSettings, tokenizer, axolotl_rows: Callable
     result = run_filter(rows, tokenizer, load_model, settings.filter, cache_dir,
                         QDiff.load(settings.qdiff_path) if settings.qdiff_path else None,
                         source_report={**source_report, "prompt_style": style}, row_names=names)
+    saturating = settings.filter.start_rewards
     if pro:
-        kept = listwise_dataset(result.kept, result.encoded, rows)
-        evaluation = (encoded_eval(evaluation, tokenizer, settings.sequence_len, settings.filter.truncation)
-                      if evaluation is not None else None)
+        kept = listwise_dataset(result.kept, result.encoded, rows, result.start_rewards if saturating else None)
+        if evaluation is not None:
+            evaluation = (scored_eval(evaluation, settings, tokenizer, load_model, result.qdiff) if saturating
+                          else encoded_eval(evaluation, tokenizer, settings.sequence_len, settings.filter.truncation))
     else:
         kept = train.select(result.kept)
         if settings.scoring_reference:
             kept = with_reference(kept, [result.logps[i] for i in result.kept])
-            if evaluation is not None:
-                evaluation = eval_with_reference(evaluation, settings, tokenizer, load_model, result.qdiff)
+        if saturating:
+            kept = with_start_rewards(kept, [best_and_rest(result.start_rewards[i]) for i in result.kept])
+        if evaluation is not None and (settings.scoring_reference or saturating):
+            evaluation = scored_eval(evaluation, settings, tokenizer, load_model, result.qdiff)
     total_num_steps = steps_for(len(kept), settings)
     if settings.output_dir and is_main_process():
         write_selection(settings.output_dir, result, cache_dir)
@@ -70,17 +74,27 @@ def load_deft_datasets(settings: DeftSettings, tokenizer, axolotl_rows: Callable
     return kept, evaluation, total_num_steps, result
 
 
-def eval_with_reference(evaluation: Dataset, settings: DeftSettings, tokenizer, load_model, qdiff: QDiff) -> Dataset:
-    """The DPO eval split with its reference log-probabilities from the scoring pass (cached apart
-    from the training rows'); rows that cannot be scored are left out, counted and reported."""
-    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in evaluation]
-    filter_settings = dataclasses.replace(settings.filter, filter=False, reference=True)
+def scored_eval(evaluation: Dataset, settings: DeftSettings, tokenizer, load_model, qdiff: QDiff) -> Dataset:
+    """The eval split with what the scoring pass gives its rows (cached apart from the training
+    rows'): DPO's reference log-probabilities under the scoring reference, the starting rewards for
+    the saturating loss forms. Rows that cannot be scored are left out, counted and reported."""
+    pro = settings.method == "pro"
+    rows = [dict(r) for r in evaluation] if pro else [{k: r[k] for k in ("prompt", "chosen", "rejected")}
+                                                     for r in evaluation]
+    filter_settings = dataclasses.replace(settings.filter, filter=False, reference=settings.scoring_reference)
     result = run_filter(rows, tokenizer, load_model, filter_settings, cache_dir_for(settings, rows, tokenizer), qdiff,
                         progress=False)
     if len(result.kept) < len(rows):
         LOG.warning("DEFT: %d of %d evaluation rows are degenerate and not evaluated: %s", len(rows) - len(result.kept),
                     len(rows), result.report["degenerate_reasons"])
-    return with_reference(evaluation.select(result.kept), [result.logps[i] for i in result.kept])
+    if pro:
+        return listwise_dataset(result.kept, result.encoded, rows, result.start_rewards or None)
+    scored = evaluation.select(result.kept)
+    if settings.scoring_reference:
+        scored = with_reference(scored, [result.logps[i] for i in result.kept])
+    if settings.filter.start_rewards:
+        scored = with_start_rewards(scored, [best_and_rest(result.start_rewards[i]) for i in result.kept])
+    return scored
 
 
 def load_deft_rows(settings: DeftSettings, style: str) -> Rows:
@@ -120,12 +134,16 @@ def steps_for(rows: int, settings: DeftSettings) -> int:
     return int(math.ceil(rows * settings.num_epochs / settings.batch_size))
 
 
-def listwise_dataset(indices: list[int], encoded: dict[int, EncodedRow], rows: list[dict]) -> Dataset:
+def listwise_dataset(indices: list[int], encoded: dict[int, EncodedRow], rows: list[dict],
+                     start_rewards: dict[int, tuple[float, ...]] | None = None) -> Dataset:
     """The PRO trainer's dataset: token ids of each kept row's prompt and candidates (best
-    first, as scored) and its reward scores (empty when the data has none)."""
+    first, as scored), its reward scores (empty when the data has none) and, for the saturating
+    loss forms, the starting model's R of each candidate."""
     return Dataset.from_list([{"prompt_ids": list(encoded[i].prompt_ids),
                                "completion_ids": [list(c) for c in encoded[i].completions],
-                               "rewards": list(rows[i].get("rewards") or [])} for i in indices])
+                               "rewards": list(rows[i].get("rewards") or []),
+                               **({"start_rewards": list(start_rewards[i])} if start_rewards else {})}
+                              for i in indices])
 
 
 def encoded_eval(evaluation: Dataset, tokenizer, max_length: int | None, truncation: str = "keep_start") -> Dataset:

@@ -160,7 +160,11 @@ class DEFTPlugin(BasePlugin):
             raise RuntimeError(f"deft_method: {settings.method} needs {wanted}, but Axolotl built "
                                f"{type(trainer).__name__} (another plugin's get_trainer_cls or trainer_cls took "
                                "precedence)")
-        loss = replace(settings.loss, qn=self.filter_result.qdiff.qn, special_ids=tuple(self.special_ids))
+        from deft_plugin.filtering.pipeline import gap_spread
+
+        result = self.filter_result
+        loss = replace(settings.loss, qn=result.qdiff.qn, special_ids=tuple(self.special_ids),
+                       reward_scale=gap_spread(result.rewards or result.start_rewards))
         trainer.configure_deft(loss)
         LOG.info("DEFT: loss term attached to %s (weight %s, form %s)", type(trainer).__name__, loss.reward_weight,
                  loss.form)

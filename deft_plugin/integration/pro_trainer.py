@@ -17,8 +17,9 @@ from axolotl.core.trainers.base import AxolotlTrainer
 
 from deft_plugin.core.chunked import next_tokens, without_special
 from deft_plugin.core.head_pass import model_head_pass
-from deft_plugin.core.losses import deft_ranking_term, mean_of_rest, pro_rank_loss, pro_sft_loss
+from deft_plugin.core.losses import deft_pro_objective, mean_of_rest, pro_rank_loss, pro_sft_loss
 from deft_plugin.integration.collator import IGNORE_INDEX, PRO_COLUMNS
+from deft_plugin.integration.guard import top_token_share
 from deft_plugin.integration.trainer_loss import DeftLossMixin
 
 
@@ -46,33 +47,52 @@ class DeftPROTrainer(DeftLossMixin, AxolotlTrainer):
         labels, sizes = inputs["labels"], inputs["group_sizes"]
         targets = next_tokens(labels.clamp_min(0))
         pred = next_tokens(labels, IGNORE_INDEX) != IGNORE_INDEX
-        weight = settings.reward_weight
+        guarding = self.guarding()
         passed = model_head_pass(self.accelerator.unwrap_model(model),
                                  {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]},
-                                 targets, pred, without_special(pred, targets, settings.special_ids), settings.qn)
+                                 targets, pred, without_special(pred, targets, settings.special_ids), settings.qn,
+                                 with_stats=guarding)
         scores = passed.logps / passed.lengths.clamp_min(1)
         mask = torch.arange(int(sizes.max()), device=sizes.device)[None, :] < sizes[:, None]
         first = torch.cumsum(sizes, 0) - sizes
-        rank_loss = pro_rank_loss(_by_row(scores, mask), mask, inputs["rewards"].to(scores.dtype))
+        scores, tau_rewards = _by_row(scores, mask), inputs["rewards"].to(scores.dtype)
+        rank_loss = pro_rank_loss(scores, mask, tau_rewards)
         sft_loss = pro_sft_loss(-passed.logps[first], sizes, settings.pro_sft_weight)
-
         rewards = _by_row(passed.rewards, mask)
-        term = deft_ranking_term(rewards, mask, settings.form)
-        loss = rank_loss + sft_loss
-        if weight > 0:
-            loss = loss - weight * term
-        self._log_metrics(rank_loss, sft_loss, term, rewards, mask)
-        return loss
+        objective = deft_pro_objective(rank_loss, sft_loss, scores, mask, tau_rewards, rewards, settings,
+                                       inputs.get("start_rewards"))
+        logged = self._log_metrics(rank_loss, sft_loss, objective.term, rewards, mask)
+        if guarding:
+            self._guard(passed, first, logged)
+        return objective.loss
 
-    def _log_metrics(self, rank_loss, sft_loss, term, rewards, mask) -> None:
+    def _guard(self, passed, first: torch.Tensor, logged: dict[str, float]) -> None:
+        """The collapse guard on the best candidates: their mean-token accuracy and top-token share
+        (sums over every process's batch) and the rewards just logged."""
+        best = torch.zeros(len(passed.logps), dtype=torch.bool, device=first.device).index_fill(0, first, True)
+        top = top_token_share(passed.predicted, passed.owner, best)
+        sums = torch.tensor([passed.stats[best, 2].sum().item(), passed.lengths[best].sum().item(), *top],
+                            device=first.device, dtype=torch.float64)
+        sums = self.accelerator.gather(sums).reshape(-1, 4).sum(0).tolist()
+        guard = self.guard_step({"mean_token_accuracy": sums[0] / max(sums[1], 1),
+                                 "top_token_share": sums[2] / max(sums[3], 1),
+                                 "reward_chosen": logged["deft/reward_chosen"],
+                                 "reward_rejected": logged["deft/reward_rejected"]})
+        for key, value in guard.items():
+            self._deft_metrics["train"][key].append(value)
+
+    def _log_metrics(self, rank_loss, sft_loss, term, rewards, mask) -> dict[str, float]:
         # pro/loss: the plain PRO loss beside the total, to compare with a plain run's loss curve
         values = {"pro/loss": rank_loss + sft_loss, "pro/rank_loss": rank_loss, "pro/sft_loss": sft_loss,
                   "deft/term": term, "deft/reward_chosen": rewards[:, 0],
                   "deft/reward_rejected": mean_of_rest(rewards, mask)}
         mode = "train" if self.model.training else "eval"
-        for key, value in values.items():
-            # one scalar per rank: the same shape everywhere, whatever each rank's batch holds
-            self._deft_metrics[mode][key].append(self.accelerator.gather(value.detach().float().mean().reshape(1)).mean().item())
+        # one scalar per rank: the same shape everywhere, whatever each rank's batch holds
+        means = {key: self.accelerator.gather(value.detach().float().mean().reshape(1)).mean().item()
+                 for key, value in values.items()}
+        for key, value in means.items():
+            self._deft_metrics[mode][key].append(value)
+        return means
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         # The means over the steps since the last log, evaluation ones prefixed like eval_loss.

@@ -17,18 +17,43 @@ import functools
 import logging
 from typing import Callable
 
+import torch
 from datasets import Dataset
 
 LOG = logging.getLogger("axolotl.integrations.deft")
 
 DPO_TRAINER_CLS = "deft_plugin.integration.dpo_trainer.DeftDPOTrainer"
 REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")  # TRL's names for precomputed reference log-probs
+# The starting model's rewards R0(y+), R0(y-), which the scoring pass also records: the saturating
+# loss forms measure the reward gap against them. TRL does not know them: the DEFT trainer keeps
+# the columns and its collator passes them on.
+START_REWARD_COLUMNS = ("start_chosen_reward", "start_rejected_reward")
 
 
 def with_reference(dataset: Dataset, logps: list[tuple[float, ...]]) -> Dataset:
     """The rows with TRL's reference columns: logps[k] = (chosen, rejected) of row k."""
     return (dataset.add_column(REFERENCE_COLUMNS[0], [float(lp[0]) for lp in logps])
                    .add_column(REFERENCE_COLUMNS[1], [float(lp[1]) for lp in logps]))
+
+
+def with_start_rewards(dataset: Dataset, rewards: list[tuple[float, ...]]) -> Dataset:
+    """The rows with the starting model's rewards: rewards[k] = (R0 chosen, R0 rejected) of row k."""
+    return (dataset.add_column(START_REWARD_COLUMNS[0], [float(r[0]) for r in rewards])
+                   .add_column(START_REWARD_COLUMNS[1], [float(r[1]) for r in rewards]))
+
+
+class StartRewardsCollator:
+    """TRL's preference collator, plus the starting rewards of the batch's rows when they have them."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.collator(examples)
+        if examples and START_REWARD_COLUMNS[0] in examples[0]:
+            for key in START_REWARD_COLUMNS:
+                batch[key] = torch.tensor([float(e[key]) for e in examples], dtype=torch.float32)
+        return batch
 
 
 def has_reference(dataset) -> bool:

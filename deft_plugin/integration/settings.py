@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from deft_plugin.core.losses import LossSettings
+from deft_plugin.core.losses import SATURATING_FORMS, LossSettings
 from deft_plugin.core.selection import DEFAULT_FILTER_RATIO
 from deft_plugin.filtering.pipeline import FilterSettings
 from deft_plugin.integration.args import DEFTArgs
@@ -85,7 +85,8 @@ def read_settings(cfg) -> DeftSettings:
                                      score=a.deft_filter_score, norm=a.deft_qdiff_norm,
                                      batch_size=a.deft_score_batch_size, max_length=cfg.get("sequence_len"),
                                      truncation=a.deft_truncation, select=a.deft_filter_select,
-                                     seed=a.deft_filter_seed, reference=scoring_reference)
+                                     seed=a.deft_filter_seed, reference=scoring_reference,
+                                     start_rewards=a.deft_loss_form in SATURATING_FORMS)
     prepared = cfg.get("dataset_prepared_path") or "last_run_prepared"
     batch_size = cfg.get("batch_size") or (cfg.get("micro_batch_size") or 1) * (cfg.get("gradient_accumulation_steps")
                                                                                or 1)
@@ -93,7 +94,7 @@ def read_settings(cfg) -> DeftSettings:
         method=a.deft_method, dpo_trainer=dpo_trainer, scoring_reference=scoring_reference,
         deft_formats=_deft_formats(sources), prompt_style=a.deft_prompt_style, filter=filter_settings,
         loss=LossSettings(reward_weight=a.deft_reward_weight, form=a.deft_loss_form,
-                          pro_sft_weight=a.deft_pro_sft_weight),
+                          pro_sft_weight=a.deft_pro_sft_weight, guard=a.deft_guard),
         qdiff_path=a.deft_qdiff_path, score_dtype=a.deft_score_dtype,
         reward_key={k: getattr(a, k) for k in REWARD_KEYS},
         base_model=cfg.get("base_model"), revision=cfg.get("revision_of_model"),

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from deft_plugin.core.losses import LossSettings
+from deft_plugin.integration.guard import CollapseGuard
+
+LOG = logging.getLogger("axolotl.integrations.deft")
 
 
 class DeftLossMixin:
-    """A trainer whose loss carries the DEFT term; the plugin configures it in post_trainer_create."""
+    """A trainer whose loss carries the DEFT term; the plugin configures it in post_trainer_create.
+    It also runs the collapse guard on what the loss measured."""
 
     deft_loss: LossSettings | None = None
+    deft_guard: CollapseGuard | None = None
 
     def configure_deft(self, loss: LossSettings) -> None:
         if loss.qn is None:
@@ -22,3 +28,21 @@ class DeftLossMixin:
             raise RuntimeError(f"{type(self).__name__}: DEFT loss without a discrepancy distribution "
                                "(configure_deft not called)")
         return self.deft_loss
+
+    def guarding(self) -> bool:
+        return self.configured_loss().guard != "off" and self.model.training
+
+    def guard_step(self, values: dict[str, float]) -> dict[str, float]:
+        """The collapse guard's deft/guard_* metrics of a training step (values gathered over the
+        processes); writes its event lines, and under deft_guard: stop ends the run after this
+        step with its checkpoint saved."""
+        if self.deft_guard is None:
+            self.deft_guard = CollapseGuard()
+        metrics, lines = self.deft_guard.update(values, self.state.global_step + 1)
+        for line in lines:
+            LOG.warning(line)
+        if lines and self.configured_loss().guard == "stop":
+            LOG.warning("DEFT guard: deft_guard is stop: the run ends after this step, its checkpoint saved")
+            self.control.should_training_stop = True
+            self.control.should_save = True
+        return metrics

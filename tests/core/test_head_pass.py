@@ -147,7 +147,7 @@ def test_no_block_of_logits_is_kept_for_the_backward():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logp, r, _ = head_logps_and_rewards(h, head, targets, q, chunk_elements=chunk * vocab, with_stats=True)
+        logp, r, _, _ = head_logps_and_rewards(h, head, targets, q, chunk_elements=chunk * vocab, with_stats=True)
     (logp.sum() + r.sum()).backward()
     assert saved, "the hooks saw nothing: the test would pass vacuously"
     assert max(saved) < chunk * vocab, max(saved)

@@ -45,6 +45,7 @@ PLACE = {
     "deft_reward_weight": lambda s: s.loss.reward_weight,
     "deft_loss_form": lambda s: s.loss.form,
     "deft_pro_sft_weight": lambda s: s.loss.pro_sft_weight,
+    "deft_guard": lambda s: s.loss.guard,
 }
 
 
@@ -67,7 +68,7 @@ def test_set_keys_reach_the_settings():
               "deft_filter_score": "chosen", "deft_filter_select": "bottom", "deft_filter_seed": 3,
               "deft_qdiff_norm": "l2", "deft_qdiff_path": "q", "deft_truncation": "drop", "deft_score_batch_size": 2,
               "deft_score_dtype": "bfloat16", "deft_cache_dir": "cache", "deft_reward_weight": 0.25,
-              "deft_loss_form": "chosen", "deft_pro_sft_weight": 0.5}
+              "deft_loss_form": "chosen", "deft_pro_sft_weight": 0.5, "deft_guard": "stop"}
     settings = deft_settings(DictDefault({"plugins": PLUGIN, **values}))
     for key, value in values.items():
         assert PLACE[key](settings) == value, key

@@ -1,0 +1,123 @@
+"""The collapse guard (deft_guard): its rules on made-up step records, then real DEFT-DPO training
+on the sharpened tiny Llama through Axolotl: a run driven to collapse (the linear term at a huge
+lambda and learning rate) is named in one line per signal, `stop` ends it early with a
+checkpoint saved, and a healthy run and `off` stay silent."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import pytest
+
+from deft_plugin.integration.guard import WINDOW, CollapseGuard
+
+import test_dpo_trainer
+from test_dpo_trainer import deft_dataset_meta, load
+
+sharp_model_dir, base_cfg = test_dpo_trainer.sharp_model_dir, test_dpo_trainer.base_cfg
+
+HEALTHY = {"top_token_share": 0.1, "mean_token_accuracy": 0.4, "reward_chosen": 0.05, "reward_rejected": 0.02}
+
+
+def feed(guard: CollapseGuard, records: list[dict]) -> list[str]:
+    lines = []
+    for step, record in enumerate(records, 1):
+        lines += guard.update(record, step)[1]
+    return lines
+
+
+def test_a_healthy_run_is_silent_and_reports_its_signals():
+    guard = CollapseGuard()
+    assert feed(guard, [HEALTHY] * (3 * WINDOW)) == []
+    metrics, _ = guard.update(HEALTHY, 3 * WINDOW + 1)
+    assert metrics == {"deft/guard_top_token_share": pytest.approx(0.1),
+                       "deft/guard_accuracy_ratio": pytest.approx(1.0),
+                       "deft/guard_rejected_reward_rise": pytest.approx(0.0), "deft/guard_events": 0.0}
+
+
+def test_nothing_is_judged_before_two_windows():
+    guard = CollapseGuard()
+    collapsed = {**HEALTHY, "top_token_share": 1.0}
+    for step, record in enumerate([HEALTHY] * WINDOW + [collapsed] * (WINDOW - 1), 1):
+        assert guard.update(record, step) == ({}, [])
+    metrics, lines = guard.update(collapsed, 2 * WINDOW)
+    assert metrics["deft/guard_top_token_share"] == pytest.approx(1.0) and len(lines) == 1
+
+
+def test_each_signal_fires_once_when_it_crosses_and_names_its_value():
+    guard = CollapseGuard()
+    collapsing = {"top_token_share": 0.9, "mean_token_accuracy": 0.1, "reward_chosen": 0.3, "reward_rejected": 0.25}
+    lines = feed(guard, [HEALTHY] * WINDOW + [collapsing] * (3 * WINDOW))
+    assert len(lines) == 3 and guard.events == 3  # once each, not at every step after
+    assert lines[0].startswith(f"DEFT guard (step {2 * WINDOW}): 90% of the chosen replies' positions predict the "
+                               "same single token (start: 10%)")
+    assert "mean-token accuracy fell to 0.100 (25% of the start's 0.400)" in lines[1]
+    assert "R(y-) rose by +0.230 with R(y+)" in lines[2]
+    assert all("lower deft_reward_weight, or use a saturating deft_loss_form" in line for line in lines)
+    assert feed(guard, [HEALTHY] * (2 * WINDOW)) == []  # recovered: quiet again
+    assert len(feed(guard, [collapsing] * WINDOW)) == 3  # and a new crossing is a new event
+
+
+def test_rewards_rising_together_fire_but_a_separating_pair_does_not():
+    separating = {**HEALTHY, "reward_chosen": 0.5, "reward_rejected": 0.0}
+    assert feed(CollapseGuard(), [HEALTHY] * WINDOW + [separating] * WINDOW) == []
+    together = {**HEALTHY, "reward_chosen": 0.2, "reward_rejected": 0.15}
+    assert len(feed(CollapseGuard(), [HEALTHY] * WINDOW + [together] * WINDOW)) == 1
+
+
+@contextlib.contextmanager
+def guard_lines():
+    """The DEFT logger's warning lines while active (Axolotl's loggers do not propagate to the root)."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("axolotl.integrations.deft")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+
+
+def train(base_cfg, tmp_path, **keys):
+    from axolotl.train import setup_model_and_trainer
+
+    cfg = load({**base_cfg, "output_dir": str(tmp_path / "out"), "num_epochs": 3, "lr_scheduler": "constant", **keys})
+    trainer = setup_model_and_trainer(cfg, deft_dataset_meta(cfg))[0]
+    with guard_lines() as lines:  # after Axolotl has set its logging up
+        trainer.train()
+    return trainer, [h for h in trainer.state.log_history if "loss" in h], lines
+
+
+COLLAPSE = {"deft_reward_weight": 50.0, "learning_rate": 1e-2, "deft_loss_form": "pair"}
+
+
+@pytest.mark.slow
+def test_a_run_driven_to_collapse_is_named(base_cfg, tmp_path):
+    trainer, steps, lines = train(base_cfg, tmp_path, **COLLAPSE)
+    assert any("predict the same single token" in line for line in lines), lines
+    assert len(steps) == trainer.state.max_steps  # warn: the run goes on
+    assert steps[-1]["deft/guard_events"] >= 1 and steps[-1]["deft/guard_top_token_share"] >= 0.5
+
+
+@pytest.mark.slow
+def test_stop_ends_the_run_with_a_checkpoint(base_cfg, tmp_path):
+    trainer, steps, lines = train(base_cfg, tmp_path, deft_guard="stop", **COLLAPSE)
+    assert trainer.state.global_step < trainer.state.max_steps
+    assert (tmp_path / "out" / f"checkpoint-{trainer.state.global_step}").is_dir()
+    assert any("deft_guard is stop: the run ends after this step" in line for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keys", [{"deft_reward_weight": 0.5, "learning_rate": 1e-4},
+                                  {"deft_reward_weight": 2.0, "learning_rate": 1e-3, "deft_loss_form": "margin"},
+                                  {**COLLAPSE, "deft_guard": "off"}], ids=["healthy-pair", "healthy-margin", "off"])
+def test_a_healthy_run_and_off_are_silent(base_cfg, tmp_path, keys):
+    trainer, steps, lines = train(base_cfg, tmp_path, **keys)
+    assert not [line for line in lines if line.startswith("DEFT guard")]
+    assert len(steps) == trainer.state.max_steps
+    if keys.get("deft_guard") == "off":
+        assert not any(k.startswith("deft/guard_") for h in steps for k in h)
+    else:
+        assert steps[-1]["deft/guard_events"] == 0 and "deft/guard_top_token_share" in steps[-1]
