@@ -7,6 +7,7 @@ with BLEU against the chosen reply."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -52,9 +53,18 @@ def distinct_word_share(text: str) -> float:
     return len(set(words)) / len(words) if words else 0.0
 
 
+def repetitive(text: str, n: int = 3, times: int = 3) -> bool:
+    """Whether an answer loops: some run of `n` words occurs `times` times or more in it (a
+    degenerate model's "I'm sorry, I'm sorry, ..."; ordinary prose seldom repeats a 3-word run thrice)."""
+    words = text.split()
+    runs = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return bool(runs) and max(runs.values()) >= times
+
+
 def generation_stats(answers: list[str]) -> dict:
     """The per-answer statistics that need no reference: length and repetition."""
-    return {"answer_chars": [len(a) for a in answers], "distinct_words": [distinct_word_share(a) for a in answers]}
+    return {"answer_chars": [len(a) for a in answers], "distinct_words": [distinct_word_share(a) for a in answers],
+            "repetitive": [float(repetitive(a)) for a in answers]}
 
 
 def backfill_generation_stats(eval_path: Path, generations_path: Path) -> dict:

@@ -85,8 +85,9 @@ def arm_summary(arm, seeds: dict, per_pair: dict, pool_scoring: float, pool_toke
         metrics["bleu_char"] = mean_interval([float(np.mean(g["bleu_char"])) for g in generation])
         metrics["sacrebleu"] = mean_interval([g["sacrebleu"] for g in generation])
         metrics["answer_chars"] = mean_interval([float(np.mean(g["answer_chars"])) for g in generation])
-        if all("distinct_words" in g for g in generation):
-            metrics["distinct_words"] = mean_interval([float(np.mean(g["distinct_words"])) for g in generation])
+        for key in ("distinct_words", "repetitive"):  # measures added after the first runs: backfilled
+            if all(key in g for g in generation):
+                metrics[key] = mean_interval([float(np.mean(g[key])) for g in generation])
     train = [r["train_seconds"] for r in results]
     # a scored selection pays for scoring the pool once; the run that happened to score it paid it inside
     own_scoring = [r.get("scoring_seconds", 0.0) for r in results]

@@ -4,11 +4,13 @@ measured, and the arms themselves. Read from a small YAML; every key has a defau
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
+from deft_plugin.core.losses import LOSS_FORMS
 from deft_plugin.core.selection import SELECTIONS
 from deft_plugin.data.split import Split
 
@@ -26,6 +28,7 @@ class Recipe:
     micro_batch_size: int = 2
     gradient_accumulation_steps: int = 1
     lr_scheduler: str = "constant"
+    warmup_ratio: float = 0.0  # of the steps, for the learning rate's warm-up
     rl_beta: float = 0.1
     adapter: str = "lora"  # lora | full
     lora_r: int = 16
@@ -60,6 +63,7 @@ class Arm:
     seeds: list[int] = field(default_factory=lambda: [0])
     score: str = "delta"
     norm: str = "maxabs"
+    loss_form: str = "pair"  # deft_loss_form of the DEFT term (with reward_weight > 0)
     recipe: dict = field(default_factory=dict)  # recipe keys this arm changes (for choosing a recipe, not for a study)
     q_fraction: float | None = None  # select with Q built from this fraction of the pool (draw = the seed)
 
@@ -68,6 +72,8 @@ class Arm:
             raise ValueError(f"arms.{self.name}.method: one of {', '.join(METHODS)}, got {self.method!r}")
         if self.select not in ARM_SELECTIONS:
             raise ValueError(f"arms.{self.name}.select: one of {', '.join(ARM_SELECTIONS)}, got {self.select!r}")
+        if self.loss_form not in LOSS_FORMS:
+            raise ValueError(f"arms.{self.name}.loss_form: one of {', '.join(LOSS_FORMS)}, got {self.loss_form!r}")
         if not 0 < self.ratio <= 1:
             raise ValueError(f"arms.{self.name}.ratio: in (0, 1], got {self.ratio}")
         if self.q_fraction is not None and not (0 < self.q_fraction <= 1 and self.select in ("top", "bottom")):
@@ -128,6 +134,7 @@ class StudySpec:
     comparisons: list[Comparison] = field(default_factory=default_comparisons)
     q_volume: QVolume = field(default_factory=QVolume)
     choices: dict[str, str] = field(default_factory=dict)  # each choice of the recipe and its reason, reported
+    recipe_from: str | None = None  # a choice.json (deft_study.choice) whose chosen arm's recipe this one takes
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -168,8 +175,15 @@ def load_spec(path: str | Path | None = None, **overrides) -> StudySpec:
     for c in comparisons:
         if not {c.a, c.b} <= set(names):
             raise ValueError(f"{path}: comparison {c.a} vs {c.b} names an arm the study does not have")
+    recipe = dict(raw.get("recipe") or {})
+    if raw.get("recipe_from"):  # relative to the spec's folder
+        chosen = Path(path).parent / raw["recipe_from"] if path else Path(raw["recipe_from"])
+        if not chosen.is_file():
+            raise ValueError(f"{path}: recipe_from: {chosen} does not exist: run the study that chooses the recipe, "
+                             "then `python -m deft_study.choice` on its report")
+        recipe.update(json.loads(chosen.read_text())["recipe"])
     return StudySpec(model=raw.get("model"), data=raw.get("data"), split=_section(Split, raw.get("split"), "split"),
-                     recipe=_section(Recipe, raw.get("recipe"), "recipe"),
+                     recipe=_section(Recipe, recipe, "recipe"), recipe_from=raw.get("recipe_from"),
                      measure=measure, arms=arms, comparisons=comparisons,
                      q_volume=_section(QVolume, raw.get("q_volume"), "q_volume"),
                      choices={str(k): str(v) for k, v in (raw.get("choices") or {}).items()})

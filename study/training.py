@@ -76,6 +76,10 @@ def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path
                           micro_batch_size=r.micro_batch_size,
                           gradient_accumulation_steps=r.gradient_accumulation_steps, num_epochs=r.num_epochs,
                           learning_rate=r.learning_rate, lr_scheduler=r.lr_scheduler)
+    if r.warmup_ratio:  # written only when set, so that earlier runs' configs stay as they were
+        cfg["warmup_ratio"] = r.warmup_ratio
+    if arm.loss_form != "pair":
+        cfg["deft_loss_form"] = arm.loss_form
     if arm.method == "dpo":
         cfg["rl_beta"] = r.rl_beta
         cfg["deft_reference"] = r.reference
