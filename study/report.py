@@ -12,7 +12,7 @@ import numpy as np
 
 from deft_study.spec import StudySpec
 from deft_study.stats import mean_interval, pair_metrics, paired_bootstrap
-from deft_study.training import portable, run_dir
+from deft_study.training import code_commit, portable, run_dir
 
 METRICS = ("accuracy", "implicit_accuracy", "margin", "implicit_margin", "reward_gap")
 COMPARED = ("accuracy", "implicit_accuracy", "margin", "reward_gap")
@@ -27,7 +27,7 @@ def environment(command: list[str]) -> dict:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {"command": " ".join(command), "python": platform.python_version(), "machine": platform.machine(),
-            "versions": versions}
+            "versions": versions, "commit": code_commit()}
 
 
 def _load(path: Path) -> dict | None:
@@ -72,6 +72,8 @@ def build_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
             "data": {"split": {k: v for k, v in (_load(out / "data" / "split.json") or {}).items() if k != "indices"},
                      "measured": _load(out / "data" / "measured_counts.json")},
             "pool_scoring_seconds": pool_scoring, "arms": arms, "comparisons": comparisons, "pending": pending,
+            # the code every run ran under: one commit, or the report says which differ
+            "commits": sorted({str(r.get("commit")) for seeds in runs.values() for r, _ in seeds.values()}),
             "q_volume": {k: v for k, v in q_volume.items() if k != "runs"} if q_volume else None}
 
 

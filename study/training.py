@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +28,19 @@ def portable(text: str) -> str:
         if str(root) != "/":
             text = text.replace(f"{root}/", f"{short}/")
     return text
+
+
+def code_commit() -> str | None:
+    """The commit of the code that runs (with "+changes" when the checkout has uncommitted ones),
+    recorded in every run and report; None outside a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+changes" if dirty else "")
 
 
 def run_dir(out: Path, arm: Arm, seed: int) -> Path:
@@ -105,7 +119,8 @@ def train_run(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path,
         return json.loads(result_path.read_text())
     directory.mkdir(parents=True, exist_ok=True)
     if arm.method == "base":
-        result = {"arm": arm.name, "seed": seed, "trained": False, "train_seconds": 0.0, "kept": 0, "steps": 0}
+        result = {"arm": arm.name, "seed": seed, "trained": False, "train_seconds": 0.0, "kept": 0, "steps": 0,
+                  "commit": code_commit()}
     else:
         config_path = directory / "axolotl.yaml"
         qdiff_dir = partial_qdiff(arm.q_fraction, seed) if arm.q_fraction is not None else None
@@ -115,7 +130,7 @@ def train_run(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path,
         run_axolotl_train(config_path, directory / "train.log")
         log = directory / "train.log"
         log.write_text(portable(log.read_text()))
-        result = {"arm": arm.name, "seed": seed, "trained": True,
+        result = {"arm": arm.name, "seed": seed, "trained": True, "commit": code_commit(),
                   "train_seconds": round(time.perf_counter() - start, 2), **run_record(directory / "model")}
     atomic_write_text(result_path, portable(json.dumps(result, indent=2)))
     return result
