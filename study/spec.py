@@ -181,7 +181,10 @@ def load_spec(path: str | Path | None = None, **overrides) -> StudySpec:
         if not chosen.is_file():
             raise ValueError(f"{path}: recipe_from: {chosen} does not exist: run the study that chooses the recipe, "
                              "then `python -m deft_study.choice` on its report")
-        recipe.update(json.loads(chosen.read_text())["recipe"])
+        taken = json.loads(chosen.read_text())["recipe"]
+        if taken is None:
+            raise ValueError(f"{path}: recipe_from: {chosen} chose no arm (none passed the generation guard)")
+        recipe.update(taken)
     return StudySpec(model=raw.get("model"), data=raw.get("data"), split=_section(Split, raw.get("split"), "split"),
                      recipe=_section(Recipe, recipe, "recipe"), recipe_from=raw.get("recipe_from"),
                      measure=measure, arms=arms, comparisons=comparisons,

@@ -30,13 +30,16 @@ def portable(text: str) -> str:
     return text
 
 
+CODE = ("deft_plugin", "study", "eval", "app", "pyproject.toml")  # what a run executes (docs and tests aside)
+
+
 def code_commit() -> str | None:
-    """The commit of the code that runs (with "+changes" when the checkout has uncommitted ones),
+    """The commit of the code that runs (with "+changes" when its code has uncommitted changes),
     recorded in every run and report; None outside a git checkout."""
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE], cwd=root,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
