@@ -108,4 +108,7 @@ def test_pro_batches_carry_the_starting_rewards_and_margin_starts_at_pro(sharp_m
         loss = trainer.compute_loss(trainer.model, dict(batch))
         with loss_changed(trainer, reward_weight=0.0):
             plain = trainer.compute_loss(trainer.model, dict(batch))
-    assert loss.item() == pytest.approx(plain.item(), abs=1e-4)  # at the start the candidates' R has not moved
+    # at the start the candidates' R has not moved: the gap's move is float noise, the loss PRO's own (its
+    # summed-NLL term is in the hundreds, and the CPU's parallel sums differ in their last bits run to run)
+    assert abs(trainer._deft_metrics["train"]["deft/term"][-1]) < 1e-6
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-5)
