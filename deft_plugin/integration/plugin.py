@@ -147,7 +147,9 @@ class DEFTPlugin(BasePlugin):
         settings = deft_settings(cfg)
         if settings is None:
             return
-        if self.filter_result is None and DEFTPlugin.latest_datasets is not None:
+        # The process's last filtering is the one this trainer's datasets came from (Axolotl builds the
+        # trainer right after load_datasets); an instance kept from an earlier config must not use its own.
+        if DEFTPlugin.latest_datasets is not None:
             self.filter_result, self.special_ids = DEFTPlugin.latest_datasets
         if self.filter_result is None:
             raise RuntimeError("DEFT: no discrepancy distribution; load_datasets did not run for this config")
