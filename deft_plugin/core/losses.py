@@ -55,6 +55,17 @@ def anchored_term(gap: torch.Tensor, start_gap: torch.Tensor, scale: float) -> t
     return torch.nn.functional.logsigmoid((gap - start_gap) / scale).mean()
 
 
+def _minus_term(preference: torch.Tensor, weight: float, term: torch.Tensor) -> DeftObjective:
+    """preference - lambda * term (exactly the preference loss at lambda 0)."""
+    return DeftObjective(preference - weight * term if weight > 0 else preference, preference, term)
+
+
+def _need_start(form: str, start) -> None:
+    if start is None:
+        raise ValueError(f"deft_loss_form: {form} measures the reward gap against the starting model's, "
+                         "which this batch does not carry")
+
+
 def deft_dpo_objective(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, r_chosen: torch.Tensor,
                        r_rejected: torch.Tensor, settings: LossSettings, beta: float,
                        loss_types: list[str] | tuple[str, ...] = ("sigmoid",), loss_weights: list[float] | None = None,
@@ -70,19 +81,15 @@ def deft_dpo_objective(chosen_logratios: torch.Tensor, rejected_logratios: torch
     dpo = dpo_loss(chosen_logratios, rejected_logratios, beta, loss_types, loss_weights, *lengths)
     weight, form = settings.reward_weight, settings.form
     if form in LINEAR_FORMS:
-        term = deft_dpo_term(r_chosen, r_rejected, form)
-        return DeftObjective(dpo - weight * term if weight > 0 else dpo, dpo, term)
-    if start is None:
-        raise ValueError(f"deft_loss_form: {form} measures the reward gap against the starting model's, "
-                         "which this batch does not carry")
+        return _minus_term(dpo, weight, deft_dpo_term(r_chosen, r_rejected, form))
+    _need_start(form, start)
     gap, start_gap = r_chosen - r_rejected, (start[0] - start[1]).to(r_chosen.dtype)
     if form == "margin":
         loss = (dpo_loss(chosen_logratios, rejected_logratios, beta, loss_types, loss_weights, *lengths,
                          margin=weight * (gap - start_gap)) if weight > 0 else dpo)
         return DeftObjective(loss, dpo, (gap - start_gap).mean())
     if form == "anchored":
-        term = anchored_term(gap, start_gap, settings.reward_scale)
-        return DeftObjective(dpo - weight * term if weight > 0 else dpo, dpo, term)
+        return _minus_term(dpo, weight, anchored_term(gap, start_gap, settings.reward_scale))
     raise ValueError(f"deft_loss_form must be one of {LOSS_FORMS}, got {form!r}")
 
 
@@ -98,19 +105,15 @@ def deft_pro_objective(rank_loss: torch.Tensor, sft_loss: torch.Tensor, scores: 
         anchored       L_PRO - lambda * anchored_term(gap, gap0, s)"""
     pro, weight, form = rank_loss + sft_loss, settings.reward_weight, settings.form
     if form in LINEAR_FORMS:
-        term = deft_ranking_term(rewards, mask, form)
-        return DeftObjective(pro - weight * term if weight > 0 else pro, pro, term)
-    if start is None:
-        raise ValueError(f"deft_loss_form: {form} measures the reward gap against the starting model's, "
-                         "which this batch does not carry")
+        return _minus_term(pro, weight, deft_ranking_term(rewards, mask, form))
+    _need_start(form, start)
     moved = torch.where(mask.bool(), rewards - torch.nan_to_num(start.to(rewards.dtype)), 0)
     gap_change = moved[:, 0] - mean_of_rest(moved, mask)
     if form == "margin":
         loss = pro_rank_loss(scores + weight * moved, mask, tau_rewards) + sft_loss if weight > 0 else pro
         return DeftObjective(loss, pro, gap_change.mean())
     if form == "anchored":
-        term = anchored_term(gap_change, torch.zeros_like(gap_change), settings.reward_scale)
-        return DeftObjective(pro - weight * term if weight > 0 else pro, pro, term)
+        return _minus_term(pro, weight, anchored_term(gap_change, torch.zeros_like(gap_change), settings.reward_scale))
     raise ValueError(f"deft_loss_form must be one of {LOSS_FORMS}, got {form!r}")
 
 
