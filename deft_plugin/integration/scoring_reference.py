@@ -9,7 +9,10 @@ to TRL carry them as TRL's precomputed columns, `precompute_ref_log_probs` is on
 - Axolotl does not load a reference model: `axolotl.train.setup_reference_model` loads one for
   full fine-tuning even with precomputed log-probabilities, and has no setting to stop it, so the
   plugin wraps that function (the only Axolotl internal the plugin replaces; a test pins the call
-  it relies on)."""
+  it relies on).
+
+The same pass also gives the starting model's rewards, which the saturating loss forms need: they
+ride as two more columns (START_REWARD_COLUMNS) through the DEFT trainer's collator."""
 
 from __future__ import annotations
 
