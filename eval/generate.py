@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from deft_plugin.core.answers import generate_batch
+
 LOG = logging.getLogger(__name__)
 STOP = "Human:"
 
@@ -42,22 +44,6 @@ def prompt_ids(tokenizer, prompt: str, style: str, max_tokens: int) -> list[int]
     else:
         ids = tokenizer(text=prompt)["input_ids"]
     return list(ids)[-max_tokens:]
-
-
-@torch.inference_mode()
-def generate_batch(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
-                   temperature: float = 0.0) -> list[str]:
-    """Continuations of token-id prompts, left padded into one batch: greedy at temperature 0
-    (below 1e-4, as FastChat decides), sampled otherwise; special tokens removed."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    width = max(map(len, prompts))
-    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in prompts], device=device)
-    attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
-    sampling = {"do_sample": True, "temperature": temperature} if temperature >= 1e-4 else {"do_sample": False}
-    output = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                            pad_token_id=pad_id, **sampling)
-    return tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
 
 
 def read_done(path: Path, key: str = "id") -> dict:

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from deft_eval.generate import append_lines, generate_batch, read_done
+from deft_eval.generate import append_lines, read_done
+from deft_plugin.core.answers import generate_batch
 
 LOG = logging.getLogger(__name__)
 DEFAULT_TEMPERATURE = 0.7  # FastChat's value for a category it has no entry for

@@ -15,25 +15,16 @@ import argparse
 import json
 from pathlib import Path
 
-DISTINCT_RATIO = 0.9  # of the base's distinct-word share, at least
-REPETITIVE_POINTS = 0.10  # above the base's share of repetitive answers, at most
-LENGTH_RATIO = (0.5, 2.0)  # of the base's mean answer length
+from deft_plugin.core.answers import AnswerSummary
+from deft_plugin.integration.guard import answer_signals
 
 
-def guard_failures(metrics: dict, base: dict) -> list[str]:
-    """Why an arm's answers fail the generation guard against the base's ([] when they pass)."""
-    value = lambda m, key: m[key]["mean"]  # noqa: E731
-    failures = []
-    if value(metrics, "distinct_words") < DISTINCT_RATIO * value(base, "distinct_words"):
-        failures.append(f"distinct-word share {value(metrics, 'distinct_words'):.3f} < {DISTINCT_RATIO} x base "
-                        f"{value(base, 'distinct_words'):.3f}")
-    if value(metrics, "repetitive") > value(base, "repetitive") + REPETITIVE_POINTS:
-        failures.append(f"repetitive answers {value(metrics, 'repetitive'):.0%} > base "
-                        f"{value(base, 'repetitive'):.0%} + {REPETITIVE_POINTS:.0%}")
-    ratio = value(metrics, "answer_chars") / max(value(base, "answer_chars"), 1e-9)
-    if not LENGTH_RATIO[0] <= ratio <= LENGTH_RATIO[1]:
-        failures.append(f"answer length {ratio:.2f}x the base's, outside {LENGTH_RATIO[0]}-{LENGTH_RATIO[1]}x")
-    return failures
+def guard_failures(metrics: dict, base: dict, answers: int) -> list[str]:
+    """Why an arm's `answers` answers fail the generation guard against the base's ([] when they
+    pass): the plugin's collapse guard's own rule (deft_plugin.integration.guard.answer_signals)."""
+    summary = lambda m: AnswerSummary(m["distinct_words"]["mean"], m["repetitive"]["mean"],  # noqa: E731
+                                      m["answer_chars"]["mean"], answers)
+    return [line for _, fires, line in answer_signals(summary(base), summary(metrics)).values() if fires]
 
 
 def choose(report: dict, arms: list[str], criterion: str = "implicit_accuracy") -> dict:
@@ -47,7 +38,7 @@ def choose(report: dict, arms: list[str], criterion: str = "implicit_accuracy") 
         if name not in report["arms"]:
             raise ValueError(f"--arms: {name} has no finished run in the report (pending: {report['pending']})")
         metrics = report["arms"][name]["metrics"]
-        failures = guard_failures(metrics, base)
+        failures = guard_failures(metrics, base, report["spec"]["measure"]["generate"])
         table.append({"arm": name, criterion: metrics[criterion]["mean"], "passes": not failures,
                       "failures": failures})
     passing = [row for row in table if row["passes"]]

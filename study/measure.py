@@ -7,11 +7,11 @@ with BLEU against the chosen reply."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import torch
 
+from deft_plugin.core.answers import distinct_word_share, repetitive
 from deft_plugin.data.encoding import EncodedRow
 from deft_plugin.filtering.heldout import measure_replies
 
@@ -44,21 +44,6 @@ def measure_pairs(model, rows: list[EncodedRow], qn: torch.Tensor, special_ids, 
         for key, value in zip(PER_PAIR, values):
             out[key].append(value)
     return out
-
-
-def distinct_word_share(text: str) -> float:
-    """Distinct words over words of an answer: near 1 for ordinary prose, near 0 for an answer
-    that repeats itself (a degenerate model); 0 for an empty answer."""
-    words = text.split()
-    return len(set(words)) / len(words) if words else 0.0
-
-
-def repetitive(text: str, n: int = 3, times: int = 3) -> bool:
-    """Whether an answer loops: some run of `n` words occurs `times` times or more in it (a
-    degenerate model's "I'm sorry, I'm sorry, ..."; ordinary prose seldom repeats a 3-word run thrice)."""
-    words = text.split()
-    runs = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-    return bool(runs) and max(runs.values()) >= times
 
 
 def generation_stats(answers: list[str]) -> dict:

@@ -52,7 +52,8 @@ RULES = {
     "deft_plugin.cli": Rule(TRAINING_STACK, None, transitive=True),
     "deft_plugin.launch": Rule(TRAINING_STACK, ("deft_plugin.launch", "deft_plugin.utils"), transitive=True),
     "deft_plugin.integration": Rule(),
-    "deft_eval": Rule(TRAINING_STACK, ("deft_eval",) + SHARED_WITH_APPS),
+    # the evaluation also reads answers as the guard does (deft_plugin.core.answers)
+    "deft_eval": Rule(TRAINING_STACK, ("deft_eval", "deft_plugin.core") + SHARED_WITH_APPS),
     "deft_app": Rule(TRAINING_STACK, ("deft_app",) + SHARED_WITH_APPS),
     "deft_study": Rule(TRAINING_STACK, None, transitive=True),  # trains through `axolotl train` only
 }

@@ -63,6 +63,11 @@ class DEFTArgs(BaseModel):
                             "predictions, the chosen replies' accuracy falling, R(y-) rising with R(y+)), naming the "
                             "signal, its value and what to change; stop also ends the run with its checkpoint saved; "
                             "off.")
+    deft_guard_answers_every: int = Field(
+        0, description="The collapse guard's generation check: every N optimizer steps, greedy answers to "
+                       "deft_guard_answers prompts the run does not train on, held against the answers before "
+                       "training (distinct-word share, repetition, length); 0 (default) leaves it off.")
+    deft_guard_answers: int = Field(8, description="Prompts the generation check answers (64 new tokens each).")
     deft_pro_sft_weight: float = Field(
         DEFAULT_PRO_SFT_WEIGHT,
         description="PRO: weight w of the SFT term, w * (n-1)^2 * summed NLL of the best response.")
@@ -74,14 +79,14 @@ class DEFTArgs(BaseModel):
             raise ValueError(f"deft_filter_ratio must be in (0, 1], got {v}")
         return v
 
-    @field_validator("deft_filter_count", "deft_score_batch_size")
+    @field_validator("deft_filter_count", "deft_score_batch_size", "deft_guard_answers")
     @classmethod
     def check_positive(cls, v, info: ValidationInfo):
         if v is not None and v < 1:
             raise ValueError(f"{info.field_name} must be at least 1, got {v}")
         return v
 
-    @field_validator("deft_reward_weight", "deft_pro_sft_weight")
+    @field_validator("deft_reward_weight", "deft_pro_sft_weight", "deft_guard_answers_every")
     @classmethod
     def check_weight(cls, v, info: ValidationInfo):
         if v < 0:

@@ -92,9 +92,11 @@ class DeftDPOLossMixin(DeftLossMixin):
                                      "mean_token_accuracy": tokens["mean_token_accuracy"],
                                      "reward_chosen": deft["deft/reward_chosen"],
                                      "reward_rejected": deft["deft/reward_rejected"]})
-            for key, value in guard.items():
-                self._metrics["train"][key].append(value)
+            self.record_train_metrics(guard)
         return objective.loss
+
+    def train_metrics(self) -> dict[str, list[float]]:
+        return self._metrics["train"]
 
     def _log_dpo_metrics(self, inputs, beta, chosen_ratio, rejected_ratio, chosen_logps, rejected_logps) -> None:
         """TRL's DPO metric names and definitions (implicit rewards are beta times the log-ratios)."""

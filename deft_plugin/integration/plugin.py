@@ -170,3 +170,11 @@ class DEFTPlugin(BasePlugin):
         trainer.configure_deft(loss)
         LOG.info("DEFT: loss term attached to %s (weight %s, form %s)", type(trainer).__name__, loss.reward_weight,
                  loss.form)
+        if settings.guard_answers_every and loss.guard != "off":
+            from deft_plugin.integration.callbacks import AnswerGuardCallback
+            from deft_plugin.integration.guard import guard_prompts
+
+            prompts, source = guard_prompts(result, settings.guard_answers)
+            trainer.add_callback(AnswerGuardCallback(trainer, prompts, settings.guard_answers_every))
+            LOG.info("DEFT guard: greedy answers to %d prompts (%s) every %d steps", len(prompts), source,
+                     settings.guard_answers_every)

@@ -78,8 +78,10 @@ class DeftPROTrainer(DeftLossMixin, AxolotlTrainer):
                                  "top_token_share": sums[2] / max(sums[3], 1),
                                  "reward_chosen": logged["deft/reward_chosen"],
                                  "reward_rejected": logged["deft/reward_rejected"]})
-        for key, value in guard.items():
-            self._deft_metrics["train"][key].append(value)
+        self.record_train_metrics(guard)
+
+    def train_metrics(self) -> dict[str, list[float]]:
+        return self._deft_metrics["train"]
 
     def _log_metrics(self, rank_loss, sft_loss, term, rewards, mask) -> dict[str, float]:
         # pro/loss: the plain PRO loss beside the total, to compare with a plain run's loss curve

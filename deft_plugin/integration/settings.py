@@ -47,6 +47,8 @@ class DeftSettings:
     prompt_style: str
     filter: FilterSettings
     loss: LossSettings  # without Q and the special tokens, which the data gives
+    guard_answers_every: int  # the collapse guard's generation check: every N optimizer steps (0: off)
+    guard_answers: int  # prompts it answers
     qdiff_path: str | None
     score_dtype: str
     reward_key: dict  # the deft_* keys that name the score cache
@@ -95,6 +97,7 @@ def read_settings(cfg) -> DeftSettings:
         deft_formats=_deft_formats(sources), prompt_style=a.deft_prompt_style, filter=filter_settings,
         loss=LossSettings(reward_weight=a.deft_reward_weight, form=a.deft_loss_form,
                           pro_sft_weight=a.deft_pro_sft_weight, guard=a.deft_guard),
+        guard_answers_every=a.deft_guard_answers_every, guard_answers=a.deft_guard_answers,
         qdiff_path=a.deft_qdiff_path, score_dtype=a.deft_score_dtype,
         reward_key={k: getattr(a, k) for k in REWARD_KEYS},
         base_model=cfg.get("base_model"), revision=cfg.get("revision_of_model"),

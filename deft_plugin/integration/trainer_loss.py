@@ -34,15 +34,27 @@ class DeftLossMixin:
 
     def guard_step(self, values: dict[str, float]) -> dict[str, float]:
         """The collapse guard's deft/guard_* metrics of a training step (values gathered over the
-        processes); writes its event lines, and under deft_guard: stop ends the run after this
-        step with its checkpoint saved."""
+        processes); writes its event lines (guard_events)."""
         if self.deft_guard is None:
             self.deft_guard = CollapseGuard()
         metrics, lines = self.deft_guard.update(values, self.state.global_step + 1)
+        self.guard_events(lines)
+        return metrics
+
+    def guard_events(self, lines: list[str]) -> None:
+        """Writes the guard's event lines; under deft_guard: stop the run ends after this step,
+        with its checkpoint saved."""
         for line in lines:
             LOG.warning(line)
         if lines and self.configured_loss().guard == "stop":
             LOG.warning("DEFT guard: deft_guard is stop: the run ends after this step, its checkpoint saved")
             self.control.should_training_stop = True
             self.control.should_save = True
-        return metrics
+
+    def record_train_metrics(self, metrics: dict[str, float]) -> None:
+        """Adds values to the training metrics logged (as means) at the next log."""
+        for key, value in metrics.items():
+            self.train_metrics()[key].append(value)
+
+    def train_metrics(self) -> dict[str, list[float]]:
+        raise NotImplementedError

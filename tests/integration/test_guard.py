@@ -1,7 +1,8 @@
-"""The collapse guard (deft_guard): its rules on made-up step records, then real DEFT-DPO training
-on the sharpened tiny Llama through Axolotl: a run driven to collapse (the linear term at a huge
-lambda and learning rate) is named in one line per signal, `stop` ends it early with a
-checkpoint saved, and a healthy run and `off` stay silent."""
+"""The collapse guard (deft_guard): its rules on made-up step records and answer summaries, then
+real DEFT-DPO training on the sharpened tiny Llama through Axolotl: a run driven to collapse (the
+linear term at a huge lambda and learning rate) is named in one line per signal, by the training
+signals and by the generation check alike, `stop` ends it early with a checkpoint saved, and a
+healthy run and `off` stay silent."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import logging
 
 import pytest
 
-from deft_plugin.integration.guard import WINDOW, CollapseGuard
+from deft_plugin.core.answers import AnswerSummary
+from deft_plugin.data.encoding import EncodedRow
+from deft_plugin.filtering.pipeline import FilterResult
+from deft_plugin.integration.guard import ADVICE, WINDOW, AnswerGuard, CollapseGuard, guard_prompts
 
 import test_dpo_trainer
 from test_dpo_trainer import deft_dataset_meta, load
@@ -49,7 +53,7 @@ def test_each_signal_fires_once_when_it_crosses_and_names_its_value():
     guard = CollapseGuard()
     collapsing = {"top_token_share": 0.9, "mean_token_accuracy": 0.1, "reward_chosen": 0.3, "reward_rejected": 0.25}
     lines = feed(guard, [HEALTHY] * WINDOW + [collapsing] * (3 * WINDOW))
-    assert len(lines) == 3 and guard.events == 3  # once each, not at every step after
+    assert len(lines) == 3 and guard.events.count == 3  # once each, not at every step after
     assert lines[0].startswith(f"DEFT guard (step {2 * WINDOW}): 90% of the chosen replies' positions predict the "
                                "same single token (start: 10%)")
     assert "mean-token accuracy fell to 0.100 (25% of the start's 0.400)" in lines[1]
@@ -64,6 +68,36 @@ def test_rewards_rising_together_fire_but_a_separating_pair_does_not():
     assert feed(CollapseGuard(), [HEALTHY] * WINDOW + [separating] * WINDOW) == []
     together = {**HEALTHY, "reward_chosen": 0.2, "reward_rejected": 0.15}
     assert len(feed(CollapseGuard(), [HEALTHY] * WINDOW + [together] * WINDOW)) == 1
+
+
+def test_the_answer_check_names_each_signal_once_against_the_start():
+    guard = AnswerGuard(AnswerSummary(distinct_words=0.7, repetitive=0.1, chars=300.0, answers=20))
+    assert guard.update(AnswerSummary(0.68, 0.15, 400.0, 20), 10) == (
+        {"deft/guard_answer_distinct_words": 0.68, "deft/guard_answer_repetitive": 0.15,
+         "deft/guard_answer_length_ratio": pytest.approx(4 / 3)}, [])
+    metrics, lines = guard.update(AnswerSummary(0.2, 0.75, 90.0, 20), 20)
+    assert [line.split(": ", 1)[1].split(";")[0] for line in lines] == [
+        "answers' distinct-word share 0.200 < 0.9 x the start's 0.700",
+        "repetitive answers 75% > the start's 10% + 10%",
+        "answer length 0.30x the start's, outside 0.5-2.0x"]
+    assert all(line.startswith("DEFT guard (step 20): ") and "deft_reward_weight" in line for line in lines)
+    assert guard.update(AnswerSummary(0.2, 0.75, 90.0, 20), 30)[1] == []  # still firing: no new event
+
+
+def test_one_answer_turning_repetitive_among_few_is_not_a_collapse():
+    guard = AnswerGuard(AnswerSummary(0.7, 0.25, 300.0, answers=4))
+    assert guard.update(AnswerSummary(0.7, 0.5, 300.0, 4), 2)[1] == []  # one of four: 25 points
+    assert guard.update(AnswerSummary(0.7, 0.75, 300.0, 4), 4)[1][0].endswith(
+        "repetitive answers 75% > the start's 25% + 25%; " + ADVICE)
+
+
+def test_the_answer_check_prompts_are_rows_the_run_does_not_train_on():
+    encoded = {i: EncodedRow(i, (100 + i, 1), ((5,), (6,))) for i in (0, 1, 2, 3, 5)}
+    result = FilterResult(kept=[3, 1], scores={}, rewards={}, qdiff=None, encoded=encoded)
+    assert guard_prompts(result, 2) == ([[100, 1], [102, 1]], "rows the filter left out")
+    assert guard_prompts(result, 9)[0] == [[100, 1], [102, 1], [105, 1]]
+    everything = FilterResult(kept=[3, 1, 0, 2, 5], scores={}, rewards={}, qdiff=None, encoded=encoded)
+    assert guard_prompts(everything, 2) == ([[103, 1], [101, 1]], "training rows (the filter left none out)")
 
 
 @contextlib.contextmanager
@@ -102,6 +136,16 @@ def test_a_run_driven_to_collapse_is_named(base_cfg, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_generation_check_names_a_run_driven_to_collapse(base_cfg, tmp_path):
+    trainer, steps, lines = train(base_cfg, tmp_path, deft_guard_answers_every=2, deft_guard_answers=3, **COLLAPSE)
+    answer_lines = [line for line in lines if "answers' distinct-word share" in line or "repetitive answers" in line
+                    or "answer length" in line]
+    assert answer_lines, lines
+    checked = [h for h in steps if "deft/guard_answer_distinct_words" in h]
+    assert [h["step"] for h in checked] == list(range(2, trainer.state.max_steps + 1, 2))
+
+
+@pytest.mark.slow
 def test_stop_ends_the_run_with_a_checkpoint(base_cfg, tmp_path):
     trainer, steps, lines = train(base_cfg, tmp_path, deft_guard="stop", **COLLAPSE)
     assert trainer.state.global_step < trainer.state.max_steps
@@ -110,9 +154,10 @@ def test_stop_ends_the_run_with_a_checkpoint(base_cfg, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("keys", [{"deft_reward_weight": 0.5, "learning_rate": 1e-4},
+@pytest.mark.parametrize("keys", [{"deft_reward_weight": 0.5, "learning_rate": 1e-4, "deft_guard_answers_every": 2},
                                   {"deft_reward_weight": 2.0, "learning_rate": 1e-3, "deft_loss_form": "margin"},
-                                  {**COLLAPSE, "deft_guard": "off"}], ids=["healthy-pair", "healthy-margin", "off"])
+                                  {**COLLAPSE, "deft_guard": "off", "deft_guard_answers_every": 1}],
+                         ids=["healthy-pair", "healthy-margin", "off"])
 def test_a_healthy_run_and_off_are_silent(base_cfg, tmp_path, keys):
     trainer, steps, lines = train(base_cfg, tmp_path, **keys)
     assert not [line for line in lines if line.startswith("DEFT guard")]

@@ -42,8 +42,9 @@ def check_metrics(steps: list[dict]) -> None:
 
 def test_pro_on_hh_rlhf_pairs(tmp_path, tiny_model_dir, hh_file):
     start = snapshot(tiny_model_dir)
-    log = axolotl("train", pro_config(tmp_path, tiny_model_dir, hh_file, "deft.hh_rlhf"))
+    log = axolotl("train", pro_config(tmp_path, tiny_model_dir, hh_file, "deft.hh_rlhf", deft_guard_answers_every=2))
     assert "DEFT scoring" in log and "loss term attached to DeftPROTrainer" in log and "Traceback" not in log
+    assert "DEFT guard: greedy answers to 8 prompts (rows the filter left out) every 2 steps" in log
 
     report = json.loads((deft_cache(tmp_path) / "report.json").read_text())
     assert (report["read"], report["scored"], report["kept"]) == (HH_PAIRS, SCORED, KEPT)  # the DPO run's numbers
@@ -51,6 +52,8 @@ def test_pro_on_hh_rlhf_pairs(tmp_path, tiny_model_dir, hh_file):
     assert state["global_step"] == state["max_steps"] == math.ceil(KEPT / MICRO_BATCH)
     assert [h["step"] for h in steps] == list(range(1, state["max_steps"] + 1))
     check_metrics(steps)
+    checked = [h["step"] for h in steps if "deft/guard_answer_distinct_words" in h]
+    assert checked == list(range(2, state["max_steps"] + 1, 2))  # the generation check runs in PRO too
     # n = 2, tau = 1: loss_1 = log(1 + exp(s2 - s1)), near ln 2 for a random model
     assert steps[0]["pro/rank_loss"] == pytest.approx(math.log(2), abs=0.05)
     # PRO's SFT term: 0.05 * (2-1)^2 * summed NLL of the chosen reply, and the total

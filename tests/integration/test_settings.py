@@ -46,6 +46,8 @@ PLACE = {
     "deft_loss_form": lambda s: s.loss.form,
     "deft_pro_sft_weight": lambda s: s.loss.pro_sft_weight,
     "deft_guard": lambda s: s.loss.guard,
+    "deft_guard_answers_every": lambda s: s.guard_answers_every,
+    "deft_guard_answers": lambda s: s.guard_answers,
 }
 
 
@@ -68,7 +70,8 @@ def test_set_keys_reach_the_settings():
               "deft_filter_score": "chosen", "deft_filter_select": "bottom", "deft_filter_seed": 3,
               "deft_qdiff_norm": "l2", "deft_qdiff_path": "q", "deft_truncation": "drop", "deft_score_batch_size": 2,
               "deft_score_dtype": "bfloat16", "deft_cache_dir": "cache", "deft_reward_weight": 0.25,
-              "deft_loss_form": "chosen", "deft_pro_sft_weight": 0.5, "deft_guard": "stop"}
+              "deft_loss_form": "chosen", "deft_pro_sft_weight": 0.5, "deft_guard": "stop",
+              "deft_guard_answers_every": 10, "deft_guard_answers": 2}
     settings = deft_settings(DictDefault({"plugins": PLUGIN, **values}))
     for key, value in values.items():
         assert PLACE[key](settings) == value, key

@@ -49,14 +49,6 @@ def test_paired_bootstrap_sees_a_real_difference_and_calls_none_noise():
     assert paired["high"] - paired["low"] < 0.2 and not paired["inside_noise"]
 
 
-def test_distinct_word_share_sees_repetition():
-    from deft_study.measure import distinct_word_share
-
-    assert distinct_word_share("I I I I") == 0.25
-    assert distinct_word_share("the cat sat on the mat") == 5 / 6
-    assert distinct_word_share("") == 0.0
-
-
 def test_a_finished_run_gets_a_new_generation_statistic_from_its_saved_answers(tmp_path):
     import json
 
