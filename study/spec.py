@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from deft_plugin.core.losses import LOSS_FORMS
-from deft_plugin.core.selection import SELECTIONS
+from deft_plugin.core.selection import RANKINGS, SELECTIONS
 from deft_plugin.data.split import Split
 
 METHODS = ("base", "dpo", "pro")
@@ -57,7 +57,8 @@ class QVolume:
 class Arm:
     name: str
     method: str = "dpo"  # base (the starting model, no training) | dpo | pro
-    select: str = "all"  # all | top (DEFT) | random | bottom
+    select: str = "all"  # all | top | random | bottom
+    by: str = "deft"  # what top and bottom rank by: deft | logp_margin | length_ratio (deft_filter_by)
     ratio: float = 0.05
     reward_weight: float = 0.0  # lambda of the DEFT term
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -72,6 +73,9 @@ class Arm:
             raise ValueError(f"arms.{self.name}.method: one of {', '.join(METHODS)}, got {self.method!r}")
         if self.select not in ARM_SELECTIONS:
             raise ValueError(f"arms.{self.name}.select: one of {', '.join(ARM_SELECTIONS)}, got {self.select!r}")
+        if self.by not in RANKINGS or (self.by != "deft" and self.select not in ("top", "bottom")):
+            raise ValueError(f"arms.{self.name}.by: one of {', '.join(RANKINGS)}, a baseline with select top or "
+                             f"bottom; got {self.by!r} with select {self.select!r}")
         if self.loss_form not in LOSS_FORMS:
             raise ValueError(f"arms.{self.name}.loss_form: one of {', '.join(LOSS_FORMS)}, got {self.loss_form!r}")
         if not 0 < self.ratio <= 1:

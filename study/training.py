@@ -104,6 +104,8 @@ def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path
         cfg["deft_filter"] = False
     else:
         cfg.update({"deft_filter_select": arm.select, "deft_filter_ratio": arm.ratio, "deft_filter_seed": seed})
+        if arm.by != "deft":
+            cfg["deft_filter_by"] = arm.by
     if qdiff_dir is not None:  # Q built from part of the pool (the volume question): scored again with it
         cfg["deft_qdiff_path"] = local(qdiff_dir)
     if r.adapter == "lora":

@@ -127,19 +127,19 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def _filter(args, ratio, count, select="top", seed=0) -> int:
+def _filter(args, ratio, count, select="top", seed=0, by="deft") -> int:
     """Under torchrun or accelerate launch each rank scores a shard; rank 0 writes the outputs."""
     from deft_plugin.filtering.distributed import join_launched_group, leave_group
 
     made_group = join_launched_group()
     try:
-        return _filter_on_this_rank(args, ratio, count, select, seed)
+        return _filter_on_this_rank(args, ratio, count, select, seed, by)
     finally:
         if made_group:
             leave_group()
 
 
-def _filter_on_this_rank(args, ratio, count, select, seed) -> int:
+def _filter_on_this_rank(args, ratio, count, select, seed, by) -> int:
     from deft_plugin.core.qdiff import QDiff
     from deft_plugin.filtering.distributed import is_main_process
     from deft_plugin.filtering.pipeline import FilterSettings, best_and_rest, run_filter
@@ -150,7 +150,7 @@ def _filter_on_this_rank(args, ratio, count, select, seed) -> int:
     parsed = _read(args, tokenizer)
     settings = FilterSettings(ratio=ratio, count=count, score=args.score, norm=args.norm,
                               batch_size=args.batch_size, max_length=args.max_length, truncation=args.truncation,
-                              select=select, seed=seed)
+                              select=select, seed=seed, by=by)
     result = run_filter(parsed.rows, tokenizer, lambda: load_scoring_model(args.model, args.dtype), settings,
                         cache_dir=out / "cache", qdiff=QDiff.load(args.qdiff) if args.qdiff else None,
                         source_report=parsed.report(), row_names=parsed.where)
@@ -165,6 +165,8 @@ def _filter_on_this_rank(args, ratio, count, select, seed) -> int:
             scored = {"deft_score": result.scores[i], "deft_reward_chosen": best, "deft_reward_rejected": rest}
             if len(result.rewards[i]) > 2:
                 scored["deft_rewards"] = list(result.rewards[i])
+        if by != "deft":
+            scored[f"deft_{by}"] = result.ranking[i]
         lines.append(json.dumps({**parsed.raw[i], **scored}, ensure_ascii=False))
     name = "kept.jsonl" if args.command == "filter" else "scores.jsonl"
     atomic_write_text(out / name, "".join(line + "\n" for line in lines))
@@ -172,7 +174,7 @@ def _filter_on_this_rank(args, ratio, count, select, seed) -> int:
     from deft_plugin.utils.plots import plot_score_distribution
 
     cut = result.report.get("score_stats", {}).get("threshold")
-    cut = cut if args.command == "filter" and select == "top" else None
+    cut = cut if args.command == "filter" and select == "top" and by == "deft" else None
     plot_score_distribution(list(result.scores.values()), cut, out / "scores.png")
     r = result.report
     print(f"{r['read']} rows read, {r['unparseable']} unparseable, {r['degenerate']} degenerate "
@@ -192,7 +194,9 @@ def cmd_filter(args) -> int:
     if args.count is not None and args.count < 1:
         raise UsageError(f"--count must be at least 1, got {args.count}")
     ratio = args.ratio if args.ratio is not None or args.count is not None else 0.05
-    return _filter(args, ratio=ratio, count=args.count, select=args.select, seed=args.seed)
+    if args.by != "deft" and args.select == "random":
+        raise UsageError(f"--by {args.by} ranks pairs for --select top or bottom; random draws without a ranking")
+    return _filter(args, ratio=ratio, count=args.count, select=args.select, seed=args.seed, by=args.by)
 
 
 def cmd_formats(args) -> int:
@@ -247,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--select", choices=("top", "random", "bottom"), default="top",
                            help="top by the score (DEFT), or a control of the same size: random or bottom")
             p.add_argument("--seed", type=int, default=0, help="seed of --select random")
+            p.add_argument("--by", choices=("deft", "logp_margin", "length_ratio"), default="deft",
+                           help="what top and bottom rank by: deft (the score), or a baseline: logp_margin (the "
+                                "model's mean-token log-prob margin) or length_ratio (tokens of y+ over y-)")
             p.set_defaults(func=cmd_filter)
         else:
             p.set_defaults(func=cmd_score)

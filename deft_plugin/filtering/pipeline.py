@@ -21,7 +21,16 @@ from typing import Callable
 import torch
 
 from deft_plugin.core.qdiff import QDiff
-from deft_plugin.core.selection import DEFAULT_FILTER_RATIO, SELECTIONS, select_bottom, select_random, select_top
+from deft_plugin.core.selection import (
+    DEFAULT_FILTER_RATIO,
+    RANKINGS,
+    SELECTIONS,
+    length_ratio,
+    logp_margin,
+    select_bottom,
+    select_random,
+    select_top,
+)
 from deft_plugin.data.encoding import EncodedRow, encode_rows
 from deft_plugin.filtering.cache_key import rows_fingerprint
 from deft_plugin.filtering.distributed import barrier, is_main_process
@@ -43,7 +52,8 @@ class FilterSettings:
     batch_size: int = 8
     max_length: int | None = None
     truncation: str = "keep_start"  # keep_start (cut replies to fit, as TRL) | drop (rows that do not fit)
-    select: str = "top"  # top (DEFT) | bottom | random: the two controls
+    select: str = "top"  # top | bottom of the ranking | random
+    by: str = "deft"  # what top and bottom rank by: deft (the score) | logp_margin | length_ratio (core/selection)
     seed: int = 0  # of the random subset
     reference: bool = False  # also record DPO's reference log-probabilities of the kept rows
     start_rewards: bool = False  # also record the kept rows' rewards, even unfiltered (saturating loss forms)
@@ -59,6 +69,7 @@ class FilterResult:
     encoded: dict[int, EncodedRow] = field(default_factory=dict)  # row index -> token ids (usable rows)
     logps: dict[int, tuple[float, ...]] = field(default_factory=dict)  # kept row -> reference log-prob per reply
     start_rewards: dict[int, tuple[float, ...]] = field(default_factory=dict)  # kept row -> R0 per reply, best first
+    ranking: dict[int, float] = field(default_factory=dict)  # row index -> the value top/bottom ranked it by
 
 
 class _Timer:
@@ -103,19 +114,30 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
         raise ValueError(f"deft_filter_score: unknown variant {settings.score!r}; known: {sorted(score_variants())}")
     if settings.select not in SELECTIONS:
         raise ValueError(f"deft_filter_select: unknown selection {settings.select!r}; known: {', '.join(SELECTIONS)}")
+    if settings.by not in RANKINGS:
+        raise ValueError(f"deft_filter_by: unknown ranking {settings.by!r}; known: {', '.join(RANKINGS)}")
+    if settings.by != "deft" and settings.select == "random":
+        raise ValueError(f"deft_filter_by: {settings.by} ranks pairs for deft_filter_select top or bottom; "
+                         "random draws without a ranking")
     cache_dir = Path(cache_dir) if cache_dir else None
     timer = _Timer()
     usable, degenerate = timer("encode", encode_usable_rows, rows, tokenizer, settings.max_length,
                                settings.truncation)
     qdiff = timer("qdiff", load_or_build_qdiff, qdiff, usable, rows, tokenizer, settings.norm, cache_dir)
-    rewards, scores, kept, logps = {}, {}, [r.index for r in usable], {}
+    rewards, scores, kept, logps, ranking = {}, {}, [r.index for r in usable], {}, {}
+    by_margin = settings.filter and settings.by == "logp_margin"
     score = functools.partial(score_replies, tokenizer=tokenizer, load_model=load_model, qdiff=qdiff,
                               batch_size=settings.batch_size, cache_dir=cache_dir, progress=progress,
-                              need_logps=settings.reference)
+                              need_logps=settings.reference or by_margin)
     kept_rewards = {}
-    if settings.filter and settings.select == "random":  # needs no scores: reports them only when cached
+    model_free = settings.filter and (settings.select == "random" or settings.by == "length_ratio")
+    if model_free:  # needs no scores: reports them only when cached
         rewards = cached_rewards(usable, cache_dir)
-        kept = [usable[j].index for j in select_random(len(usable), settings.ratio, settings.count, settings.seed)]
+        if settings.select == "random":
+            kept = [usable[j].index for j in select_random(len(usable), settings.ratio, settings.count, settings.seed)]
+        else:
+            ranking = {r.index: length_ratio([len(c) for c in r.completions]) for r in usable}
+            kept = keep_by_score(usable, ranking, settings)
         if settings.reference or settings.start_rewards:  # the kept rows only
             chosen = set(kept)
             kept_scored = timer("score", score, [r for r in usable if r.index in chosen])
@@ -124,14 +146,18 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
         scored = timer("score", score, usable)
         rewards, logps = {i: s.rewards for i, s in scored.items()}, logps_of(scored)
     scores = filtering_scores(rewards, settings.score)
-    if settings.filter and settings.select != "random":
-        kept = keep_by_score(usable, scores, settings)
+    if settings.filter and not model_free:
+        ranking = scores if settings.by == "deft" else {
+            r.index: logp_margin(logps[r.index], [len(c) for c in r.completions]) for r in usable}
+        kept = keep_by_score(usable, ranking, settings)
     logps = {i: logps[i] for i in kept} if settings.reference else {}
     start_rewards = {i: {**rewards, **kept_rewards}[i] for i in kept} if settings.start_rewards else {}
-    report = filter_report(rows, degenerate, rewards, scores, kept, settings, qdiff, timer.seconds, source_report)
+    report = filter_report(rows, degenerate, rewards, scores, kept, settings, qdiff, timer.seconds, source_report,
+                           ranking)
     report["degenerate_examples"] = {reason: [row_names[i] if row_names else f"row {i + 1}" for i in indices[:5]]
                                      for reason, indices in getattr(degenerate, "rows", {}).items()}
-    result = FilterResult(kept, scores, rewards, qdiff, report, {r.index: r for r in usable}, logps, start_rewards)
+    result = FilterResult(kept, scores, rewards, qdiff, report, {r.index: r for r in usable}, logps, start_rewards,
+                          ranking)
     if cache_dir and is_main_process():
         write_outputs(result, cache_dir)
     barrier()
@@ -189,14 +215,14 @@ def filtering_scores(rewards: dict[int, tuple[float, ...]], variant_name: str) -
 
 
 def keep_by_score(usable: list[EncodedRow], scores: dict[int, float], settings: FilterSettings) -> list[int]:
-    """The top (or, as a control, the bottom) of the usable rows by their filtering score."""
+    """The top (or the bottom) of the usable rows by a ranking value (the filtering score for DEFT)."""
     order = [r.index for r in usable]
     select = select_bottom if settings.select == "bottom" else select_top
     return [order[j] for j in select([scores[i] for i in order], settings.ratio, settings.count)]
 
 
 def filter_report(rows, degenerate: Counter, rewards, scores, kept, settings: FilterSettings, qdiff: QDiff,
-                  timings: dict, source_report: dict | None) -> dict:
+                  timings: dict, source_report: dict | None, ranking: dict[int, float] | None = None) -> dict:
     report = {
         **(source_report or {}),
         "rows": len(rows),
@@ -210,22 +236,33 @@ def filter_report(rows, degenerate: Counter, rewards, scores, kept, settings: Fi
         "timings": timings,
     }
     if scores:
-        values = torch.tensor(list(scores.values()))
-        kept_scores = [scores[i] for i in kept if i in scores]
-        cut = {"top": min, "bottom": max}.get(settings.select)  # random subsets have no cut
-        report["score_stats"] = {"mean": float(values.mean()), "std": float(values.std()) if len(values) > 1 else 0.0,
-                                 "min": float(values.min()), "max": float(values.max()),
-                                 "threshold": cut(kept_scores) if cut and kept_scores else None,
-                                 "kept_mean": sum(kept_scores) / len(kept_scores) if kept_scores else None}
+        report["score_stats"] = value_stats(scores, kept, settings.select if settings.by == "deft" else "random")
+    if ranking and settings.by != "deft":
+        report["rank_stats"] = {"by": settings.by, **value_stats(ranking, kept, settings.select)}
     return report
+
+
+def value_stats(values: dict[int, float], kept: list[int], select: str) -> dict:
+    """Mean, spread and range of a score over the rows, its mean over the kept ones, and the cut
+    (the last kept value) when the selection ranked by it."""
+    tensor = torch.tensor(list(values.values()))
+    kept_values = [values[i] for i in kept if i in values]
+    cut = {"top": min, "bottom": max}.get(select)  # random subsets (or another ranking's) have no cut
+    return {"mean": float(tensor.mean()), "std": float(tensor.std()) if len(tensor) > 1 else 0.0,
+            "min": float(tensor.min()), "max": float(tensor.max()),
+            "threshold": cut(kept_values) if cut and kept_values else None,
+            "kept_mean": sum(kept_values) / len(kept_values) if kept_values else None}
 
 
 def write_outputs(result: FilterResult, directory: Path) -> None:
     kept = set(result.kept)
+    by = result.report.get("filter", {}).get("by", "deft")
     lines = []
     for i, s in sorted(result.scores.items()):
         best, rest = best_and_rest(result.rewards[i])
         record = {"index": i, "score": s, "reward_chosen": best, "reward_rejected": rest, "kept": i in kept}
+        if by != "deft" and i in result.ranking:
+            record[by] = result.ranking[i]
         if len(result.rewards[i]) > 2:
             record["rewards"] = list(result.rewards[i])
         lines.append(json.dumps(record))

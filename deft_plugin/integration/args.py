@@ -33,6 +33,10 @@ class DEFTArgs(BaseModel):
     deft_filter_score: str = Field("delta", description="Filtering score: delta (R(y+) - R(y-)) or chosen (R(y+)).")
     deft_filter_select: Literal["top", "random", "bottom"] = Field(
         "top", description="Which pairs to keep: top by the score (DEFT); random or bottom (controls, same size).")
+    deft_filter_by: Literal["deft", "logp_margin", "length_ratio"] = Field(
+        "deft", description="What top and bottom rank by: deft (the filtering score); baselines from the literature: "
+                            "logp_margin (the starting model's mean-token log-prob of y+ minus y-, from the same "
+                            "scoring pass) or length_ratio (tokens of y+ over y-, no model).")
     deft_filter_seed: int = Field(0, description="Seed of deft_filter_select: random.")
     deft_qdiff_norm: str = Field("maxabs", description="Normalisation of Q: maxabs, l2 or none.")
     deft_qdiff_path: str | None = Field(None, description="Directory of a saved discrepancy distribution to use.")
@@ -115,6 +119,9 @@ class DEFTArgs(BaseModel):
         check_known_keys(data, cls.model_fields)
         if data.get("deft_filter_ratio") is not None and data.get("deft_filter_count") is not None:
             raise ValueError("set deft_filter_ratio or deft_filter_count, not both")
+        if data.get("deft_filter_by", "deft") != "deft" and data.get("deft_filter_select") == "random":
+            raise ValueError(f"deft_filter_by: {data['deft_filter_by']} ranks pairs for deft_filter_select top or "
+                             "bottom; random draws without a ranking")
         method = data.get("deft_method") or "dpo"
         rl = data.get("rl")
         rl = getattr(rl, "value", rl)

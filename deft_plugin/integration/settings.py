@@ -86,7 +86,7 @@ def read_settings(cfg) -> DeftSettings:
     filter_settings = FilterSettings(filter=a.deft_filter, ratio=ratio, count=a.deft_filter_count,
                                      score=a.deft_filter_score, norm=a.deft_qdiff_norm,
                                      batch_size=a.deft_score_batch_size, max_length=cfg.get("sequence_len"),
-                                     truncation=a.deft_truncation, select=a.deft_filter_select,
+                                     truncation=a.deft_truncation, select=a.deft_filter_select, by=a.deft_filter_by,
                                      seed=a.deft_filter_seed, reference=scoring_reference,
                                      start_rewards=a.deft_loss_form in SATURATING_FORMS)
     prepared = cfg.get("dataset_prepared_path") or "last_run_prepared"

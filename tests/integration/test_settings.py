@@ -35,6 +35,7 @@ PLACE = {
     "deft_filter_score": lambda s: s.filter.score,
     "deft_filter_select": lambda s: s.filter.select,
     "deft_filter_seed": lambda s: s.filter.seed,
+    "deft_filter_by": lambda s: s.filter.by,
     "deft_qdiff_norm": lambda s: s.filter.norm,
     "deft_qdiff_path": lambda s: s.qdiff_path,
     "deft_truncation": lambda s: s.filter.truncation,
@@ -68,6 +69,7 @@ def test_every_default_comes_from_the_schema(raw):
 def test_set_keys_reach_the_settings():
     values = {"deft_method": "pro", "deft_prompt_style": "raw", "deft_filter": False, "deft_filter_count": 7,
               "deft_filter_score": "chosen", "deft_filter_select": "bottom", "deft_filter_seed": 3,
+              "deft_filter_by": "logp_margin",
               "deft_qdiff_norm": "l2", "deft_qdiff_path": "q", "deft_truncation": "drop", "deft_score_batch_size": 2,
               "deft_score_dtype": "bfloat16", "deft_cache_dir": "cache", "deft_reward_weight": 0.25,
               "deft_loss_form": "chosen", "deft_pro_sft_weight": 0.5, "deft_guard": "stop",

@@ -23,6 +23,8 @@ def test_the_default_study_has_the_issue_arms():
     ("arms: [{name: base, method: base}, {name: x, method: ppo}]\n", "arms.x.method"),
     ("arms: [{name: base, method: base}, {name: x, select: middle}]\n", "arms.x.select"),
     ("arms: [{name: base, method: base}, {name: x, ratio: 2}]\n", "arms.x.ratio"),
+    ("arms: [{name: base, method: base}, {name: x, select: top, by: shortest}]\n", "arms.x.by"),
+    ("arms: [{name: base, method: base}, {name: x, select: random, by: length_ratio}]\n", "arms.x.by"),
     ("arms: [{name: x}]\n", "method: base"),
     ("arms: [{name: base, method: base}, {name: x, select: random, q_fraction: 0.5}]\n", "arms.x.q_fraction"),
     ("arms: [{name: base, method: base}, {name: x, recipe: {lr: 1}}]\n", "arms.x.recipe: unknown key(s) lr"),
@@ -34,3 +36,13 @@ def test_bad_specs_are_named(tmp_path, text, words):
     path.write_text(text)
     with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
         load_spec(path)
+
+
+def test_a_baseline_arm_reaches_its_axolotl_config(tmp_path):
+    from deft_study.training import arm_config
+
+    path = tmp_path / "spec.yaml"
+    path.write_text("arms: [{name: base, method: base}, {name: longest, select: top, by: length_ratio, ratio: 0.05}]\n")
+    spec = load_spec(path)
+    cfg = arm_config(spec, spec.arms[1], 3, tmp_path / "model", tmp_path / "pool.jsonl", tmp_path / "out")
+    assert (cfg["deft_filter_by"], cfg["deft_filter_select"], cfg["deft_filter_seed"]) == ("length_ratio", "top", 3)
