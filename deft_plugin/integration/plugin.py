@@ -120,6 +120,15 @@ class DEFTPlugin(BasePlugin):
         DEFTPlugin.latest_datasets = (self.filter_result, self.special_ids)
         return TrainDatasetMeta(train_dataset=train, eval_dataset=evaluation, total_num_steps=steps)
 
+    def pre_lora_load(self, cfg, model):
+        # Axolotl seeds the data order and the trainer but not the adapter's initialisation, which
+        # then follows whatever the process drew before: seeded here, a run's `seed` fixes both.
+        settings = deft_settings(cfg)
+        if settings is not None and settings.adapter:
+            from transformers import set_seed
+
+            set_seed(settings.seed)
+
     def get_trainer_cls(self, cfg):
         if not pro_enabled(cfg):
             return None

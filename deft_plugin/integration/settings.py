@@ -60,6 +60,7 @@ class DeftSettings:
     datasets: tuple[DatasetSource, ...]
     val_set_size: float
     seed: int
+    adapter: str | None  # lora | qlora | None (full fine-tuning)
     cache_root: Path
     output_dir: Path | None
     batch_size: int  # Axolotl's cfg.batch_size: micro batch x accumulation x world size
@@ -103,6 +104,7 @@ def read_settings(cfg) -> DeftSettings:
         base_model=cfg.get("base_model"), revision=cfg.get("revision_of_model"),
         trust_remote_code=bool(cfg.get("trust_remote_code")), sequence_len=cfg.get("sequence_len"),
         datasets=sources, val_set_size=cfg.get("val_set_size") or 0, seed=cfg.get("seed") or 42,
+        adapter=cfg.get("adapter") or None,
         cache_root=Path(a.deft_cache_dir) if a.deft_cache_dir else Path(prepared) / "deft",
         output_dir=Path(cfg["output_dir"]) if cfg.get("output_dir") else None,
         batch_size=batch_size, num_epochs=cfg.get("num_epochs") or 1,
