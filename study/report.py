@@ -10,11 +10,19 @@ from pathlib import Path
 
 import numpy as np
 
-from deft_study.spec import StudySpec
-from deft_study.stats import mean_interval, pair_metrics, paired_bootstrap
+from deft_study.spec import ENDPOINTS, StudySpec
+from deft_study.stats import (
+    bootstrap_differences,
+    bootstrap_p_value,
+    detectable_difference,
+    holm,
+    mean_interval,
+    pair_metrics,
+    paired_bootstrap,
+)
 from deft_study.training import code_commit, portable, run_dir
 
-METRICS = ("accuracy", "implicit_accuracy", "margin", "implicit_margin", "reward_gap")
+METRICS = ENDPOINTS
 COMPARED = ("accuracy", "implicit_accuracy", "margin", "reward_gap")
 PACKAGES = ("deft-plugin", "torch", "transformers", "trl", "axolotl", "peft", "accelerate", "datasets")
 
@@ -59,13 +67,7 @@ def build_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
     arms = {name: arm_summary(spec.arm(name), seeds, per_pair[name], pool_scoring, tokens, spec.recipe.num_epochs)
             for name, seeds in runs.items()}
     add_time_ratios(spec, arms)
-    comparisons = []
-    for c in spec.comparisons:
-        if c.a in per_pair and c.b in per_pair:
-            comparisons.append({"a": c.a, "b": c.b, "question": c.question, **{
-                metric: paired_bootstrap(np.stack([m[metric] for m in per_pair[c.a].values()]),
-                                         np.stack([m[metric] for m in per_pair[c.b].values()]))
-                for metric in COMPARED}})
+    comparisons = compare(spec, per_pair)
     q_volume = _load(out / "qvolume.json")
     pending = [f"{a.name}/seed-{s}" for a in spec.arms for s in a.seeds if s not in runs.get(a.name, {})]
     return {"spec": spec.to_dict(), "environment": environment(command),
@@ -74,7 +76,43 @@ def build_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
             "pool_scoring_seconds": pool_scoring, "arms": arms, "comparisons": comparisons, "pending": pending,
             # the code every run ran under: one commit, or the report says which differ
             "commits": sorted({str(r.get("commit")) for seeds in runs.values() for r, _ in seeds.values()}),
+            "unclean_runs": [f"{name}/seed-{seed}" for name, seeds in runs.items() for seed, (r, _) in seeds.items()
+                             if not r.get("clean", False)],  # runs before the flag was recorded count as unclean
             "q_volume": {k: v for k, v in q_volume.items() if k != "runs"} if q_volume else None}
+
+
+def compare(spec: StudySpec, per_pair: dict) -> list[dict]:
+    """Every comparison whose arms have finished runs: the bootstrap difference of each compared
+    metric (seeds paired when both arms ran the same seeds), and for the primary comparisons the
+    test of the spec's endpoint, Holm-corrected over the primary ones, with the smallest
+    difference the design detects (at the strictest Holm level, alpha / primary comparisons)."""
+    st = spec.statistics
+    out = []
+    for c in spec.comparisons:
+        if c.a not in per_pair or c.b not in per_pair:
+            continue
+        paired = sorted(per_pair[c.a]) == sorted(per_pair[c.b])
+        values = {metric: (np.stack([per_pair[c.a][s][metric] for s in sorted(per_pair[c.a])]),
+                           np.stack([per_pair[c.b][s][metric] for s in sorted(per_pair[c.b])]))
+                  for metric in dict.fromkeys((*COMPARED, st.endpoint))}
+        row = {"a": c.a, "b": c.b, "question": c.question, "primary": c.primary, "test": c.test,
+               "ni_margin": c.margin,  # not "margin": that is a compared metric's key
+               **{metric: paired_bootstrap(*values[metric], rounds=st.rounds, paired_seeds=paired)
+                  for metric in COMPARED}}
+        if c.primary:
+            diffs = bootstrap_differences(*values[st.endpoint], rounds=st.rounds, paired_seeds=paired)
+            row["endpoint"] = {"metric": st.endpoint, "difference": float(values[st.endpoint][0].mean()
+                                                                          - values[st.endpoint][1].mean()),
+                               "p_value": bootstrap_p_value(diffs, c.test, c.margin or 0.0),
+                               "se": float(diffs.std(ddof=1))}
+        out.append(row)
+    primary = [row for row in out if row["primary"]]
+    for row, adjusted in zip(primary, holm([row["endpoint"]["p_value"] for row in primary])):
+        sides = 1 if row["test"] == "non_inferiority" else 2
+        row["endpoint"].update(holm_p=adjusted, rejected=adjusted <= st.alpha,
+                               detectable=detectable_difference(row["endpoint"]["se"], st.alpha / len(primary),
+                                                                st.power, sides))
+    return out
 
 
 def arm_summary(arm, seeds: dict, per_pair: dict, pool_scoring: float, pool_tokens: dict[int, int],
@@ -91,6 +129,7 @@ def arm_summary(arm, seeds: dict, per_pair: dict, pool_scoring: float, pool_toke
             if all(key in g for g in generation):
                 metrics[key] = mean_interval([float(np.mean(g[key])) for g in generation])
     train = [r["train_seconds"] for r in results]
+    cpu = [r["cpu_seconds"] for r in results if "cpu_seconds" in r]
     # a scored selection pays for scoring the pool once; the run that happened to score it paid it inside
     own_scoring = [r.get("scoring_seconds", 0.0) for r in results]
     selection_cost = pool_scoring if arm.select in ("top", "bottom") else 0.0
@@ -99,6 +138,7 @@ def arm_summary(arm, seeds: dict, per_pair: dict, pool_scoring: float, pool_toke
             "reward_weight": arm.reward_weight, "seeds": sorted(seeds), "kept": results[0].get("kept", 0),
             "steps": results[0].get("steps", 0), "metrics": metrics,
             "train_seconds": mean_interval(train), "cost_seconds": mean_interval(cost),
+            "cpu_seconds": mean_interval(cpu) if len(cpu) == len(results) else None,
             "train_tokens": mean_interval(trained_tokens),
             "pairs": len(next(iter(per_pair.values()))["accuracy"])}
 
@@ -126,7 +166,11 @@ def render_markdown(report: dict) -> str:
     env, data = report["environment"], report["data"]
     lines = ["# DEFT study", "", f"Command: `{env['command']}`", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
-             + f", Python {env['python']}",
+             + f", Python {env['python']}", "",
+             "Code: " + (f"commit {report['commits'][0]}" if len(report.get("commits", [])) == 1
+                         else "the runs span commits " + ", ".join(report.get("commits", [])))
+             + ("; every run from a clean tree." if not report.get("unclean_runs")
+                else "; not from a clean tree (or not recorded): " + ", ".join(report["unclean_runs"]) + "."),
              ""]
     if data.get("split"):
         s = data["split"]
@@ -141,10 +185,11 @@ def render_markdown(report: dict) -> str:
               "whose chosen reply has the higher mean token log-probability (implicit: the higher DPO implicit "
               "reward against the starting model; ties count half). Reward gap: R(y+) - R(y-) under the pool's Q. "
               "Distinct words: distinct over all words of an answer (near 0: the model repeats itself). "
-              "Cost: training seconds, plus the pool's scoring for a scored selection.", "",
+              "Cost: training seconds, plus the pool's scoring for a scored selection; CPU: the training "
+              "processes' CPU seconds.", "",
               "| arm | kept | seeds | accuracy | implicit accuracy | margin | reward gap | BLEU (char) | answer chars "
-              "| distinct words | tokens trained | cost (s) | cost ratio |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| distinct words | tokens trained | cost (s) | CPU (s) | cost ratio |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, a in report["arms"].items():
         m = a["metrics"]
         ratio = a.get("time_ratio_to")
@@ -154,16 +199,36 @@ def render_markdown(report: dict) -> str:
                      f"{_interval(m.get('answer_chars'), 0)} | {_interval(m.get('distinct_words'), 2)} | "
                      f"{a['train_tokens']['mean']:.0f} | "
                      f"{a['cost_seconds']['mean']:.0f} | "
+                     + (f"{a['cpu_seconds']['mean']:.0f} | " if a.get("cpu_seconds") else "- | ")
                      + (f"{ratio['ratio']:.2f} of {ratio['arm']}" if ratio else "-") + " |")
+    primary = [c for c in report["comparisons"] if c.get("primary")]
+    if primary:
+        st = report["spec"]["statistics"]
+        lines += ["", "## Primary comparisons", "",
+                  f"Declared in the spec before the runs; endpoint {st['endpoint']}, family-wise alpha {st['alpha']} "
+                  f"(Holm). p from the hierarchical bootstrap over pairs and seeds ({st['rounds']} replicates); "
+                  f"detectable: the smallest true difference found with power {st['power']} at alpha / "
+                  f"{len(primary)}.", "",
+                  "| A | B | question | test | difference | p | Holm p | result | detectable |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for c in primary:
+            e = c["endpoint"]
+            test = f"non-inferiority, margin {c['ni_margin']}" if c["test"] == "non_inferiority" else "difference"
+            verdict = ({True: "non-inferior", False: "non-inferiority not shown"} if c["test"] == "non_inferiority"
+                       else {True: "differs", False: "no difference shown"})[e["rejected"]]
+            lines.append(f"| {c['a']} | {c['b']} | {c['question']} | {test} | {e['difference']:+.4f} | "
+                         f"{e['p_value']:.4f} | {e['holm_p']:.4f} | {verdict} | {e['detectable']:.4f} |")
     if report["comparisons"]:
-        lines += ["", "## Paired comparisons", "",
-                  "Difference A - B on the same held-out pairs, 95% interval from a bootstrap over pairs and seeds; "
-                  "'noise' where the interval holds 0.", "",
+        lines += ["", "## Paired comparisons" + (" (the rest exploratory)" if primary else ""), "",
+                  "Difference A - B on the same held-out pairs, 95% interval from a bootstrap over pairs and seeds "
+                  "(the seeds paired where both arms ran the same ones); 'noise' where the interval holds 0.", "",
                   "| A | B | question | " + " | ".join(COMPARED) + " |", "|---|---|---|" + "---|" * len(COMPARED)]
         for c in report["comparisons"]:
             cells = [f"{c[k]['difference']:+.4f} [{c[k]['low']:+.4f}, {c[k]['high']:+.4f}]"
                      + (" noise" if c[k]["inside_noise"] else "") for k in COMPARED]
-            lines.append(f"| {c['a']} | {c['b']} | {c['question']} | " + " | ".join(cells) + " |")
+            label = "primary" if c.get("primary") else "exploratory" if primary else ""
+            lines.append(f"| {c['a']} | {c['b']} | {c['question']}{' (' + label + ')' if label else ''} | "
+                         + " | ".join(cells) + " |")
     if report.get("q_volume"):
         v = report["q_volume"]
         lines += ["", "## Q against data volume", "",

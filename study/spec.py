@@ -15,6 +15,7 @@ from deft_plugin.core.selection import RANKINGS, SELECTIONS
 from deft_plugin.data.split import Split
 
 METHODS = ("base", "dpo", "pro")
+ENDPOINTS = ("accuracy", "implicit_accuracy", "margin", "implicit_margin", "reward_gap")  # per-pair metrics
 ARM_SELECTIONS = ("all", *SELECTIONS)  # an arm trains on the whole pool, or on the plugin's selection of it
 
 
@@ -91,11 +92,35 @@ class Arm:
             raise ValueError(f"arms.{self.name}.recipe: unknown key(s) {', '.join(unknown)}")
 
 
+TESTS = ("difference", "non_inferiority")
+
+
 @dataclass
 class Comparison:
     a: str
     b: str
     question: str = ""
+    primary: bool = False  # declared before the runs: Holm-corrected with the other primary ones; the rest exploratory
+    test: str = "difference"  # difference (two-sided) | non_inferiority (A no worse than B by more than the margin)
+    margin: float | None = None  # the non-inferiority margin, in the endpoint's units
+
+    def __post_init__(self):
+        where = f"comparisons {self.a} vs {self.b}"
+        if self.test not in TESTS:
+            raise ValueError(f"{where}: test: one of {', '.join(TESTS)}, got {self.test!r}")
+        if (self.test == "non_inferiority") != (self.margin is not None) or (self.margin is not None
+                                                                            and self.margin <= 0):
+            raise ValueError(f"{where}: margin: a positive margin with test non_inferiority, and only then")
+
+
+@dataclass
+class Statistics:
+    """How the primary comparisons are tested, declared in the spec before the runs."""
+
+    endpoint: str = "implicit_accuracy"  # the per-pair metric they test
+    alpha: float = 0.05  # family-wise over the primary comparisons (Holm)
+    power: float = 0.8  # of the smallest detectable difference the report states
+    rounds: int = 2000  # bootstrap replicates
 
 
 def default_arms() -> list[Arm]:
@@ -137,6 +162,7 @@ class StudySpec:
     arms: list[Arm] = field(default_factory=default_arms)
     comparisons: list[Comparison] = field(default_factory=default_comparisons)
     q_volume: QVolume = field(default_factory=QVolume)
+    statistics: Statistics = field(default_factory=Statistics)
     choices: dict[str, str] = field(default_factory=dict)  # each choice of the recipe and its reason, reported
     recipe_from: str | None = None  # a choice.json (deft_study.choice) whose chosen arm's recipe this one takes
 
@@ -179,6 +205,9 @@ def load_spec(path: str | Path | None = None, **overrides) -> StudySpec:
     for c in comparisons:
         if not {c.a, c.b} <= set(names):
             raise ValueError(f"{path}: comparison {c.a} vs {c.b} names an arm the study does not have")
+    statistics = _section(Statistics, raw.get("statistics"), "statistics")
+    if statistics.endpoint not in ENDPOINTS:
+        raise ValueError(f"{path}: statistics.endpoint: one of {', '.join(ENDPOINTS)}, got {statistics.endpoint!r}")
     recipe = dict(raw.get("recipe") or {})
     if raw.get("recipe_from"):  # relative to the spec's folder
         chosen = Path(path).parent / raw["recipe_from"] if path else Path(raw["recipe_from"])
@@ -193,4 +222,5 @@ def load_spec(path: str | Path | None = None, **overrides) -> StudySpec:
                      recipe=_section(Recipe, recipe, "recipe"), recipe_from=raw.get("recipe_from"),
                      measure=measure, arms=arms, comparisons=comparisons,
                      q_volume=_section(QVolume, raw.get("q_volume"), "q_volume"),
+                     statistics=statistics,
                      choices={str(k): str(v) for k, v in (raw.get("choices") or {}).items()})

@@ -1,6 +1,7 @@
 """The study's statistics, as pure functions: per-pair metrics from the measured values, the
-mean and 95% interval over seeds, and the paired bootstrap of a difference between two arms
-over held-out pairs and seeds."""
+mean and 95% interval over seeds, the hierarchical bootstrap of a difference between two arms
+over held-out pairs and seeds (seeds paired where the arms share them), its p-values, Holm's
+correction over the primary comparisons, and the smallest difference a design can detect."""
 
 from __future__ import annotations
 
@@ -37,20 +38,63 @@ def mean_interval(values, level: float = 0.95) -> dict:
     return out
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, rounds: int = 2000, level: float = 0.95,
-                     seed: int = 0) -> dict:
-    """Difference of means between arm A and arm B, a and b [seeds, pairs] per-pair values on the
-    same held-out pairs: each round resamples the pairs (shared by both arms) and, independently,
-    each arm's seeds. Returns the observed difference, its interval and whether 0 is inside it."""
+def bootstrap_differences(a: np.ndarray, b: np.ndarray, rounds: int = 2000, seed: int = 0,
+                          paired_seeds: bool = False) -> np.ndarray:
+    """Bootstrap replicates of mean(A) - mean(B), a and b [seeds, pairs] per-pair values on the same
+    held-out pairs, hierarchical: each round resamples the pairs (shared by both arms) and the seeds,
+    the same seeds for both arms when they are paired (arms that share their seeds: the same
+    adapter initialisation and training order), each arm's own otherwise."""
     a, b = np.atleast_2d(a), np.atleast_2d(b)
+    if paired_seeds and len(a) != len(b):
+        raise ValueError(f"paired seeds need as many seeds in both arms, got {len(a)} and {len(b)}")
     rng = np.random.default_rng(seed)
     n = a.shape[1]
     diffs = np.empty(rounds)
     for i in range(rounds):
         pairs = rng.integers(0, n, n)
-        sa, sb = rng.integers(0, len(a), len(a)), rng.integers(0, len(b), len(b))
+        sa = rng.integers(0, len(a), len(a))
+        sb = sa if paired_seeds else rng.integers(0, len(b), len(b))
         diffs[i] = a[np.ix_(sa, pairs)].mean() - b[np.ix_(sb, pairs)].mean()
+    return diffs
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, rounds: int = 2000, level: float = 0.95,
+                     seed: int = 0, paired_seeds: bool = False) -> dict:
+    """Difference of means between arm A and arm B on the same held-out pairs (bootstrap_differences):
+    the observed difference, its percentile interval, whether 0 is inside it, and the replicates'
+    standard error."""
+    diffs = bootstrap_differences(a, b, rounds, seed, paired_seeds)
     alpha = (1 - level) / 2
     low, high = np.quantile(diffs, [alpha, 1 - alpha])
-    return {"difference": float(a.mean() - b.mean()), "low": float(low), "high": float(high),
-            "inside_noise": bool(low <= 0 <= high)}
+    return {"difference": float(np.mean(a) - np.mean(b)), "low": float(low), "high": float(high),
+            "inside_noise": bool(low <= 0 <= high), "se": float(diffs.std(ddof=1)), "paired_seeds": paired_seeds}
+
+
+def bootstrap_p_value(diffs: np.ndarray, test: str = "difference", margin: float = 0.0) -> float:
+    """The percentile bootstrap's p-value: for `difference` two-sided, of "A equals B" (twice the
+    smaller share of replicates on either side of 0); for `non_inferiority` one-sided, of "A is
+    worse than B by the margin or more" (the share of replicates at or below -margin)."""
+    diffs = np.asarray(diffs, dtype=float)
+    if test == "non_inferiority":
+        return float(np.mean(diffs <= -margin))
+    if test != "difference":
+        raise ValueError(f"unknown test {test!r}: difference or non_inferiority")
+    return float(min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0))))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: the family-wise error of the primary
+    comparisons stays at alpha when each is rejected at adjusted p <= alpha."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def detectable_difference(se: float, alpha: float, power: float = 0.8, sides: int = 2) -> float:
+    """The smallest true difference a test at level alpha detects with the given power, for an
+    estimate with standard error se (normal approximation): (z_{1 - alpha/sides} + z_power) * se."""
+    return float((stats.norm.ppf(1 - alpha / sides) + stats.norm.ppf(power)) * se)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import time
 from dataclasses import replace
@@ -123,22 +124,32 @@ def train_run(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path,
     if result_path.is_file():
         return json.loads(result_path.read_text())
     directory.mkdir(parents=True, exist_ok=True)
+    commit = code_commit()
+    provenance = {"commit": commit, "clean": commit is not None and not commit.endswith("+changes")}
     if arm.method == "base":
-        result = {"arm": arm.name, "seed": seed, "trained": False, "train_seconds": 0.0, "kept": 0, "steps": 0,
-                  "commit": code_commit()}
+        result = {"arm": arm.name, "seed": seed, "trained": False, "train_seconds": 0.0, "cpu_seconds": 0.0,
+                  "kept": 0, "steps": 0, **provenance}
     else:
         config_path = directory / "axolotl.yaml"
         qdiff_dir = partial_qdiff(arm.q_fraction, seed) if arm.q_fraction is not None else None
         atomic_write_text(config_path, yaml.safe_dump(arm_config(spec, arm, seed, model_dir, pool, out, qdiff_dir),
                                                       sort_keys=False))
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), children_cpu_seconds()
         run_axolotl_train(config_path, directory / "train.log")
         log = directory / "train.log"
         log.write_text(portable(log.read_text()))
-        result = {"arm": arm.name, "seed": seed, "trained": True, "commit": code_commit(),
-                  "train_seconds": round(time.perf_counter() - start, 2), **run_record(directory / "model")}
+        result = {"arm": arm.name, "seed": seed, "trained": True, **provenance,
+                  "train_seconds": round(time.perf_counter() - start, 2),
+                  "cpu_seconds": round(children_cpu_seconds() - cpu_start, 2), **run_record(directory / "model")}
     atomic_write_text(result_path, portable(json.dumps(result, indent=2)))
     return result
+
+
+def children_cpu_seconds() -> float:
+    """User and system CPU seconds of this process's finished child processes (the training runs):
+    on a shared or throttled machine a steadier cost than wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_record(model_dir: Path) -> dict:

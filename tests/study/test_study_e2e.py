@@ -94,6 +94,14 @@ def test_arms_train_what_they_declare(study):
     for name, result in results.items():
         assert result["trained"] and result["steps"] == math.ceil(result["kept"] / 2)
         assert report["arms"][name]["train_tokens"]["mean"] == sum(tokens[i] for i in result["kept_indices"]) > 0
+        # provenance and cost: the commit, whether the tree was clean, the training process's CPU seconds
+        assert result["clean"] == (not result["commit"].endswith("+changes")) and len(result["commit"]) >= 40
+        assert 0 < result["cpu_seconds"] and report["arms"][name]["cpu_seconds"]["mean"] == result["cpu_seconds"]
+    base = json.loads((out / "arms" / "base" / "seed-0" / "result.json").read_text())
+    assert base["cpu_seconds"] == 0.0 and not base["trained"]
+    assert report["unclean_runs"] == ([] if base["clean"] else [f"{n}/seed-0" for n in report["arms"]])
+    assert report["commits"] == [base["commit"]]
+    assert f"Code: commit {base['commit']}" in (out / "report.md").read_text()
 
 
 def test_accuracy_recomputed_from_the_saved_model(study, tiny_model_dir):

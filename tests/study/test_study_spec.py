@@ -29,6 +29,12 @@ def test_the_default_study_has_the_issue_arms():
     ("arms: [{name: base, method: base}, {name: x, select: random, q_fraction: 0.5}]\n", "arms.x.q_fraction"),
     ("arms: [{name: base, method: base}, {name: x, recipe: {lr: 1}}]\n", "arms.x.recipe: unknown key(s) lr"),
     ("arms: [{name: base, method: base}, {name: base}]\n", "unique"),
+    ("arms: [{name: base, method: base}]\ncomparisons: [{a: base, b: base, test: better}]\n", "test: one of"),
+    ("arms: [{name: base, method: base}]\ncomparisons: [{a: base, b: base, test: non_inferiority}]\n",
+     "margin: a positive margin"),
+    ("arms: [{name: base, method: base}]\ncomparisons: [{a: base, b: base, margin: 0.02}]\n", "margin"),
+    ("statistics: {endpoint: bleu}\n", "statistics.endpoint"),
+    ("statistics: {alpa: 0.1}\n", "statistics: unknown key(s) alpa"),
     ("arms: [{name: base, method: base}]\ncomparisons: [{a: base, b: y}]\n", "does not have"),
 ])
 def test_bad_specs_are_named(tmp_path, text, words):

@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deft_study.stats import correct, mean_interval, pair_metrics, paired_bootstrap
+from deft_study.stats import (
+    bootstrap_differences,
+    bootstrap_p_value,
+    correct,
+    detectable_difference,
+    holm,
+    mean_interval,
+    pair_metrics,
+    paired_bootstrap,
+)
 
 
 def test_correct_counts_ties_half():
@@ -49,6 +58,43 @@ def test_paired_bootstrap_sees_a_real_difference_and_calls_none_noise():
     assert paired["high"] - paired["low"] < 0.2 and not paired["inside_noise"]
 
 
+def test_paired_seeds_remove_a_seed_effect_both_arms_share():
+    rng = np.random.default_rng(1)
+    pairs = rng.random(300)
+    seed_effect = np.array([[-0.3], [0.0], [0.3]])  # a seed's initialisation moves both arms alike
+    a, b = pairs + 0.02 + seed_effect, pairs + seed_effect
+    apart = paired_bootstrap(a, b, paired_seeds=False)
+    together = paired_bootstrap(a, b, paired_seeds=True)
+    assert together["difference"] == apart["difference"] == pytest.approx(0.02)
+    assert together["se"] < apart["se"] / 10 and together["paired_seeds"]
+    assert together["low"] > 0 and apart["inside_noise"]
+    with pytest.raises(ValueError, match="as many seeds"):
+        bootstrap_differences(a, b[:2], paired_seeds=True)
+
+
+def test_bootstrap_p_values_two_sided_and_non_inferiority():
+    diffs = np.array([-0.03, -0.01, 0.01, 0.02, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09])
+    assert bootstrap_p_value(diffs) == pytest.approx(2 * 0.2)
+    assert bootstrap_p_value(-diffs) == pytest.approx(0.4)
+    assert bootstrap_p_value(np.full(10, 0.1)) == 0.0 and bootstrap_p_value(np.zeros(4)) == 1.0
+    assert bootstrap_p_value(diffs, "non_inferiority", margin=0.02) == pytest.approx(0.1)  # replicates <= -0.02
+    with pytest.raises(ValueError, match="unknown test"):
+        bootstrap_p_value(diffs, "superiority")
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.02, 0.04 -> 3 x 0.01, max(0.03, 2 x 0.02), max(0.04, 1 x 0.04)
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.4]) == pytest.approx([0.8, 0.8])  # step-down keeps the adjusted values monotone
+    assert holm([0.9, 0.8, 0.01]) == pytest.approx([1.0, 1.0, 0.03])  # 2 x 0.8 caps at 1
+
+
+def test_detectable_difference_by_hand():
+    # two-sided 5%, power 80%: (1.959964 + 0.841621) x se
+    assert detectable_difference(0.01, 0.05) == pytest.approx(0.028016, abs=1e-6)
+    assert detectable_difference(0.01, 0.05, sides=1) == pytest.approx((1.644854 + 0.841621) * 0.01, abs=1e-6)
+
+
 def test_a_finished_run_gets_a_new_generation_statistic_from_its_saved_answers(tmp_path):
     import json
 
@@ -63,3 +109,44 @@ def test_a_finished_run_gets_a_new_generation_statistic_from_its_saved_answers(t
     assert json.loads(eval_path.read_text()) == result
     (tmp_path / "none.json").write_text(json.dumps({"generation": None}))
     assert backfill_generation_stats(tmp_path / "none.json", answers) == {"generation": None}
+
+
+def test_primary_comparisons_are_tested_on_the_endpoint_and_holm_corrected(tmp_path):
+    import yaml
+
+    from deft_study.report import compare, render_markdown
+    from deft_study.spec import load_spec
+
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({
+        "arms": [{"name": "base", "method": "base"}, {"name": "top", "select": "top", "seeds": [0, 1]},
+                 {"name": "random", "select": "random", "seeds": [0, 1]}, {"name": "all", "seeds": [0]}],
+        "comparisons": [{"a": "top", "b": "random", "primary": True},
+                        {"a": "top", "b": "all", "primary": True, "test": "non_inferiority", "margin": 0.1},
+                        {"a": "random", "b": "all"}],
+        "statistics": {"endpoint": "accuracy", "rounds": 500}}))
+    spec = load_spec(spec_path)
+    rng = np.random.default_rng(0)
+    wins = lambda p: {"accuracy": rng.permutation(np.r_[np.ones(round(400 * p)), np.zeros(400 - round(400 * p))]),  # noqa: E731
+                      "margin": rng.normal(p, 1, 400), "implicit_accuracy": np.full(400, 0.5),
+                      "reward_gap": np.zeros(400)}
+    per_pair = {"top": {0: wins(0.7), 1: wins(0.7)}, "random": {0: wins(0.5), 1: wins(0.5)}, "all": {0: wins(0.69)}}
+    rows = compare(spec, per_pair)
+    top_random, top_all, exploratory = rows
+    assert top_random["accuracy"]["paired_seeds"] and not top_all["accuracy"]["paired_seeds"]
+    e = top_random["endpoint"]
+    observed = np.mean([per_pair["top"][s]["accuracy"] for s in (0, 1)]) - np.mean(
+        [per_pair["random"][s]["accuracy"] for s in (0, 1)])
+    assert e["metric"] == "accuracy" and e["difference"] == pytest.approx(observed) == pytest.approx(0.2)
+    assert e["p_value"] < 0.05 and e["rejected"]
+    assert e["detectable"] == pytest.approx(detectable_difference(e["se"], 0.05 / 2, 0.8, sides=2)) and e["se"] > 0
+    ni = top_all["endpoint"]
+    assert ni["p_value"] < 0.05 and ni["rejected"]  # 0.70 against 0.69 with a margin of 0.1: non-inferior
+    assert ni["holm_p"] == pytest.approx(max(ni["p_value"], min(1.0, 2 * min(e["p_value"], ni["p_value"]))))
+    assert "endpoint" not in exploratory and not exploratory["primary"]
+    report = {"spec": spec.to_dict(), "comparisons": rows, "arms": {}, "pending": [], "commits": ["abc"],
+              "unclean_runs": [], "environment": {"command": "deft study", "versions": {}, "python": "3"},
+              "data": {}}
+    text = render_markdown(report)
+    assert "| top | all |  | non-inferiority, margin 0.1 |" in text and "| non-inferior |" in text
+    assert "(exploratory)" in text and "Code: commit abc; every run from a clean tree." in text
