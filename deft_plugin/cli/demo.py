@@ -25,7 +25,7 @@ from deft_plugin.launch.defaults import default_data
 from deft_plugin.utils.atomic import atomic_write_text
 from deft_plugin.utils.quiet import keep_dependency_noise_in
 
-STUDY_REPORT = "docs/study/report.md"
+STUDY_REPORT = "docs/study/README.md"
 
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:

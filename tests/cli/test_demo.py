@@ -41,7 +41,7 @@ def test_demo_small(tmp_path, method):
     sides = report["kept_vs_dropped"]  # what the filter chose, against what it dropped
     assert sides["kept"]["pairs"] == pairs["kept"] and sides["dropped"]["pairs"] == pairs["scored"] - pairs["kept"]
     assert sides["kept"]["score"] > sides["dropped"]["score"]
-    assert "what DEFT kept, against what it dropped" in proc.stdout and "docs/study/report.md" in proc.stdout
+    assert "what DEFT kept, against what it dropped" in proc.stdout and "docs/study/README.md" in proc.stdout
     training = report["training"]
     assert training["steps"] == math.ceil(pairs["kept"] / 2)
     assert all(math.isfinite(x) for x in training["loss"] + training["deft_term"])

@@ -46,8 +46,8 @@ def test_a_split_that_does_not_fit_is_refused_with_its_sizes():
 
 
 def test_the_first_study_split_is_reproduced():
-    """The split the committed first study recorded (docs/study/data/split.json), from its spec's sizes."""
-    record = json.loads((REPO / "docs" / "study" / "data" / "split.json").read_text())
+    """The split the first study recorded (docs/study/first-edition/data/split.json), from its spec's sizes."""
+    record = json.loads((REPO / "docs" / "study" / "first-edition" / "data" / "split.json").read_text())
     split = Split(test=300, validation=100, pool=400, seed=0)
     assert split.indices(record["rows"]) == record["indices"]
 
