@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from deft_plugin.core.answers import generate_batch
+from deft_plugin.core.answers import eos_ids, generate_ids, stopped_at_cap
 
 LOG = logging.getLogger(__name__)
 STOP = "Human:"
@@ -93,14 +93,17 @@ def generate_answers(model, tokenizer, prompts: list[dict], out_path: str | Path
             for p in prompts if p["id"] not in done]
     todo.sort(key=lambda item: -len(item[1]))
     model.eval()
+    eos = eos_ids(model, tokenizer)
     with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="generating", unit="prompt",
               disable=not progress) as bar:
         for start in range(0, len(todo), settings.batch_size):
             batch = todo[start:start + settings.batch_size]
-            texts = generate_batch(model, tokenizer, [ids for _, ids in batch], settings.max_new_tokens)
-            records = [{**p, "answer": cut_answer(text), "model": model_name,
+            answers = generate_ids(model, tokenizer, [ids for _, ids in batch], settings.max_new_tokens)
+            texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
+            records = [{**p, "answer": cut_answer(text), "model": model_name, "new_tokens": len(ids),
+                        "stopped": "cap" if stopped_at_cap(ids, settings.max_new_tokens, eos) else "eos",
                         "generation": {**asdict(settings), "prompt_style": style}}
-                       for (p, _), text in zip(batch, texts)]
+                       for (p, _), text, ids in zip(batch, texts, answers)]
             append_lines(out_path, records)
             done.update((r["id"], r) for r in records)
             bar.update(len(batch))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from deft_plugin.core.answers import distinct_word_share, repetitive
+from deft_plugin.core.answers import distinct_n, distinct_word_share, repetitive
 from deft_plugin.data.encoding import EncodedRow
 from deft_plugin.filtering.heldout import measure_replies
 
@@ -46,10 +46,16 @@ def measure_pairs(model, rows: list[EncodedRow], qn: torch.Tensor, special_ids, 
     return out
 
 
-def generation_stats(answers: list[str]) -> dict:
-    """The per-answer statistics that need no reference: length and repetition."""
-    return {"answer_chars": [len(a) for a in answers], "distinct_words": [distinct_word_share(a) for a in answers],
-            "repetitive": [float(repetitive(a)) for a in answers]}
+def generation_stats(answers: list[str], records: list[dict] | None = None) -> dict:
+    """The statistics that need no reference: per answer its length, distinct-word share, whether it
+    loops, whether it is empty and (where the records say how generation stopped) whether the token
+    cap cut it off; over all answers distinct-1 and distinct-2."""
+    stats = {"answer_chars": [len(a) for a in answers], "distinct_words": [distinct_word_share(a) for a in answers],
+             "repetitive": [float(repetitive(a)) for a in answers], "empty": [float(not a.strip()) for a in answers],
+             "distinct_1": distinct_n(answers, 1), "distinct_2": distinct_n(answers, 2)}
+    if records and all("stopped" in r for r in records):
+        stats["at_cap"] = [float(r["stopped"] == "cap") for r in records]
+    return stats
 
 
 def backfill_generation_stats(eval_path: Path, generations_path: Path) -> dict:
@@ -59,8 +65,9 @@ def backfill_generation_stats(eval_path: Path, generations_path: Path) -> dict:
     generation = result.get("generation")
     if not generation or not generations_path.is_file():
         return result
-    answers = [json.loads(line)["answer"] for line in generations_path.read_text().splitlines() if line.strip()]
-    missing = {k: v for k, v in generation_stats(answers).items() if k not in generation}
+    records = [json.loads(line) for line in generations_path.read_text().splitlines() if line.strip()]
+    missing = {k: v for k, v in generation_stats([r["answer"] for r in records], records).items()
+               if k not in generation}
     if missing:
         generation.update(missing)
         write_json(eval_path, result)
@@ -79,7 +86,7 @@ def generate_and_score(model, tokenizer, prompts: list[dict], out_path: Path, ma
     bleu = scorers()["bleu"]
     per_record = bleu.per_record(records, {})
     return {"prompts": len(records), "bleu_char": [r["bleu_char"] for r in per_record],
-            **generation_stats([r["answer"] for r in records]),
+            **generation_stats([r["answer"] for r in records], records),
             "answer_tokens": [len(tokenizer(text=r["answer"])["input_ids"]) for r in records],
             **bleu.corpus(records, {})}
 

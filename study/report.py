@@ -12,13 +12,16 @@ import numpy as np
 
 from deft_study.spec import ENDPOINTS, StudySpec
 from deft_study.stats import (
+    LENGTH_STRATA,
     bootstrap_differences,
     bootstrap_p_value,
     detectable_difference,
     holm,
+    length_strata,
     mean_interval,
     pair_metrics,
     paired_bootstrap,
+    prefer_shorter,
 )
 from deft_study.training import code_commit, portable, run_dir
 
@@ -64,7 +67,9 @@ def build_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
     pool_scoring = max((r["scoring_seconds"] for seeds in runs.values() for r, _ in seeds.values()
                         if r.get("scoring_seconds")), default=0.0)
     tokens = {int(k): v for k, v in (_load(out / "data" / "pool_tokens.json") or {}).items()}
-    arms = {name: arm_summary(spec.arm(name), seeds, per_pair[name], pool_scoring, tokens, spec.recipe.num_epochs)
+    strata = length_strata(base["n_chosen"], base["n_rejected"])  # every arm is measured on the same pairs
+    arms = {name: arm_summary(spec.arm(name), seeds, per_pair[name], pool_scoring, tokens, spec.recipe.num_epochs,
+                              strata)
             for name, seeds in runs.items()}
     add_time_ratios(spec, arms)
     comparisons = compare(spec, per_pair)
@@ -73,6 +78,7 @@ def build_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
     return {"spec": spec.to_dict(), "environment": environment(command),
             "data": {"split": {k: v for k, v in (_load(out / "data" / "split.json") or {}).items() if k != "indices"},
                      "measured": _load(out / "data" / "measured_counts.json")},
+            "floors": floors(base, strata),
             "pool_scoring_seconds": pool_scoring, "arms": arms, "comparisons": comparisons, "pending": pending,
             # the code every run ran under: one commit, or the report says which differ
             "commits": sorted({str(r.get("commit")) for seeds in runs.values() for r, _ in seeds.values()}),
@@ -115,8 +121,25 @@ def compare(spec: StudySpec, per_pair: dict) -> list[dict]:
     return out
 
 
+def floors(base: dict, strata: np.ndarray) -> dict:
+    """What no model needs: the accuracy of "prefer the shorter reply" on the measured pairs, over
+    all of them and by length stratum, and how many pairs each stratum holds."""
+    rule = prefer_shorter(base["n_chosen"], base["n_rejected"])
+    return {"prefer_shorter": {"all": float(rule.mean()),
+                               **{name: float(rule[strata == i].mean()) if (strata == i).any() else None
+                                  for i, name in enumerate(LENGTH_STRATA)}},
+            "pairs_by_length": {name: int((strata == i).sum()) for i, name in enumerate(LENGTH_STRATA)}}
+
+
+def by_length(per_pair: dict, strata: np.ndarray) -> dict:
+    """Accuracy and implicit-reward accuracy per length stratum, mean over seeds."""
+    return {metric: {name: mean_interval([float(values[metric][strata == i].mean()) for values in per_pair.values()])
+                     for i, name in enumerate(LENGTH_STRATA) if (strata == i).any()}
+            for metric in ("accuracy", "implicit_accuracy")}
+
+
 def arm_summary(arm, seeds: dict, per_pair: dict, pool_scoring: float, pool_tokens: dict[int, int],
-                epochs: int) -> dict:
+                epochs: int, strata: np.ndarray) -> dict:
     results = [r for r, _ in seeds.values()]
     trained_tokens = [epochs * sum(pool_tokens.get(i, 0) for i in r.get("kept_indices", [])) for r in results]
     metrics = {m: mean_interval([float(per_pair[s][m].mean()) for s in seeds]) for m in METRICS}
@@ -125,7 +148,8 @@ def arm_summary(arm, seeds: dict, per_pair: dict, pool_scoring: float, pool_toke
         metrics["bleu_char"] = mean_interval([float(np.mean(g["bleu_char"])) for g in generation])
         metrics["sacrebleu"] = mean_interval([g["sacrebleu"] for g in generation])
         metrics["answer_chars"] = mean_interval([float(np.mean(g["answer_chars"])) for g in generation])
-        for key in ("distinct_words", "repetitive"):  # measures added after the first runs: backfilled
+        for key in ("distinct_words", "repetitive", "empty", "at_cap", "distinct_1", "distinct_2"):
+            # measures added after the first runs: backfilled from the saved answers where they can be
             if all(key in g for g in generation):
                 metrics[key] = mean_interval([float(np.mean(g[key])) for g in generation])
     train = [r["train_seconds"] for r in results]
@@ -136,6 +160,7 @@ def arm_summary(arm, seeds: dict, per_pair: dict, pool_scoring: float, pool_toke
     cost = [t - s + selection_cost for t, s in zip(train, own_scoring)]
     return {"method": arm.method, "select": arm.select, "ratio": arm.ratio if arm.select != "all" else 1.0,
             "reward_weight": arm.reward_weight, "seeds": sorted(seeds), "kept": results[0].get("kept", 0),
+            "by_length": by_length(per_pair, strata),
             "steps": results[0].get("steps", 0), "metrics": metrics,
             "train_seconds": mean_interval(train), "cost_seconds": mean_interval(cost),
             "cpu_seconds": mean_interval(cpu) if len(cpu) == len(results) else None,
@@ -201,6 +226,7 @@ def render_markdown(report: dict) -> str:
                      f"{a['cost_seconds']['mean']:.0f} | "
                      + (f"{a['cpu_seconds']['mean']:.0f} | " if a.get("cpu_seconds") else "- | ")
                      + (f"{ratio['ratio']:.2f} of {ratio['arm']}" if ratio else "-") + " |")
+    lines += answers_table(report) + length_table(report)
     primary = [c for c in report["comparisons"] if c.get("primary")]
     if primary:
         st = report["spec"]["statistics"]
@@ -248,6 +274,48 @@ def render_markdown(report: dict) -> str:
     if report.get("q_volume"):
         lines += ["![Q against data volume](qvolume.png)", ""]
     return "\n".join(lines)
+
+
+ANSWER_COLUMNS = (("answer_chars", "chars", 0), ("distinct_words", "distinct words", 2),
+                  ("distinct_1", "distinct-1", 2), ("distinct_2", "distinct-2", 2), ("repetitive", "repetitive", 2),
+                  ("empty", "empty", 2), ("at_cap", "at the token cap", 2))
+
+
+def answers_table(report: dict) -> list[str]:
+    """Greedy answers per arm: the statistics that need no reference (the arms that answered)."""
+    answered = {name: a for name, a in report["arms"].items() if "answer_chars" in a["metrics"]}
+    if not answered:
+        return []
+    lines = ["", "## Greedy answers", "",
+             "Per answer, mean over answers then seeds: length in characters, distinct-word share, repetitive "
+             "(a 3-word run three times), empty, cut off by the token cap; distinct-1/2 over all of an arm's answers "
+             "(distinct n-grams over n-grams).", "",
+             "| arm | " + " | ".join(label for _, label, _ in ANSWER_COLUMNS) + " |",
+             "|---|" + "---|" * len(ANSWER_COLUMNS)]
+    for name, a in answered.items():
+        lines.append(f"| {name} | " + " | ".join(_interval(a["metrics"].get(key), digits)
+                                                 for key, _, digits in ANSWER_COLUMNS) + " |")
+    return lines
+
+
+def length_table(report: dict) -> list[str]:
+    """Implicit-reward accuracy by length stratum beside the floor of "prefer the shorter reply"."""
+    floor = report.get("floors")
+    if not floor:
+        return []
+    names = [n for n in floor["pairs_by_length"] if floor["pairs_by_length"][n]]
+    lines = ["", "## By length", "",
+             "Implicit-reward accuracy by the chosen reply's length against the rejected one's (tokens, 10% "
+             "bands), beside the rule \"prefer the shorter reply\", which needs no model.", "",
+             "| arm | all | " + " | ".join(f"{n} ({floor['pairs_by_length'][n]} pairs)" for n in names) + " |",
+             "|---|---|" + "---|" * len(names),
+             "| prefer the shorter reply | " + f"{floor['prefer_shorter']['all']:.3f} | "
+             + " | ".join(f"{floor['prefer_shorter'][n]:.3f}" for n in names) + " |"]
+    for name, a in report["arms"].items():
+        strata = a.get("by_length", {}).get("implicit_accuracy", {})
+        lines.append(f"| {name} | {_interval(a['metrics']['implicit_accuracy'])} | "
+                     + " | ".join(_interval(strata.get(n)) for n in names) + " |")
+    return lines
 
 
 def plot_report(report: dict, out: Path) -> dict[str, str]:

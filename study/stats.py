@@ -98,3 +98,20 @@ def detectable_difference(se: float, alpha: float, power: float = 0.8, sides: in
     """The smallest true difference a test at level alpha detects with the given power, for an
     estimate with standard error se (normal approximation): (z_{1 - alpha/sides} + z_power) * se."""
     return float((stats.norm.ppf(1 - alpha / sides) + stats.norm.ppf(power)) * se)
+
+
+LENGTH_STRATA = ("chosen shorter", "similar length", "chosen longer")
+SIMILAR = 0.1  # token counts within 10% of each other are "similar"
+
+
+def length_strata(n_chosen, n_rejected) -> np.ndarray:
+    """Each pair's stratum (an index into LENGTH_STRATA) by its chosen reply's token count against
+    the rejected one's: shorter by more than 10%, within 10%, longer by more than 10%."""
+    ratio = np.asarray(n_chosen, dtype=float) / np.maximum(np.asarray(n_rejected, dtype=float), 1)
+    return np.where(ratio < 1 - SIMILAR, 0, np.where(ratio > 1 + SIMILAR, 2, 1))
+
+
+def prefer_shorter(n_chosen, n_rejected) -> np.ndarray:
+    """Per pair, whether the rule "prefer the shorter reply" (no model) picks the chosen one (a tie
+    counts half): the floor a held-out accuracy must beat before it says more than length."""
+    return correct(np.asarray(n_rejected, dtype=float) - np.asarray(n_chosen, dtype=float))

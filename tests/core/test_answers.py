@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deft_plugin.core.answers import AnswerSummary, distinct_word_share, generate_batch, repetitive
+from deft_plugin.core.answers import (
+    AnswerSummary,
+    distinct_n,
+    distinct_word_share,
+    eos_ids,
+    generate_batch,
+    generate_ids,
+    repetitive,
+    stopped_at_cap,
+)
 
 
 def test_distinct_word_share_sees_repetition():
@@ -41,3 +50,23 @@ def test_a_batch_of_greedy_answers_equals_each_prompt_answered_alone(tiny_model_
     alone = [generate_batch(model, tokenizer, [p], max_new_tokens=6)[0] for p in prompts]
     assert together == alone and all(isinstance(a, str) for a in together)
     assert torch.is_inference_mode_enabled() is False
+
+
+def test_distinct_n_counts_n_grams_over_all_answers():
+    assert distinct_n(["a b a b", "a b"], 1) == 2 / 6 and distinct_n(["a b a b", "a b"], 2) == 2 / 4
+    assert distinct_n(["a", ""], 2) == 0.0 and distinct_n([], 1) == 0.0
+
+
+def test_generated_ids_stop_at_the_first_end_and_say_whether_the_cap_cut_them(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = tokenizer("Human: hello there Assistant:")["input_ids"]
+    free = generate_ids(model, tokenizer, [prompt], max_new_tokens=12)[0]
+    eos = eos_ids(model, tokenizer)
+    assert eos == {tokenizer.eos_token_id} and len(free) == 12 and stopped_at_cap(free, 12, eos)
+    model.generation_config.eos_token_id = free[3]  # the model's fourth token now ends the answer
+    ended = generate_ids(model, tokenizer, [prompt], max_new_tokens=12)[0]
+    assert ended == free[:4] and not stopped_at_cap(ended, 12, {free[3]})
+    assert generate_batch(model, tokenizer, [prompt], 12) == [tokenizer.decode(ended, skip_special_tokens=True)]

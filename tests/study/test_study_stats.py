@@ -102,9 +102,13 @@ def test_a_finished_run_gets_a_new_generation_statistic_from_its_saved_answers(t
 
     eval_path, answers = tmp_path / "eval.json", tmp_path / "generations.jsonl"
     eval_path.write_text(json.dumps({"generation": {"prompts": 2, "answer_chars": [3, 7]}, "pairs": {}}))
-    answers.write_text(json.dumps({"answer": "I I I"}) + "\n" + json.dumps({"answer": "a b c d"}) + "\n")
+    answers.write_text(json.dumps({"answer": "I I I", "stopped": "cap"}) + "\n"
+                       + json.dumps({"answer": "a b c d", "stopped": "eos"}) + "\n")
     result = backfill_generation_stats(eval_path, answers)
     assert result["generation"]["distinct_words"] == [1 / 3, 1.0]
+    assert result["generation"]["at_cap"] == [1.0, 0.0] and result["generation"]["empty"] == [0.0, 0.0]
+    # distinct-n over all the answers: unigrams I, a, b, c, d of 7; bigrams (I I), (a b), (b c), (c d) of 5
+    assert result["generation"]["distinct_1"] == 5 / 7 and result["generation"]["distinct_2"] == 4 / 5
     assert result["generation"]["answer_chars"] == [3, 7]  # present already: kept as measured
     assert json.loads(eval_path.read_text()) == result
     (tmp_path / "none.json").write_text(json.dumps({"generation": None}))
@@ -150,3 +154,23 @@ def test_primary_comparisons_are_tested_on_the_endpoint_and_holm_corrected(tmp_p
     text = render_markdown(report)
     assert "| top | all |  | non-inferiority, margin 0.1 |" in text and "| non-inferior |" in text
     assert "(exploratory)" in text and "Code: commit abc; every run from a clean tree." in text
+
+
+def test_length_strata_and_the_shorter_reply_floor():
+    from deft_study.report import by_length, floors
+    from deft_study.stats import length_strata, prefer_shorter
+
+    n_chosen, n_rejected = [5, 10, 20, 10, 30], [10, 10, 10, 9, 10]
+    strata = length_strata(n_chosen, n_rejected)
+    assert strata.tolist() == [0, 1, 2, 2, 2]  # 0.5, 1.0, 2.0, 1.11, 3.0 (10% bands)
+    assert prefer_shorter(n_chosen, n_rejected).tolist() == [1.0, 0.5, 0.0, 0.0, 0.0]
+    base = {"n_chosen": n_chosen, "n_rejected": n_rejected}
+    assert floors(base, strata) == {
+        "prefer_shorter": {"all": 0.3, "chosen shorter": 1.0, "similar length": 0.5, "chosen longer": 0.0},
+        "pairs_by_length": {"chosen shorter": 1, "similar length": 1, "chosen longer": 3}}
+    per_pair = {0: {"accuracy": np.array([1, 0, 1, 1, 0.0]), "implicit_accuracy": np.array([1, 1, 0, 0, 1.0])},
+                1: {"accuracy": np.array([0, 0, 1, 1, 1.0]), "implicit_accuracy": np.array([1, 1, 1, 0, 1.0])}}
+    table = by_length(per_pair, strata)
+    assert table["accuracy"]["chosen longer"]["mean"] == pytest.approx((2 / 3 + 1) / 2)
+    implicit = table["implicit_accuracy"]
+    assert implicit["chosen shorter"]["mean"] == 1.0 and implicit["chosen longer"]["n"] == 2
