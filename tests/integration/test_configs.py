@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -282,7 +284,8 @@ def test_deepspeed_config_is_valid(path, monkeypatch):
     for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                 "gradient_clipping"):
         assert raw[key] == "auto", key
-    assert raw["bf16"]["enabled"] == "auto"
+    # ZeRO-3 partitions the model while it loads, before the trainer fills "auto": bf16 is set outright
+    assert raw["bf16"]["enabled"] == (True if stage == 3 else "auto")
     # 8 x 80 GB full fine-tuning of an 8B model: faster without CPU offload.
     assert "offload_optimizer" not in raw["zero_optimization"]
     assert "offload_param" not in raw["zero_optimization"]
@@ -299,6 +302,22 @@ def test_deepspeed_config_is_valid(path, monkeypatch):
     if stage == 3:
         assert ds.zero_config.gather_16bit_weights_on_model_save
         assert ds.zero_config.reduce_bucket_size == LLAMA3_8B_HIDDEN ** 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in DEEPSPEED_JSONS
+                                  if json.loads(p.read_text())["zero_optimization"]["stage"] == 3], ids=_rel)
+def test_a_bf16_run_holds_bf16_shards(path, tiny_model_dir, tmp_path):
+    """A model loaded under zero.Init as Axolotl loads it, with bf16 requested: the shards are
+    bf16 (with "enabled": "auto" they stayed float32, twice the memory). ZeRO-2 partitions nothing
+    while loading: the loader's dtype is the model's."""
+    script = Path(__file__).with_name("zero_init_dtype.py")
+    env = {**os.environ, "MASTER_PORT": str(29500 + os.getpid() % 1000)}
+    proc = subprocess.run([sys.executable, str(script), str(path), str(tiny_model_dir)], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert loaded == {"partitioned": True, "dtypes": ["torch.bfloat16"]}
 
 
 def test_deepspeed_config_with_an_unknown_key_is_refused(monkeypatch):
