@@ -1,0 +1,98 @@
+"""DEFT-DPO trained under DeepSpeed ZeRO-3 and ZeRO-2 through the real command line, on two CPU
+processes (gloo): `axolotl train` under torchrun and under `accelerate launch`, through
+deepspeed_cpu_launch.py (which only tells accelerate that DeepSpeed's group is gloo where there is
+no GPU). The DeepSpeed JSONs are the shipped ones with bf16 off (CPU). Each run is held against a
+one-process run without DeepSpeed at the same global batch: the same per-step losses and the same
+final weights, within float32 reduction-order noise."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from builders import KEPT, REPO, SCORED
+from test_axolotl_e2e import axolotl, write_config
+from test_launchers import WORLD, cache_parts, free_port, run, torchrun
+
+pytestmark = pytest.mark.slow
+LAUNCH = Path(__file__).with_name("deepspeed_cpu_launch.py")
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+SHIPPED = {3: REPO / "configs" / "deepspeed" / "zero3_bf16.json", 2: REPO / "configs" / "deepspeed" / "zero2.json"}
+WEIGHT = 0.5  # write_config's deft_reward_weight
+STEPS = math.ceil(KEPT / WORLD)  # a global batch of 2: one pair per rank, or two in one process
+LOSS_TOLERANCE = 5e-5  # ZeRO-2 measured 1.1e-5 at step 5, ZeRO-3 below 1e-5
+WEIGHT_TOLERANCE = 1e-6  # measured 5.6e-7 (ZeRO-3) and 5.4e-7 (ZeRO-2)
+
+
+def cpu_json(tmp_path: Path, stage: int) -> Path:
+    """A shipped DeepSpeed JSON as a CPU run takes it: bf16 off (the YAML's bf16: false)."""
+    raw = json.loads(SHIPPED[stage].read_text())
+    raw["bf16"]["enabled"] = False
+    path = tmp_path / f"zero{stage}_cpu.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def train_config(tmp_path: Path, model_dir: Path, hh_file: Path, **extra) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return write_config(tmp_path, model_dir, hh_file, deft_score_batch_size=4, **extra)
+
+
+def logged(out: Path) -> tuple[dict, list[dict]]:
+    checkpoint = next(out.glob("checkpoint-*"))
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return state, [h for h in state["log_history"] if "loss" in h]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, sharp_model_dir, hh_file):
+    """The same run in one process without DeepSpeed, two pairs a step."""
+    tmp = tmp_path_factory.mktemp("one-process")
+    axolotl("train", train_config(tmp, sharp_model_dir, hh_file, micro_batch_size=2))
+    return logged(tmp / "out")[1], load_file(tmp / "out" / "model.safetensors")
+
+
+def launch(launcher: str, config: Path) -> list[str]:
+    script = [str(LAUNCH), "axolotl.cli.train", str(config), "--launcher", "python"]
+    if launcher == "torchrun":
+        return torchrun(*script)
+    return [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(WORLD), "--num_machines", "1",
+            "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
+            "--dynamo_backend", "no", *script]
+
+
+@pytest.mark.parametrize("stage, launcher", [(3, "torchrun"), (3, "accelerate"), (2, "torchrun"), (2, "accelerate")])
+def test_deepspeed_trains_as_one_process_does(tmp_path, sharp_model_dir, hh_file, one_process, stage, launcher):
+    config = train_config(tmp_path, sharp_model_dir, hh_file, micro_batch_size=1,
+                          deepspeed=str(cpu_json(tmp_path, stage)))
+    out = run(launch(launcher, config), tmp_path, tmp_path / "train.log")
+    assert "[RANK:1] DEFT: loss term attached to DeftDPOTrainer" in out
+    # the scoring sharded across the two ranks, each scoring half of the pool
+    cache = next(d for d in (tmp_path / "prepared" / "deft").iterdir() if d.is_dir())
+    shards = list(cache_parts(cache).values())
+    assert len(shards) == WORLD and shards[0].isdisjoint(shards[1]) and len(shards[0] | shards[1]) == SCORED
+    state, steps = logged(tmp_path / "out")
+    assert state["global_step"] == state["max_steps"] == len(steps) == STEPS
+    for h in steps:  # the loss identity, as the trainer logged it (Axolotl rounds to 5 decimals)
+        assert h["loss"] == pytest.approx(h["deft/dpo_loss"] - WEIGHT * h["deft/term"], abs=2e-5)
+    # every rank wrote its own ZeRO state
+    checkpoint = next((tmp_path / "out").glob("checkpoint-*"))
+    states = sorted(p.name for p in checkpoint.glob("global_step*/*zero_pp_rank_*"))
+    kind = "model_states" if stage == 3 else "optim_states"
+    assert [name for name in states if kind in name and ("rank_0_" in name or "rank_1_" in name)], states
+    assert {name.split("zero_pp_rank_")[1][0] for name in states} == {"0", "1"}
+    # the saved model is whole (ZeRO-3 gathers the 16-bit weights on save) and equals one process's
+    ref_steps, ref_weights = one_process
+    saved = load_file(tmp_path / "out" / "model.safetensors")
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in ref_weights.items()}
+    assert [h["loss"] for h in steps] == pytest.approx([h["loss"] for h in ref_steps], abs=LOSS_TOLERANCE)
+    worst = max(float((saved[k].float() - ref_weights[k].float()).abs().max()) for k in saved)
+    assert worst < WEIGHT_TOLERANCE, worst
+    assert yaml.safe_load(config.read_text())["bf16"] is False and torch.float32 in {v.dtype for v in saved.values()}
