@@ -10,11 +10,13 @@ time; each chunk gives, from one [chunk, vocab] block in at least float32,
 
 and the chunk is checkpointed: its backward recomputes the block instead of keeping it, so no
 [positions, vocab] tensor beyond one chunk exists in the forward or the backward pass, and
-any head module works (a bias, tied embeddings, a LoRA-wrapped head, ZeRO-3's gathered weight).
+any head module works (a bias, tied embeddings, a LoRA-wrapped head, ZeRO-3's gathered weight,
+a frozen head under ZeRO-3 through a gathered copy: frozen_partitioned_head).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -75,6 +77,7 @@ def head_logps_and_rewards(hidden: torch.Tensor, head: torch.nn.Module, targets:
     vocab = getattr(head, "out_features", None) or (q.numel() if q is not None else 1)
     chunk = rows_per_chunk(vocab, chunk_elements)
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
+    head = frozen_partitioned_head(head) if needs_grad else head
     parts = []
     for start in range(0, hidden.shape[0], chunk):
         args = (hidden[start : start + chunk], head, targets[start : start + chunk], q, with_stats)
@@ -83,6 +86,23 @@ def head_logps_and_rewards(hidden: torch.Tensor, head: torch.nn.Module, targets:
         empty = hidden[:0, 0].to(work_dtype(hidden.dtype))
         return HeadRows(empty, empty, empty.detach().new_zeros(0, len(STATS) if with_stats else 0), targets[:0])
     return HeadRows(*(torch.cat(column) for column in zip(*parts)))
+
+
+def frozen_partitioned_head(head: torch.nn.Module):
+    """The head itself, unless it is frozen (LoRA) and ZeRO-3 partitions its weight: then the
+    linear map with a gathered copy of the weight. ZeRO-3 gathers a module's weight around its
+    forward and, for a trained module, around its backward; a frozen head's weight is an empty
+    shard again when a chunk's backward recomputes the chunk, so the chunk computes with the copy
+    (no gradient flows into a frozen head). The copy lives until the step's backward is done."""
+    weight = getattr(head, "weight", None)
+    if weight is None or not hasattr(weight, "ds_id") or any(p.requires_grad for p in head.parameters()):
+        return head
+    import deepspeed  # present: the weight is ZeRO-3's (deepspeed.zero is an attribute, not a module)
+
+    with deepspeed.zero.GatheredParameters(list(head.parameters())):
+        weight = head.weight.detach().clone()
+        bias = head.bias.detach().clone() if getattr(head, "bias", None) is not None else None
+    return functools.partial(torch.nn.functional.linear, weight=weight, bias=bias)
 
 
 @dataclass

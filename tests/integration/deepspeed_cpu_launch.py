@@ -16,11 +16,10 @@ import os
 import runpy
 import sys
 
+import cpu_launch
 import torch
 from accelerate.state import PartialState
 from accelerate.utils import DistributedType
-
-import cpu_launch
 
 
 def _deepspeed_backend_on_cpu(original):
