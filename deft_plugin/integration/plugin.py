@@ -171,6 +171,8 @@ class DEFTPlugin(BasePlugin):
             raise RuntimeError(f"deft_method: {settings.method} needs {wanted}, but Axolotl built "
                                f"{type(trainer).__name__} (another plugin's get_trainer_cls or trainer_cls took "
                                "precedence)")
+        if getattr(trainer, "is_deepspeed_enabled", False):
+            check_process_count(trainer.accelerator.num_processes)
         from deft_plugin.filtering.pipeline import gap_spread
 
         result = self.filter_result
@@ -187,3 +189,16 @@ class DEFTPlugin(BasePlugin):
             trainer.add_callback(AnswerGuardCallback(trainer, prompts, settings.guard_answers_every))
             LOG.info("DEFT guard: greedy answers to %d prompts (%s) every %d steps", len(prompts), source,
                      settings.guard_answers_every)
+
+
+def check_process_count(accelerate_processes: int) -> None:
+    """Under DeepSpeed, accelerate and the process group must agree on how many processes there
+    are; when they do not, DeepSpeed's batch check fails later with a bare assertion. One line here."""
+    from deft_plugin.filtering.distributed import rank_and_world
+
+    world = rank_and_world()[1]
+    if world != accelerate_processes:
+        raise RuntimeError(
+            f"DeepSpeed: accelerate counts {accelerate_processes} process(es) but the process group has {world}: "
+            "accelerate did not take the launch's backend (on a machine without a GPU it takes gloo only with "
+            "cpu=True, which drops DeepSpeed); launch where every process has a GPU, or leave out `deepspeed:`")

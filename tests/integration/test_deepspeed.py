@@ -158,3 +158,16 @@ def test_resuming_from_a_zero3_checkpoint(tmp_path, sharp_model_dir, hh_file, on
     assert [h["loss"] for h in steps] == pytest.approx([h["loss"] for h in one_process[0]], abs=LOSS_TOLERANCE)
     saved, reference = load_file(tmp_path / "out" / "model.safetensors"), one_process[1]
     assert max(float((saved[k] - reference[k]).abs().max()) for k in saved) < WEIGHT_TOLERANCE
+
+
+def test_a_process_count_accelerate_does_not_share_is_named(tmp_path, sharp_model_dir, hh_file):
+    """Without the launch-side answer (plain cpu_launch.py), accelerate on a machine without a GPU
+    counts one process while DeepSpeed's group has two: one line naming both numbers, before
+    DeepSpeed's batch assertion."""
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU accelerate takes the launch's backend: there is no disagreement to name")
+    config = train_config(tmp_path, sharp_model_dir, hh_file, micro_batch_size=1, deepspeed=str(cpu_json(tmp_path, 3)))
+    out = run(torchrun(str(Path(__file__).with_name("cpu_launch.py")), "axolotl.cli.train", str(config),
+                       "--launcher", "python"), tmp_path, tmp_path / "train.log", check=False)
+    assert "DeepSpeed: accelerate counts 1 process(es) but the process group has 2" in out
+    assert "Check batch related parameters" not in out  # named before DeepSpeed's own batch assertion
