@@ -199,7 +199,8 @@ def render_markdown(report: dict) -> str:
              ""]
     if data.get("split"):
         s = data["split"]
-        lines += [f"Data: {s['rows']} rows split with seed {s['seed']} into pool {s['sizes']['pool']}, validation "
+        pool = s["sizes"]["pool"] or s["rows"] - s["sizes"]["validation"] - s["sizes"]["test"]  # null: the rest
+        lines += [f"Data: {s['rows']} rows split with seed {s['seed']} into pool {pool}, validation "
                   f"{s['sizes']['validation']}, test {s['sizes']['test']}"
                   + (f"; measured on the {data['measured']['split']} split ({data['measured']['usable']} usable pairs)"
                      if data.get("measured") else "") + ".", ""]
