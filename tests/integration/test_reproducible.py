@@ -52,7 +52,6 @@ def run(tmp_path, model_dir, hh_file, name: str, seed: int) -> tuple[dict, list[
 def test_a_repeated_run_is_bitwise_identical(tmp_path, tiny_model_dir, hh_file):
     first, first_losses = run(tmp_path, tiny_model_dir, hh_file, "first", seed=5)
     again, again_losses = run(tmp_path, tiny_model_dir, hh_file, "again", seed=5)
-    other, other_losses = run(tmp_path, tiny_model_dir, hh_file, "other", seed=6)
     assert first.keys() == again.keys() and len(first) > 0
     assert all(torch.equal(first[n], again[n]) for n in first) and first_losses == again_losses
-    assert all(not torch.equal(first[n], other[n]) for n in first if "lora_A" in n)
+    # (another seed's other adapter: test_the_seed_fixes_the_adapter_initialisation, without two more runs)
