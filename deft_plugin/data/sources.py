@@ -47,7 +47,7 @@ class RawRows:
 def read_json_lines(path: Path) -> RawRows:
     """Every line of a .jsonl / .jsonl.gz file (a .json file holding one array is read whole)."""
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
+    with opener(path, "rt", encoding="utf-8-sig") as f:  # a leading byte-order mark is no part of row 1
         text = f.read()
     out = RawRows()
     if path.name.endswith((".json", ".json.gz")) and text.lstrip().startswith("["):

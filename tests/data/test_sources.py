@@ -1,0 +1,28 @@
+"""Reading JSON-lines files: every row is kept, or named with its file:line and reason."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from deft_plugin.data.sources import read_json_lines
+
+from builders import hh_rows
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_a_byte_order_mark_does_not_cost_the_first_row(tmp_path, suffix):
+    rows = hh_rows(3)
+    data = ("\ufeff" + "\n".join(json.dumps(r) for r in rows) + "\n").encode("utf-8")
+    path = tmp_path / f"bom{suffix}"
+    path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    read = read_json_lines(path)
+    assert read.rows == rows and read.bad == [] and read.where == [f"{path}:{n}" for n in (1, 2, 3)]
+
+
+def test_a_byte_order_mark_before_a_json_array(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_bytes(("\ufeff" + json.dumps(hh_rows(2))).encode("utf-8"))
+    assert read_json_lines(path).rows == hh_rows(2)
