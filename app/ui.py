@@ -103,7 +103,8 @@ def criterion_markdown(results: dict) -> str:
         lines += [f"| {e(m)} | {s['strength']:.3f} | {s['ci'][0]:.3f} - {s['ci'][1]:.3f} |"
                   for m, s in results["strengths"].items()]
     pb = results["position_bias"]
-    lines += ["", f"Position bias: the left answer won {pb['left_win_rate']:.3f} of {pb['decided']} decided votes."]
+    lines += ["", f"Position bias: the left answer won {pb['left_win_rate']:.3f} of {pb['decided']} decided votes."
+              if pb["decided"] else "Position bias: no decided vote yet (every vote a tie or both bad)."]
     ag = results["agreement"]
     if not ag["cohen"] and not ag["fleiss"]:
         lines += ["", "Agreement: fewer than two items judged by the same annotators so far."]

@@ -179,6 +179,23 @@ def test_names_from_the_data_are_escaped_in_the_admin_tables_and_plots(tmp_path)
     assert plot_results(results_by_criterion(store.votes()), tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_results_with_only_ties_say_so_without_nan(tmp_path):
+    from deft_app.results import results_by_criterion
+    from deft_app.ui import results_markdown
+
+    store = Store(tmp_path / "v.db")
+    store.add_items([{"id": f"q{i}", "dialogue": [{"role": "user", "content": "q"}], "model_a": "dpo",
+                      "answer_a": "a", "model_b": "deft", "answer_b": "b"} for i in range(2)])
+    store.add_annotator("ann", "annotator-pw")
+    app = JudgingApp(store, overlap=1)
+    for side in ("tie", "both_bad"):
+        state = app.on_load(req("ann"))[0]
+        app.vote(side, "", state, req("ann"))
+    text = results_markdown(results_by_criterion(store.votes()))
+    assert "**2 votes**" in text and "nan" not in text.lower()
+    assert "Position bias: no decided vote yet (every vote a tie or both bad)." in text
+
+
 def test_invisible_controls_in_answers_are_shown(tmp_path):
     from deft_app.text import visible_controls
 
