@@ -13,7 +13,6 @@ def cmd_serve(args) -> int:
     from deft_app import ui
     from deft_app.items import InputError, items_from_files, read_annotators
     from deft_app.settings import JudgingSettings, read_aliases, read_criteria, read_text_file
-    from deft_app.store import Store
 
     db = Path(args.db)
     if not db.parent.is_dir():
@@ -28,7 +27,7 @@ def cmd_serve(args) -> int:
                                aliases=read_aliases(args.alias), reveal_models=args.reveal_models)
     items = items_from_files(args.answers, args.mt_bench_questions)
     annotators = read_annotators(args.annotators)
-    store = Store(db)
+    store = open_store(db)
     added = store.add_items(items)
     for a in annotators:
         store.add_annotator(a["name"], a["password"], a.get("role", "annotator"))
@@ -38,9 +37,19 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def open_store(db):
+    """The app's database at --db; anything else there is named in one line and left untouched."""
+    from deft_app.items import InputError
+    from deft_app.store import NotOurDatabase, Store
+
+    try:
+        return Store(db)
+    except NotOurDatabase as err:
+        raise InputError(f"--db {err}") from None
+
+
 def cmd_export(args) -> int:
     from deft_app.items import InputError
-    from deft_app.store import Store
 
     if not Path(args.db).is_file():
         raise InputError(f"--db {args.db}: no such database")
@@ -49,14 +58,14 @@ def cmd_export(args) -> int:
 
         if args.criterion is not None:
             raise InputError("--criterion applies to --as preference only")
-        votes = Store(args.db).votes()
+        votes = open_store(args.db).votes()
         jsonl, table = export_votes(votes, args.out)
         print(f"{len(votes)} votes written to {jsonl} and {table}")
         return 0
     from deft_app.preference import choose_criterion, preference_jsonl, preference_rows, summary
     from deft_plugin.utils.atomic import atomic_write_text
 
-    store = Store(args.db)
+    store = open_store(args.db)
     votes = store.votes()
     rows, counts = preference_rows(votes, store.item, choose_criterion(votes, args.criterion))
     try:

@@ -11,6 +11,7 @@ written by an earlier version is migrated when it is opened (MIGRATIONS)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -143,8 +144,48 @@ def left_is_a(item_id: str, annotator: str, secret: bytes) -> bool:
     return hmac.new(secret, f"{item_id}\0{annotator}".encode(), hashlib.sha256).digest()[0] % 2 == 0
 
 
+APP_TABLES = {"annotators", "items", "votes"}  # in every version of this app's database
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class NotOurDatabase(ValueError):
+    """The path holds something other than this app's database; it is left as it was."""
+
+
+def check_database(path: str | Path) -> None:
+    """Raises NotOurDatabase, saying what is there, unless `path` is missing or empty (a new
+    database), or an SQLite database with this app's tables (or none yet). Read only: nothing
+    is written, no journal mode switched."""
+    path = Path(path)
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return
+    if not path.is_file():
+        raise NotOurDatabase(f"{path} is a directory, not a database")
+    with path.open("rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise NotOurDatabase(f"{path} is not an SQLite database (it starts {header[:8]!r})")
+    with path.open("rb") as f:
+        head = f.read(100)  # the database header: page size at 16, pages at 28
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(head[28:32], "big")
+    size = path.stat().st_size
+    if len(head) < 100 or not page or size % page or size < page * pages:
+        raise NotOurDatabase(f"{path} is not a readable SQLite database (cut short: {size} bytes, "
+                             f"{pages} pages of {page})")
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as err:
+        raise NotOurDatabase(f"{path} is not a readable SQLite database ({err})") from None
+    if tables and not APP_TABLES <= tables:
+        raise NotOurDatabase(f"{path} is another application's SQLite database (tables: {', '.join(sorted(tables))})")
+
+
 class Store:
     def __init__(self, path: str | Path):
+        check_database(path)
         self.path = str(path)
         self._local = threading.local()
         self._migrate()

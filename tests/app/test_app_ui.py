@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
@@ -157,6 +158,55 @@ def test_serve_checks_its_paths_then_loads_items_and_annotators(tmp_path, monkey
     assert "1 votes written" in capsys.readouterr().out
     assert [json.loads(line)["verdict"] for line in (tmp_path / "out" / "votes.jsonl").open()] == ["tie"]
     assert cli.main(["export", "--db", str(tmp_path / "none.db"), "--out", str(tmp_path / "out")]) == 2
+
+
+def other_databases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Files at --db that are not this app's database, with the words their one line must hold."""
+    import sqlite3
+
+    made = {"text": ("notes.txt", b"just some notes\n"), "random": ("random.bin", bytes(range(256)) * 8),
+            "jsonl": ("answers.jsonl", b'{"id": 1}\n')}
+    out = {name: (tmp_path / file, "is not an SQLite database") for name, (file, _) in made.items()}
+    for file, data in made.values():
+        (tmp_path / file).write_bytes(data)
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE votes (x INTEGER)")  # a `votes` table of another application
+    out["other-votes"] = (other, "another application's SQLite database (tables: votes)")
+    bare = tmp_path / "bare.db"
+    with sqlite3.connect(bare) as conn:
+        conn.execute("CREATE TABLE recipes (name TEXT)")
+    out["other-tables"] = (bare, "another application's SQLite database (tables: recipes)")
+    ours = tmp_path / "ours.db"
+    Store(ours).add_annotator("ann", "annotator-pw")
+    truncated = tmp_path / "truncated.db"
+    truncated.write_bytes(ours.read_bytes()[:1500])
+    out["truncated"] = (truncated, "is not a readable SQLite database")
+    (tmp_path / "folder.db").mkdir()
+    out["directory"] = (tmp_path / "folder.db", "is a directory, not a database")
+    return out
+
+
+def test_a_db_that_is_not_the_apps_is_named_in_one_line_and_left_untouched(tmp_path, capsys, monkeypatch):
+    from deft_app import cli, ui
+
+    monkeypatch.setattr(ui, "launch", lambda *args: pytest.fail("served a database that is not the app's"))
+    answers, annotators = judging_files(tmp_path, 2)
+    for name, (path, words) in other_databases(tmp_path).items():
+        before = path.read_bytes() if path.is_file() else None
+        for argv in (["serve", "--answers", *answers, "--annotators", annotators, "--db", str(path)],
+                     ["export", "--db", str(path), "--out", str(tmp_path / "out")]):
+            if argv[0] == "export" and not path.is_file():
+                continue  # export refuses a missing or non-file --db before reading it
+            assert cli.main(argv) == 2, name
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"error: --db {path} " in err and words in err, (name, err)
+        assert (path.read_bytes() if path.is_file() else None) == before, name  # byte for byte
+        assert not [p for p in path.parent.glob(path.name + "-*")], name  # no -wal or -shm made beside it
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    Store(empty).add_annotator("ann", "annotator-pw")  # an empty file becomes a new database, as a new path does
+    assert Store(empty).authenticate("ann", "annotator-pw") == "annotator"
 
 
 def test_names_from_the_data_are_escaped_in_the_admin_tables_and_plots(tmp_path):
