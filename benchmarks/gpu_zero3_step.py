@@ -114,7 +114,10 @@ def main() -> int:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if args.device == "cuda" else "gloo")
-    results = [step_once(args, bf16) for bf16 in (True, "auto")]
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    results = [{**step_once(args, bf16), "commit": commit or None} for bf16 in (True, "auto")]
     for r in results:
         print(json.dumps(r))
     if args.out:
