@@ -2,7 +2,9 @@
 untrusted: the judges must see what the text says and never run it. Markdown is rendered with raw HTML
 off (any HTML in an answer shows as literal text), then sanitised against a small allow-list as a second
 line of defence; invisible control characters are shown as visible escapes first, so that an answer
-cannot disguise what it says. raw_html shows the text exactly as written, for the rendered/raw toggle."""
+cannot disguise what it says. Past a nesting depth (lists, quotes, any mixture) the rest of a block is
+shown as written instead of being dropped, as a Markdown parser does at its nesting limit, and the view
+says so in one line. raw_html shows the text exactly as written, for the rendered/raw toggle."""
 
 from __future__ import annotations
 
@@ -45,7 +47,30 @@ def _keep_attribute(tag, attribute, value):
     return value
 
 
-_markdown = MarkdownIt("commonmark", {"html": False}).enable(["table", "strikethrough"])
+# The block level from which content is shown as written: markdown-it stops parsing at its nesting limit
+# (20 levels, i.e. 10 nested lists or 20 quotes) and silently drops the rest of the text; the guard
+# below takes over at that level, and the parser's own limit is moved past it so it never fires first.
+MAX_DEPTH = 20
+TOO_DEEP_NOTE = f"<p><em>This answer nests deeper than {MAX_DEPTH} levels; the deeper part is shown as written.</em></p>"
+
+
+def _as_written_past_max_depth(state, start_line, end_line, silent):
+    """A block rule tried first: at MAX_DEPTH and deeper, this block's lines as a code block, verbatim."""
+    if silent or state.level < MAX_DEPTH:
+        return False
+    line = start_line
+    while line < end_line and (state.isEmpty(line) or state.sCount[line] >= state.blkIndent):
+        line += 1  # the lines of this block, not the outer blocks that follow it
+    token = state.push("code_block", "code", 0)
+    token.content, token.map = state.getLines(start_line, line, state.blkIndent, True), [start_line, line]
+    state.line = line
+    state.env["too_deep"] = True
+    return True
+
+
+_markdown = MarkdownIt("commonmark", {"html": False, "maxNesting": MAX_DEPTH + 3}).enable(["table", "strikethrough"])
+_markdown.block.ruler.before(_markdown.block.ruler.__rules__[0].name, "as_written_past_max_depth",
+                             _as_written_past_max_depth)
 _markdown.add_render_rule("image", _image_as_alt_text)
 _markdown.add_render_rule("s_open", _strikethrough_as_del)
 _markdown.add_render_rule("s_close", _strikethrough_as_del)
@@ -53,7 +78,9 @@ _markdown.add_render_rule("s_close", _strikethrough_as_del)
 
 def answer_html(text: str) -> str:
     """An answer's Markdown as sanitised HTML; raw HTML in it shows as literal text."""
-    return _sanitise(_markdown.render(visible_controls(text)))
+    env: dict = {}
+    rendered = _markdown.renderer.render(_markdown.parse(visible_controls(text), env), _markdown.options, env)
+    return _sanitise((TOO_DEEP_NOTE if env.get("too_deep") else "") + rendered)
 
 
 def _sanitise(rendered: str) -> str:

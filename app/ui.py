@@ -10,13 +10,13 @@ served only to the admin's own login (downloads.py), never from a folder on a st
 
 from __future__ import annotations
 
+import base64
 import html
 import tempfile
 from pathlib import Path
 
 import gradio as gr
 from fastapi import HTTPException, Request, Response
-from PIL import Image
 
 from deft_app.downloads import DownloadGrants
 from deft_app.export import EXPORTS
@@ -256,11 +256,9 @@ class JudgingApp:
         self._require_admin(request)
         votes = with_aliases(self.store.votes(), self.settings.aliases)
         by_criterion = results_by_criterion(votes, self.criteria)
-        plot = None
-        if any(r["pairs"] for r in by_criterion.values()):  # drawn in memory: no results file on a served path
-            with tempfile.TemporaryDirectory() as tmp:
-                with Image.open(plot_results(by_criterion, Path(tmp) / "results.png")) as image:
-                    plot = image.copy()
+        plot = ""
+        if any(r["pairs"] for r in by_criterion.values()):
+            plot = inline_plot(by_criterion)
         return (results_markdown(by_criterion), plot, progress_markdown(self.store.annotator_progress()),
                 flags_markdown(self.store.flags()))
 
@@ -329,7 +327,7 @@ class JudgingApp:
             with gr.Tab("Results", visible=False) as results_tab:
                 refresh = gr.Button("Show results", elem_id="show-results")
                 table = gr.Markdown(elem_id="results")
-                plot = gr.Image(label="Win rates", type="pil", interactive=False, elem_id="results-plot")
+                plot = gr.HTML(elem_id="results-plot")
                 gr.Markdown("**Annotators**")
                 annotators = gr.Markdown(elem_id="annotator-progress")
                 gr.Markdown("**Flagged items**")
@@ -349,6 +347,15 @@ class JudgingApp:
             refresh.click(self.results, None, [table, plot, annotators, flags])
             export.click(self.export, None, files)
         return demo
+
+
+def inline_plot(by_criterion: dict[str, dict]) -> str:
+    """The win-rate plot as an <img> whose data travels inside the admin's own response. An image
+    component would have Gradio keep the PNG in its cache under /gradio_api/file=..., where any
+    logged-in user holding the URL could fetch it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = plot_results(by_criterion, Path(tmp) / "results.png").read_bytes()
+    return f'<img alt="Win rates" src="data:image/png;base64,{base64.b64encode(data).decode()}" style="max-width:100%">'
 
 
 def _voter(app: JudgingApp, side: str):

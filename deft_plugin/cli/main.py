@@ -142,7 +142,7 @@ def _filter(args, ratio, count, select="top", seed=0, by="deft") -> int:
 def _filter_on_this_rank(args, ratio, count, select, seed, by) -> int:
     from deft_plugin.core.qdiff import QDiff
     from deft_plugin.filtering.distributed import is_main_process
-    from deft_plugin.filtering.pipeline import FilterSettings, best_and_rest, run_filter
+    from deft_plugin.filtering.pipeline import REJECTED_FILE, FilterSettings, best_and_rest, run_filter, write_rejected
     from deft_plugin.filtering.scoring_model import load_scoring_model
 
     out = _writable(args.out)
@@ -153,7 +153,7 @@ def _filter_on_this_rank(args, ratio, count, select, seed, by) -> int:
                               select=select, seed=seed, by=by)
     result = run_filter(parsed.rows, tokenizer, lambda: load_scoring_model(args.model, args.dtype), settings,
                         cache_dir=out / "cache", qdiff=QDiff.load(args.qdiff) if args.qdiff else None,
-                        source_report=parsed.report(), row_names=parsed.where)
+                        source_report=parsed.report(), row_names=parsed.where, source_rejected=parsed.rejected)
     if not is_main_process():
         return 0
     selected = result.kept if args.command == "filter" else sorted(result.scores)
@@ -170,6 +170,7 @@ def _filter_on_this_rank(args, ratio, count, select, seed, by) -> int:
         lines.append(json.dumps({**parsed.raw[i], **scored}, ensure_ascii=False))
     name = "kept.jsonl" if args.command == "filter" else "scores.jsonl"
     atomic_write_text(out / name, "".join(line + "\n" for line in lines))
+    write_rejected(out / REJECTED_FILE, result.rejected)
     atomic_write_text(out / "report.json", json.dumps(result.report, indent=2))
     from deft_plugin.utils.plots import plot_score_distribution
 
@@ -179,6 +180,8 @@ def _filter_on_this_rank(args, ratio, count, select, seed, by) -> int:
     r = result.report
     print(f"{r['read']} rows read, {r['unparseable']} unparseable, {r['degenerate']} degenerate "
           f"{r['degenerate_reasons'] or ''}, {r['scored']} scored, {len(lines)} written to {out / name}")
+    if result.rejected:
+        print(f"{len(result.rejected)} rows left out, each with its place and reason: {out / REJECTED_FILE}")
     return 0
 
 
@@ -277,11 +280,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_filter_log() -> None:
+    """The filter's own notices (under a launch, each rank's line of what it scored) on stderr, as
+    Axolotl shows them when the plugin runs inside it."""
+    import logging
+
+    logger = logging.getLogger("axolotl.integrations.deft")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv=None) -> int:
     from deft_plugin.utils.quiet import keep_dependency_noise_in
 
     args = build_parser().parse_args(argv)
     keep_dependency_noise_in(getattr(args, "out", None) or getattr(args, "run_dir", None))
+    show_filter_log()
     try:
         return args.func(args)
     except UsageError as err:

@@ -6,6 +6,7 @@ cut at the end (TRL's keep_start)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 
@@ -84,17 +85,32 @@ def _reply_label(rank: int, n: int) -> str:
     return ("chosen", "rejected")[rank] if n == 2 else f"rank-{rank + 1}"
 
 
+DUPLICATE = "duplicate"  # the same prompt and replies as an earlier row: the first is kept
+IDENTICAL_AFTER_TRUNCATION = "identical_after_truncation"  # replies that differ only past sequence_len
+
+
 class Dropped(Counter):
-    """Degenerate rows counted by reason, and the input indices of the rows of each reason."""
+    """Degenerate rows counted by reason, the input indices of the rows of each reason, and for a
+    duplicate the index of the row it repeats."""
 
     def __init__(self):
         super().__init__()
         self.rows: dict[str, list[int]] = {}
+        self.duplicate_of: dict[int, int] = {}
         self.truncated = 0  # usable rows with a reply cut to fit (keep_start)
 
     def add(self, reason: str, index: int) -> None:
         self[reason] += 1
         self.rows.setdefault(reason, []).append(index)
+
+    def by_row(self) -> list[tuple[int, str]]:
+        """(index, reason) of every dropped row, in input order."""
+        return sorted((i, reason) for reason, indices in self.rows.items() for i in indices)
+
+
+def pair_key(row: dict) -> str:
+    """What makes two parsed rows the same example: the prompt and the replies in their order."""
+    return json.dumps([row["prompt"], completions_of(row)], sort_keys=True, ensure_ascii=False)
 
 
 TRUNCATIONS = ("keep_start", "drop")
@@ -103,14 +119,20 @@ TRUNCATIONS = ("keep_start", "drop")
 def encode_rows(rows, tokenizer, max_length: int | None = None,
                 truncation: str = "keep_start") -> tuple[list[EncodedRow], Dropped]:
     """Encode parsed rows (preference or ranked). Returns the usable rows and the degenerate
-    ones counted by reason (an empty reply, identical replies, a reply cut off by max_length:
-    with truncation keep_start, as TRL does, only when the prompt leaves it nothing; with drop,
-    whenever it does not fit whole); a degenerate row is dropped whole, never shortened to fewer
-    replies."""
+    ones counted by reason (a repeat of an earlier row, an empty reply, identical replies, replies
+    that become identical when cut to max_length, a reply cut off by max_length: with truncation
+    keep_start, as TRL does, only when the prompt leaves it nothing; with drop, whenever it does not
+    fit whole); a degenerate row is dropped whole, never shortened to fewer replies."""
     if truncation not in TRUNCATIONS:
         raise ValueError(f"deft_truncation must be one of {', '.join(TRUNCATIONS)}, got {truncation!r}")
-    out, dropped = [], Dropped()
+    out, dropped, first_seen = [], Dropped(), {}
     for i, row in enumerate(rows):
+        key = pair_key(row)
+        if key in first_seen:  # trained on twice, measured twice: keep the first copy only
+            dropped.add(DUPLICATE, i)
+            dropped.duplicate_of[i] = first_seen[key]
+            continue
+        first_seen[key] = i
         replies = completions_of(row)
         prompt_ids, first = encode_completion(tokenizer, row["prompt"], replies[0])
         encoded = [first] + [encode_completion(tokenizer, row["prompt"], reply, prompt_ids)[1] for reply in replies[1:]]
@@ -120,14 +142,16 @@ def encode_rows(rows, tokenizer, max_length: int | None = None,
             continue
         cut = [tuple(_truncate(prompt_ids, ids, max_length)) for ids in encoded]
         shortened = any(len(c) < len(ids) for c, ids in zip(cut, encoded))
-        encoded = cut
-        if not all(_has_text(tokenizer, ids) for ids in encoded):
+        if not all(_has_text(tokenizer, ids) for ids in cut):
             dropped.add("reply cut off: prompt fills sequence_len", i)
         elif shortened and truncation == "drop":
             dropped.add("reply cut off by sequence_len", i)
-        elif len(set(encoded)) < len(encoded):
+        elif len(set(map(tuple, encoded))) < len(encoded):
             dropped.add("chosen and rejected identical" if len(encoded) == 2 else "two replies identical", i)
+        elif len(set(cut)) < len(cut):  # DPO learns nothing from a pair it cannot tell apart
+            dropped.add(IDENTICAL_AFTER_TRUNCATION, i)
         else:
+            encoded = cut
             dropped.truncated += shortened
             out.append(EncodedRow(i, tuple(prompt_ids), tuple(encoded)))
     return out, dropped

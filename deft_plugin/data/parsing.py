@@ -1,5 +1,5 @@
 """Raw rows (from data.sources) -> parsed rows through a registered dataset format, with every row that
-cannot be parsed counted by reason (and the first few named by file and row)."""
+cannot be parsed counted by reason and kept with its file and row (the report names the first few)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class ParsedRows:
     read: int = 0
     unparseable: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (where, reason) of every unparseable row
 
     def extend(self, other: "ParsedRows") -> None:
         self.rows += other.rows
@@ -31,6 +32,7 @@ class ParsedRows:
         self.read += other.read
         self.unparseable += other.unparseable
         self.examples += other.examples[: max(0, EXAMPLES_KEPT - len(self.examples))]
+        self.rejected += other.rejected
 
     def report(self) -> dict:
         return {"read": self.read, "unparseable": sum(self.unparseable.values()),
@@ -65,6 +67,7 @@ def parse_rows(raw_rows, format_name: str, style: str, source: str = "") -> Pars
 def _unparseable(out: ParsedRows, reason: str, location: str) -> None:
     # the reason without the line's own text, so that one reason counts many lines
     out.unparseable[reason.split(" (")[0] if reason.startswith("line is not") else reason] += 1
+    out.rejected.append((location, reason))
     if len(out.examples) < EXAMPLES_KEPT:
         out.examples.append(f"{location}: {reason}")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,15 +30,16 @@ from deft_plugin.core.selection import (
     select_random,
     select_top,
 )
-from deft_plugin.data.encoding import EncodedRow, encode_rows
+from deft_plugin.data.encoding import Dropped, EncodedRow, encode_rows
 from deft_plugin.filtering.cache_key import rows_fingerprint
 from deft_plugin.filtering.distributed import barrier, is_main_process
 from deft_plugin.filtering.score_cache import ReplyScores, ScoreCache
-from deft_plugin.filtering.scorer import ReplyScorer
+from deft_plugin.filtering.scorer import ReplyScorer, log_rank_share
 from deft_plugin.registry import score_variants
 from deft_plugin.utils.atomic import atomic_write_text
 
 QDIFF_FILES = ("qdiff.safetensors", "qdiff.json")
+REJECTED_FILE = "rejected.jsonl"  # every row left out before scoring, with its place and reason
 
 
 @dataclass
@@ -70,6 +70,7 @@ class FilterResult:
     logps: dict[int, tuple[float, ...]] = field(default_factory=dict)  # kept row -> reference log-prob per reply
     start_rewards: dict[int, tuple[float, ...]] = field(default_factory=dict)  # kept row -> R0 per reply, best first
     ranking: dict[int, float] = field(default_factory=dict)  # row index -> the value top/bottom ranked it by
+    rejected: list[dict] = field(default_factory=list)  # every unparseable or degenerate row: where, stage, reason
 
 
 class _Timer:
@@ -107,9 +108,11 @@ def build_qdiff(pairs: list[EncodedRow], tokenizer, norm: str, **meta) -> QDiff:
 
 def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Module], settings: FilterSettings,
                cache_dir: str | Path | None = None, qdiff: QDiff | None = None, progress: bool = True,
-               source_report: dict | None = None, row_names: list[str] | None = None) -> FilterResult:
+               source_report: dict | None = None, row_names: list[str] | None = None,
+               source_rejected: list[tuple[str, str]] = ()) -> FilterResult:
     """Filter parsed rows: preference (prompt/chosen/rejected) or ranked (prompt/responses),
-    text or chat messages. row_names: where each row came from (file and line), for the report."""
+    text or chat messages. row_names: where each row came from (file and line), for the report;
+    source_rejected: (where, reason) of the rows that could not be parsed, for the rejected-rows file."""
     if settings.score not in score_variants():
         raise ValueError(f"deft_filter_score: unknown variant {settings.score!r}; known: {sorted(score_variants())}")
     if settings.select not in SELECTIONS:
@@ -154,18 +157,37 @@ def run_filter(rows: list[dict], tokenizer, load_model: Callable[[], torch.nn.Mo
     start_rewards = {i: {**rewards, **kept_rewards}[i] for i in kept} if settings.start_rewards else {}
     report = filter_report(rows, degenerate, rewards, scores, kept, settings, qdiff, timer.seconds, source_report,
                            ranking)
-    report["degenerate_examples"] = {reason: [row_names[i] if row_names else f"row {i + 1}" for i in indices[:5]]
-                                     for reason, indices in getattr(degenerate, "rows", {}).items()}
+    name = (lambda i: row_names[i]) if row_names else (lambda i: f"row {i + 1}")
+    report["degenerate_examples"] = {reason: [name(i) for i in indices[:5]]
+                                     for reason, indices in degenerate.rows.items()}
+    rejected = rejected_records(source_rejected, degenerate, name)
+    report.update(rejected=len(rejected), rejected_file=REJECTED_FILE)
     result = FilterResult(kept, scores, rewards, qdiff, report, {r.index: r for r in usable}, logps, start_rewards,
-                          ranking)
+                          ranking, rejected)
     if cache_dir and is_main_process():
         write_outputs(result, cache_dir)
     barrier()
     return result
 
 
+def rejected_records(source_rejected, degenerate: Dropped, name: Callable[[int], str]) -> list[dict]:
+    """One record per row left out: the unparseable ones as read, then the degenerate ones in row order
+    (a duplicate names the row it repeats, which was kept in its place)."""
+    records = [{"where": where, "stage": "unparseable", "reason": reason} for where, reason in source_rejected]
+    for i, reason in degenerate.by_row():
+        record = {"where": name(i), "stage": "degenerate", "reason": reason}
+        if i in degenerate.duplicate_of:
+            record["duplicate_of"] = name(degenerate.duplicate_of[i])
+        records.append(record)
+    return records
+
+
+def write_rejected(path: Path, rejected: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected))
+
+
 def encode_usable_rows(rows: list[dict], tokenizer, max_length: int | None,
-                       truncation: str = "keep_start") -> tuple[list[EncodedRow], Counter]:
+                       truncation: str = "keep_start") -> tuple[list[EncodedRow], Dropped]:
     usable, degenerate = encode_rows(rows, tokenizer, max_length, truncation)
     if not usable:
         raise ValueError(f"no usable preference pairs among {len(rows)} rows (degenerate: {dict(degenerate)})")
@@ -200,6 +222,7 @@ def score_replies(usable: list[EncodedRow], tokenizer, load_model: Callable[[], 
     cache = ScoreCache(cache_dir) if cache_dir else None
     cached = cache.scores() if cache else {}
     if all(r.index in cached and (cached[r.index].logps is not None or not need_logps) for r in usable):
+        log_rank_share(0, len(usable))
         return {r.index: cached[r.index] for r in usable}
     scorer = ReplyScorer(load_model(), qdiff.qn, tokenizer.all_special_ids, tokenizer.pad_token_id or 0, batch_size)
     return scorer.score(usable, cache, progress=progress, need_logps=need_logps)
@@ -221,7 +244,7 @@ def keep_by_score(usable: list[EncodedRow], scores: dict[int, float], settings: 
     return [order[j] for j in select([scores[i] for i in order], settings.ratio, settings.count)]
 
 
-def filter_report(rows, degenerate: Counter, rewards, scores, kept, settings: FilterSettings, qdiff: QDiff,
+def filter_report(rows, degenerate: Dropped, rewards, scores, kept, settings: FilterSettings, qdiff: QDiff,
                   timings: dict, source_report: dict | None, ranking: dict[int, float] | None = None) -> dict:
     report = {
         **(source_report or {}),
@@ -267,4 +290,5 @@ def write_outputs(result: FilterResult, directory: Path) -> None:
             record["rewards"] = list(result.rewards[i])
         lines.append(json.dumps(record))
     atomic_write_text(directory / "scores.jsonl", "".join(line + "\n" for line in lines))
+    write_rejected(directory / REJECTED_FILE, result.rejected)
     atomic_write_text(directory / "report.json", json.dumps(result.report, indent=2))

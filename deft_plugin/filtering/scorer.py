@@ -107,9 +107,17 @@ class ReplyScorer:
                     cache.write_part(out)
                 results.update(out)
                 bar.update(len(batch))
-        results = merge_from_all_ranks(results)
         wanted = {r.index for r in rows}
+        log_rank_share(len(todo), len(wanted & done.keys()))
+        results = merge_from_all_ranks(results)
         return {i: v for i, v in {**done, **results}.items() if i in wanted}
+
+
+def log_rank_share(scored: int, cached: int) -> None:
+    """Under a launch, each rank's one line of its share (its progress bar interleaves with the others')."""
+    rank, world = rank_and_world()
+    if world > 1:
+        LOG.info("DEFT scoring, rank %d of %d: %d pairs scored, %d read from the cache", rank, world, scored, cached)
 
 
 @torch.inference_mode()

@@ -19,17 +19,17 @@ from deft_plugin.data.encoding import EncodedRow, as_ranked, encode_rows, resolv
 from deft_plugin.data.parsing import ParsedRows, parse_source
 from deft_plugin.filtering.cache_key import score_cache_key
 from deft_plugin.filtering.distributed import is_main_process, join_launched_group
-from deft_plugin.filtering.pipeline import FilterResult, best_and_rest, run_filter
+from deft_plugin.filtering.pipeline import FilterResult, best_and_rest, run_filter, write_rejected
 from deft_plugin.filtering.scoring_model import load_scoring_model
 from deft_plugin.integration.scoring_reference import with_reference, with_start_rewards
 from deft_plugin.integration.settings import DeftSettings
-from deft_plugin.launch.outputs import SELECTION_RECORD
+from deft_plugin.launch.outputs import REJECTED_RECORD, SELECTION_RECORD
 from deft_plugin.utils.atomic import atomic_write_text
 
 LOG = logging.getLogger("axolotl.integrations.deft")
 
 WHERE = "deft_source_line"  # a column that never reaches the trainer
-Rows = tuple[Dataset, "Dataset | None", dict]  # train, eval, the source's report
+Rows = tuple[Dataset, "Dataset | None", dict, list]  # train, eval, the source's report, its unparseable rows
 
 
 def load_deft_datasets(settings: DeftSettings, tokenizer, axolotl_rows: Callable[[], Rows]
@@ -37,7 +37,8 @@ def load_deft_datasets(settings: DeftSettings, tokenizer, axolotl_rows: Callable
     """(train, eval, total_num_steps, filter result) of a DEFT run; axolotl_rows() loads the rows
     through Axolotl's own loader, for configs whose datasets use no DEFT format."""
     style = resolve_prompt_style(settings.prompt_style, tokenizer)
-    train, evaluation, source_report = load_deft_rows(settings, style) if settings.deft_formats else axolotl_rows()
+    train, evaluation, source_report, unparseable = (load_deft_rows(settings, style) if settings.deft_formats
+                                                     else axolotl_rows())
     names = train[WHERE] if WHERE in train.column_names else None
     if names is not None:
         train = train.remove_columns(WHERE)
@@ -50,7 +51,8 @@ def load_deft_datasets(settings: DeftSettings, tokenizer, axolotl_rows: Callable
                                                             settings.revision, settings.trust_remote_code))
     result = run_filter(rows, tokenizer, load_model, settings.filter, cache_dir,
                         QDiff.load(settings.qdiff_path) if settings.qdiff_path else None,
-                        source_report={**source_report, "prompt_style": style}, row_names=names)
+                        source_report={**source_report, "prompt_style": style}, row_names=names,
+                        source_rejected=unparseable)
     saturating = settings.filter.start_rewards
     if pro:
         kept = listwise_dataset(result.kept, result.encoded, rows, result.start_rewards if saturating else None)
@@ -112,7 +114,7 @@ def load_deft_rows(settings: DeftSettings, style: str) -> Rows:
     if settings.val_set_size:
         split = train.train_test_split(test_size=settings.val_set_size, seed=settings.seed)
         train, evaluation = split["train"], split["test"]
-    return train, evaluation, parsed.report()
+    return train, evaluation, parsed.report(), parsed.rejected
 
 
 def load_axolotl_rows(cfg) -> Rows:
@@ -121,7 +123,7 @@ def load_axolotl_rows(cfg) -> Rows:
     from axolotl.common.datasets import load_preference_datasets
 
     meta = load_preference_datasets(cfg=cfg)
-    return meta.train_dataset, meta.eval_dataset, {"read": len(meta.train_dataset), "unparseable": 0}
+    return meta.train_dataset, meta.eval_dataset, {"read": len(meta.train_dataset), "unparseable": 0}, []
 
 
 def cache_dir_for(settings: DeftSettings, rows: list[dict], tokenizer) -> Path:
@@ -158,5 +160,7 @@ def encoded_eval(evaluation: Dataset, tokenizer, max_length: int | None, truncat
 def write_selection(output_dir: Path, result: FilterResult, cache_dir: Path) -> None:
     """This run's own record of its kept rows (indices into the parsed rows) and filter report:
     the cache directory is shared by every run with the same rewards, this file is not."""
-    record = {"kept": result.kept, "report": result.report, "cache_dir": str(cache_dir)}
+    record = {"kept": result.kept, "report": {**result.report, "rejected_file": REJECTED_RECORD},
+              "cache_dir": str(cache_dir)}
+    write_rejected(output_dir / REJECTED_RECORD, result.rejected)
     atomic_write_text(output_dir / SELECTION_RECORD, json.dumps(record, indent=2))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
 from pathlib import Path
 
+import gradio
 import pytest
 
 from deft_app.settings import Criterion, JudgingSettings
@@ -137,11 +139,19 @@ def test_admin_results_and_export_in_the_browser(served, browser, tmp_path):
     n = len(store.votes())
     page, _ = login(browser, served["url"], "boss", "admin-pw-123")
     page.get_by_role("tab", name="Results").click()
+    fetched_urls = []
+    page.on("request", lambda r: fetched_urls.append(r.url))
+    served["results_shown_at"] = time.time()
     page.locator("#show-results").click()
     page.locator("#results").get_by_text("Position bias").wait_for(timeout=30_000)
     text = page.locator("#results").inner_text()
     assert f"{n} votes" in text and f"dpo\tdeft\t{n}\t" in text and "Position bias" in text
     page.locator("#results-plot img").wait_for(timeout=30_000)
+    # the plot comes inline in the admin's own response, not from a URL someone else could hold
+    assert page.locator("#results-plot img").get_attribute("src").startswith("data:image/png;base64,")
+    assert page.locator("#results-plot img").evaluate("img => img.naturalWidth") > 300
+    served["admin_file_urls"] = [u for u in fetched_urls if "/file=" in u]
+    assert served["admin_file_urls"] == []
     page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
     shutil.copy(tmp_path / "results.png", served["tmp"] / "results.png")
     page.locator("#export").click()
@@ -169,6 +179,12 @@ def test_an_annotator_cannot_fetch_an_export(served, browser):
     for path in ("exports/votes.jsonl", "votes.db"):
         response = page.request.get(f"{served['url']}gradio_api/file={served['tmp'] / path}")
         assert response.status in (403, 404) and "verdict" not in response.text()
+    # nothing of the results was put in Gradio's file cache, and no file URL the admin's page used serves
+    cache = Path(gradio.utils.get_upload_folder())
+    cached = [p for p in cache.rglob("*") if p.is_file() and p.stat().st_mtime >= served["results_shown_at"] - 1]
+    assert [p for p in cached if p.read_bytes()[:4] == b"\x89PNG"] == []
+    for admin_url in served["admin_file_urls"]:
+        assert page.request.get(admin_url).status == 404
 
 
 def test_wrong_password_stays_out(served, browser):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import html
+import re
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
 import pytest
 
-from deft_app.render import TAGS, _sanitise, answer_html, raw_html
+from deft_app.render import MAX_DEPTH, TAGS, TOO_DEEP_NOTE, _sanitise, answer_html, raw_html
 
 HOSTILE = [
     "<script>alert(1)</script>",
@@ -138,3 +140,70 @@ def test_raw_html_escapes_everything_and_keeps_newlines():
     assert raw_html(text) == ('<pre class="raw-answer"># not a heading\n'
                               "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;\n\n**a &amp; b** &quot;q&quot;</pre>")
     assert [tag for tag, _ in Tags(raw_html(text)).tags] == ["pre"]
+
+
+# ------------------------------------------------------------------- nesting past the parser's limit
+
+
+def shown_words(fragment: str) -> list[str]:
+    """The words a judge reads in the rendered view, in order."""
+    class Text(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.parts = []
+
+        def handle_data(self, data):
+            self.parts.append(data)
+
+    parser = Text()
+    parser.feed(fragment)
+    return re.findall(r"w\d+", " ".join(parser.parts))
+
+
+def nested_list(depth: int) -> str:
+    return "".join("  " * i + f"- w{i}\n" for i in range(depth)) + "\nw9999 after the list\n"
+
+
+def nested_quote(depth: int) -> str:
+    return ">" * depth + " w0\n\nw9999 after\n"
+
+
+def mixture(depth: int) -> str:
+    """A list item holding a quote holding a list item ... each level with its own word."""
+    lines, indent = [], ""
+    for i in range(depth):
+        marker = "- " if i % 2 == 0 else "> "
+        lines.append(f"{indent}{marker}w{i}")
+        indent += "  " if i % 2 == 0 else "> "
+    return "\n".join(lines) + "\n\nw9999 after\n"
+
+
+@pytest.mark.parametrize("depth", [1, 9, 10, 11, 19, 20, 50, 400])
+def test_no_word_of_a_deep_list_is_lost(depth):
+    rendered = answer_html(nested_list(depth))
+    assert shown_words(rendered) == [f"w{i}" for i in range(depth)] + ["w9999"]
+    assert (TOO_DEEP_NOTE in rendered) == (depth > 9)  # markdown-it dropped the text from 10 lists on
+
+
+@pytest.mark.parametrize("depth", [1, 19, 20, 21, 100, 5000])
+def test_no_word_of_a_deep_quote_is_lost(depth):
+    rendered = answer_html(nested_quote(depth))
+    assert shown_words(rendered) == ["w0", "w9999"]
+    assert (TOO_DEEP_NOTE in rendered) == (depth >= 20)
+    if depth >= 20:  # past the depth the markers themselves are shown as written
+        assert re.search(f"<code>{'>' * (depth - MAX_DEPTH)} ?w0", html.unescape(rendered))
+
+
+@pytest.mark.parametrize("depth", [4, 20, 25, 60, 300])
+def test_no_word_of_a_deep_mixture_of_lists_and_quotes_is_lost(depth):
+    rendered = answer_html(mixture(depth))
+    assert shown_words(rendered) == [f"w{i}" for i in range(depth)] + ["w9999"]
+    assert rendered.count(TOO_DEEP_NOTE) == (1 if depth > 13 else 0)
+
+
+def test_every_character_past_the_depth_reaches_the_view():
+    deep = "".join("  " * i + f"- w{i} *em* `code` <b>&amp;</b>\n" for i in range(30))
+    rendered = html.unescape(answer_html(deep))
+    tail = "".join("  " * (i - 10) + f"- w{i} *em* `code` <b>&amp;</b>\n" for i in range(11, 30))
+    assert tail in rendered  # the part past the depth exactly as written, markup included, as text
+    assert "<b>" not in answer_html(deep)  # ... and never as markup

@@ -8,6 +8,7 @@ from deft_app.results import (
     agreement,
     all_results,
     pair_results,
+    plot_results,
     position_bias,
     results_by_criterion,
     strengths,
@@ -92,3 +93,22 @@ def test_aliases_shorten_model_names_for_tables_only():
     assert votes[0]["model_a"] == "runs/deft-dpo-5pct/checkpoint-120"  # the votes themselves untouched
     assert pair_results(short)[0]["model_a"] == "DEFT 5%"
 
+
+
+@pytest.mark.parametrize("verdict", ["tie", "a"])
+@pytest.mark.parametrize("names", [("a", "b"), ("DPO 100% on the whole pool", "DEFT-DPO 5% of the pool, top")])
+def test_nothing_in_the_plot_is_cut_at_its_edges(tmp_path, verdict, names):
+    """Long model names push the axes right; every label must still be inside the image: its outermost
+    rows and columns of pixels are background."""
+    import numpy as np
+    from PIL import Image
+
+    votes = [{"item_id": f"q{i}", "annotator": "ann", "verdict": verdict, "model_a": names[0], "model_b": names[1],
+              "left_model": names[0], "category": "writing", "criterion": c}
+             for i in range(3) for c in ("harmless", "helpful")]
+    path = plot_results(results_by_criterion(votes, ["harmless", "helpful"]), tmp_path / "results.png")
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L"))
+    edges = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    assert edges.min() == 255, "something is drawn across the image's edge"
+    assert (pixels < 128).sum() > 1000  # and the plot is there

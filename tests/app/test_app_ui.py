@@ -5,6 +5,8 @@ progress; the served app lets only listed annotators in."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import socket
@@ -15,6 +17,7 @@ import gradio as gr
 import httpx
 import pytest
 from fastapi import HTTPException
+from PIL import Image
 
 from deft_app.settings import Criterion, JudgingSettings
 from deft_app.store import Store
@@ -79,7 +82,12 @@ def test_results_and_export_are_for_admins_only(app):
     table, plot, annotators, flags = app.results(req("boss"))
     assert "| dpo | deft | 1 | 0 | 1 | 0 | 0.500 |" in table
     assert "| ann | 1 | 0 | 0 |" in annotators and flags == "No flagged items."
-    assert plot.format is None and plot.size[0] > 300  # an image in memory, no file on disk
+    # the plot travels inline in the admin's response: a PNG, never a file Gradio would serve
+    prefix = '<img alt="Win rates" src="data:image/png;base64,'
+    assert plot.startswith(prefix)
+    png = base64.b64decode(plot[len(prefix):plot.index('"', len(prefix))])
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.size[0] > 300
     links = re.findall(r"\((deft-export/[^/]+/(votes\.\w+))\)", app.export(req("boss")))
     assert [name for _, name in links] == ["votes.jsonl", "votes.csv"]
     token = links[0][0].split("/")[1]

@@ -141,6 +141,49 @@ def test_broken_json_lines_are_counted_and_named_and_the_run_goes_on(tmp_path, t
     assert named == [f"{data}:2", f"{data}:4", f"{data}:6", f"{data}:7"]
 
 
+def test_every_rejected_row_is_written_with_its_place_and_reason(tmp_path, tiny_model_dir):
+    """Twelve bad rows (more than the report names), three duplicates and a pair whose replies differ
+    only past --max-length: every one in rejected.jsonl by file:line, and the counts add up."""
+    from builders import hh_rows
+
+    good = hh_rows(40)
+    lines = [json.dumps(r) for r in good]
+    bad_at = list(range(2, 38, 3))  # 12 places
+    for n in bad_at:
+        lines[n] = '{"chosen": "cut off'
+    lines += [json.dumps(good[0]), json.dumps(good[1]), json.dumps(good[0])]  # lines 41-43: copies
+    prompt = "\n\nHuman: Tell me about bread.\n\nAssistant:"
+    shared = " Bread is made from flour, water, salt and yeast, and baked in a hot oven." * 20
+    lines.append(json.dumps({"chosen": f"{prompt}{shared} For an hour.",
+                             "rejected": f"{prompt}{shared} Until golden."}))  # line 44
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "o"
+    assert main(["filter", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(out),
+                 "--max-length", "512", "--count", "3"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert len(report["unparseable_examples"]) == 5  # the report names the first few ...
+    unparseable = [r for r in rejected if r["stage"] == "unparseable"]
+    assert [r["where"] for r in unparseable] == [f"{data}:{n + 1}" for n in bad_at]  # ... the file names all
+    assert {r["reason"] for r in unparseable} == {"line is not a JSON object: not valid JSON (Unterminated string "
+                                                  "starting at)"}
+    degenerate = {r["where"]: r for r in rejected if r["stage"] == "degenerate"}
+    assert degenerate[f"{data}:41"] == {"where": f"{data}:41", "stage": "degenerate", "reason": "duplicate",
+                                        "duplicate_of": f"{data}:1"}
+    assert degenerate[f"{data}:42"]["duplicate_of"] == f"{data}:2"
+    assert degenerate[f"{data}:43"]["duplicate_of"] == f"{data}:1"
+    assert degenerate[f"{data}:44"]["reason"] == "identical_after_truncation"
+    assert report["degenerate_reasons"]["duplicate"] == 3
+    assert report["degenerate_reasons"]["identical_after_truncation"] == 1
+    # nothing lost: every line read is kept, not selected, or rejected with a place
+    assert report["read"] == len(lines) == 44
+    assert report["read"] == report["unparseable"] + report["degenerate"] + report["scored"]
+    assert report["rejected"] == len(rejected) == report["unparseable"] + report["degenerate"]
+    assert len((out / "kept.jsonl").read_text().splitlines()) == report["kept"] == 3
+    assert (out / "cache" / "rejected.jsonl").read_text() == (out / "rejected.jsonl").read_text()
+
+
 def test_console_script_lists_formats():
     out = subprocess.run([sys.executable, "-m", "deft_plugin.cli", "formats"], capture_output=True, text=True,
                          check=True)

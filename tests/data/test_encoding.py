@@ -147,19 +147,53 @@ def test_degenerate_reasons_text(tiny_tokenizer):
         {"prompt": p, "chosen": shared + " for an hour.", "rejected": shared + " until golden."},  # 5 same once cut
         {"prompt": p, "chosen": " " + tok.eos_token, "rejected": " No."},  # 6 empty: EOS only
         {"prompt": p, "chosen": " Yes.", "rejected": " No."},  # 7 kept
+        {"prompt": p, "chosen": " Bread is baked.", "rejected": " No."},  # 8 a copy of row 0
+        {"prompt": p, "chosen": " No.", "rejected": " Bread is baked."},  # 9 row 0 the other way round: kept
     ]
     prompt_len = len(tok(text=p)["input_ids"])
     assert len(tok(text=long_prompt)["input_ids"]) > 64 > prompt_len + 8
     pairs, dropped = encode_rows(rows, tok, max_length=prompt_len + 8)
-    assert [q.index for q in pairs] == [0, 7]
+    assert [q.index for q in pairs] == [0, 7, 9]
     assert dropped == Counter({"empty chosen reply": 2, "empty rejected reply": 1,
-                               "chosen and rejected identical": 2,
-                               "reply cut off: prompt fills sequence_len": 1})
+                               "chosen and rejected identical": 1, "identical_after_truncation": 1,
+                               "reply cut off: prompt fills sequence_len": 1, "duplicate": 1})
+    assert dropped.rows["identical_after_truncation"] == [5] and dropped.rows["duplicate"] == [8]
+    assert dropped.duplicate_of == {8: 0}
+    assert dropped.by_row() == [(1, "empty chosen reply"), (2, "empty rejected reply"),
+                                (3, "chosen and rejected identical"), (4, "reply cut off: prompt fills sequence_len"),
+                                (5, "identical_after_truncation"), (6, "empty chosen reply"), (8, "duplicate")]
     # without max_length only the replies that differ at the end survive
     pairs, dropped = encode_rows(rows, tok)
-    assert [q.index for q in pairs] == [0, 4, 5, 7]
+    assert [q.index for q in pairs] == [0, 4, 5, 7, 9]
     assert dropped == Counter({"empty chosen reply": 2, "empty rejected reply": 1,
-                               "chosen and rejected identical": 1})
+                               "chosen and rejected identical": 1, "duplicate": 1})
+
+
+def test_a_duplicate_is_the_same_prompt_and_replies_in_the_same_order(tiny_tokenizer):
+    """Kept once (the first copy); another prompt, another reply or another order is another example,
+    and a duplicate of a degenerate row is counted as a duplicate (its first copy carries the reason)."""
+    user = [{"role": "user", "content": "Hi"}]
+
+    def reply(text):
+        return [{"role": "assistant", "content": text}]
+
+    rows = [
+        {"prompt": user, "chosen": reply("Hello"), "rejected": reply("Go away")},  # 0
+        {"prompt": user, "chosen": reply("Hello"), "rejected": reply("Go away")},  # 1 copy of 0
+        {"prompt": [{"role": "user", "content": "Hi!"}], "chosen": reply("Hello"), "rejected": reply("Go away")},
+        {"prompt": user, "chosen": reply("Go away"), "rejected": reply("Hello")},  # 3 swapped: kept
+        {"prompt": user, "chosen": reply("Hello"), "rejected": reply("Hello")},  # 4 identical
+        {"prompt": user, "chosen": reply("Hello"), "rejected": reply("Hello")},  # 5 copy of 4
+        {"prompt": user, "chosen": reply("Hello"), "rejected": reply("Go away")},  # 6 copy of 0 again
+    ]
+    pairs, dropped = encode_rows(rows, tiny_tokenizer)
+    assert [p.index for p in pairs] == [0, 2, 3]
+    assert dropped == Counter({"duplicate": 3, "chosen and rejected identical": 1})
+    assert dropped.duplicate_of == {1: 0, 5: 4, 6: 0}
+    ranked = [{"prompt": "Q", "responses": [" a", " b", " c"]}, {"prompt": "Q", "responses": [" a", " b", " c"]},
+              {"prompt": "Q", "responses": [" a", " c", " b"]}]
+    pairs, dropped = encode_rows(ranked, tiny_tokenizer)
+    assert [p.index for p in pairs] == [0, 2] and dropped == Counter({"duplicate": 1})
 
 
 def test_degenerate_reasons_messages(tiny_tokenizer):

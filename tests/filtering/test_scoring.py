@@ -248,6 +248,13 @@ def test_run_filter_counts_and_selection(rows, tiny_tokenizer, sharp_model, naiv
     assert len(cut_off) == 5 and all(n in names[:HH_PAIRS] for n in cut_off)
     assert report["scored"] == SCORED == len(result.scores) == len(result.rewards)
     assert report["rows"] == report["degenerate"] + report["scored"]
+    # every degenerate row, not only the first few, is in the rejected records with its place and reason
+    assert report["rejected"] == len(result.rejected) == 20 and report["rejected_file"] == "rejected.jsonl"
+    assert [r["where"] for r in result.rejected] == sorted(
+        (n for n in names if n not in {names[i] for i in result.scores}), key=names.index)
+    assert {r["stage"] for r in result.rejected} == {"degenerate"}
+    assert result.rejected[-2:] == [{"where": names[-2], "stage": "degenerate", "reason": "chosen and rejected identical"},
+                                    {"where": names[-1], "stage": "degenerate", "reason": "chosen and rejected identical"}]
     assert report["kept"] == len(result.kept) == keep_count(SCORED, RATIO) == math.ceil(RATIO * SCORED) == KEPT
     assert set(result.scores) == set(naive)  # the degenerate rows were not scored
 

@@ -140,6 +140,14 @@ def test_train_full_finetune(tmp_path, tiny_model_dir, hh_file):
     lines = (cache / "scores.jsonl").read_text().splitlines()
     kept_in_cache = [r["index"] for r in map(json.loads, lines) if r["kept"]]
     assert selection["kept"] == kept_in_cache and selection["report"]["kept"] == KEPT
+    # every row left out before scoring, named by file and line beside the run's record
+    assert selection["report"]["rejected_file"] == "deft_rejected.jsonl"
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "deft_rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == report["degenerate"] == selection["report"]["rejected"]
+    assert [r["where"] for r in rejected] == sorted((r["where"] for r in rejected),
+                                                    key=lambda w: int(w.rsplit(":", 1)[1]))
+    assert all(r["where"].startswith(str(hh_file) + ":") and r["stage"] == "degenerate" for r in rejected)
+    assert {r["reason"] for r in rejected} == set(report["degenerate_reasons"])
 
     # the trained weights moved away from the starting ones, and stayed finite
     before = load_file(tiny_model_dir / "model.safetensors")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -60,6 +61,16 @@ def cache_parts(cache: Path) -> dict[str, set[int]]:
     return writers
 
 
+def rank_lines(out: str) -> dict[int, tuple[int, int]]:
+    """rank -> (pairs it scored, pairs it read from the cache), from each rank's one log line."""
+    found = {}
+    for rank, world, scored, cached in re.findall(
+            r"DEFT scoring, rank (\d+) of (\d+): (\d+) pairs scored, (\d+) read from the cache", out):
+        assert int(world) == WORLD and int(rank) not in found, out[-3000:]
+        found[int(rank)] = (int(scored), int(cached))
+    return found
+
+
 def test_accelerate_reuses_the_group_the_plugin_made(tmp_path):
     """The group made in the datasets hook is the one Axolotl's trainer then runs on: accelerate
     finds it and joins it instead of making another."""
@@ -91,6 +102,9 @@ def test_torchrun_filter_shards_the_scoring_and_matches_one_process(tmp_path, sh
     shards = list(cache_parts(two / "cache").values())
     assert len(shards) == WORLD and sorted(len(s) for s in shards) == [SCORED // 2] * 2
     assert shards[0].isdisjoint(shards[1]) and len(shards[0] | shards[1]) == SCORED
+    assert rank_lines(sharded) == {0: (SCORED // 2, 0), 1: (SCORED // 2, 0)}  # one line per rank
+    again = run(torchrun(*command, "--out", str(tmp_path / "two")), REPO, tmp_path / "again.log")
+    assert rank_lines(again) == {0: (0, SCORED), 1: (0, SCORED)}  # every pair read from the cache
 
 
 def hook_on_every_rank(out: str, prepared: Path) -> None:
@@ -105,6 +119,7 @@ def hook_on_every_rank(out: str, prepared: Path) -> None:
     shards = list(cache_parts(cache).values())
     assert len(shards) == WORLD and sorted(len(s) for s in shards) == [SCORED // 2] * 2
     assert shards[0].isdisjoint(shards[1])
+    assert rank_lines(out) == {0: (SCORED // 2, 0), 1: (SCORED // 2, 0)}
 
 
 def test_torchrun_axolotl_train_ddp_shards_the_scoring(tmp_path, sharp_model_dir, hh_file):

@@ -99,6 +99,12 @@ def test_pro_ragged_lists_with_rewards_lora_and_eval(tmp_path, tiny_model_dir):
     assert "ranked.jsonl:65: " in report["unparseable_examples"][0]  # its file and 1-based line
     log = axolotl("train", config)
     assert "DEFT scoring" not in log  # cached by preprocess
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "deft_rejected.jsonl").read_text().splitlines()]
+    assert rejected[0] == {"where": f"{data}:65", "stage": "unparseable",
+                           "reason": "fewer than 2 responses (1); a ranking needs n >= 2"}
+    degenerate = rejected[1:]  # the training rows left out, each by its own line of the file
+    assert len(degenerate) == report["degenerate"] and {r["stage"] for r in degenerate} == {"degenerate"}
+    assert all(r["where"].startswith(f"{data}:") and r["where"] != f"{data}:65" for r in degenerate)
     state, steps = logged_steps(tmp_path / "out")
     check_metrics(steps)
     assert state["global_step"] == math.ceil(report["kept"] / MICRO_BATCH)
