@@ -95,7 +95,7 @@ def cmd_mt_bench(args) -> int:
     results = {"single": summary}
     if args.baseline_answers:
         from deft_eval.generate import read_done
-        from deft_eval.mt_bench import judge_pairwise, summarise_pairwise
+        from deft_eval.mt_bench import judge_pairwise, pairwise_markdown, summarise_pairwise
 
         baseline = read_done(Path(args.baseline_answers), key="question_id")
         if not baseline:
@@ -105,10 +105,7 @@ def cmd_mt_bench(args) -> int:
                                baseline_name, args.mt_bench_dir, endpoint,
                                out / "model_judgment" / f"{args.judge_model}_pair.jsonl")
         results["pairwise"] = summarise_pairwise(pairs)
-        report += ("\n| model | baseline | win | loss | tie | inconsistent | unparseable | win rate |\n"
-                   "|---|---|---|---|---|---|---|---|\n")
-        report += "".join(f"| {m} | {r['baseline']} | {r['win']} | {r['loss']} | {r['tie']} | {r['inconsistent']} | "
-                          f"{r['unparseable']} | {r['win_rate']:.3f} |\n" for m, r in results["pairwise"].items())
+        report += "\n" + pairwise_markdown(results["pairwise"])
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     atomic_write_text(out / "results.md", report)
     plot_results(summary, out / "results.png")

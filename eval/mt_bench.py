@@ -274,34 +274,75 @@ def summarise_judgments(judgments: list[dict], questions: list[dict]) -> dict:
             for model, r in out.items()}
 
 
+NO_SCORE = "no parseable judgment"
+
+
+def _missing(value) -> bool:
+    """A mean with nothing behind it: absent, or nan (no parseable judgment)."""
+    return value is None or value != value
+
+
+def score_text(value, digits: int) -> str:
+    """A mean as table text: a dash where it is missing, never "nan"."""
+    return "–" if _missing(value) else f"{value:.{digits}f}"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table from cell lists, one cell per header column in every row, so it stays
+    valid whatever the columns are (no category column at all when nothing was parseable)."""
+    lines = [header, ["---"] * len(header), *rows]
+    text = "\n".join("| " + " | ".join(str(c) for c in line) + " |" for line in lines) + "\n"
+    if any("–" in row for row in rows):  # say what the dash means
+        text += f"\n(–: {NO_SCORE})\n"
+    return text
+
+
 def results_markdown(summary: dict) -> str:
     """Per model: overall, per turn and per category means, and the unparseable count."""
     categories = sorted({c for r in summary.values() for c in r["category"]})
-    lines = ["| model | score | turn 1 | turn 2 | judged | unparseable | " + " | ".join(categories) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(categories)]
-    def cell(value, digits: int) -> str:  # no parseable judgment: a dash, never "nan"
-        return "–" if value is None or value != value else f"{value:.{digits}f}"
+    rows = [[model, score_text(r["score"], 3), score_text(r["turn"].get(1), 3), score_text(r["turn"].get(2), 3),
+             r["judged"], r["unparseable"], *(score_text(r["category"].get(c), 2) for c in categories)]
+            for model, r in sorted(summary.items())]
+    return markdown_table(["model", "score", "turn 1", "turn 2", "judged", "unparseable", *categories], rows)
 
-    for model, r in sorted(summary.items()):
-        lines.append(f"| {model} | {cell(r['score'], 3)} | {cell(r['turn'].get(1), 3)} | {cell(r['turn'].get(2), 3)} "
-                     f"| {r['judged']} | {r['unparseable']} | "
-                     + " | ".join(cell(r["category"].get(c), 2) for c in categories) + " |")
-    if any(not r["judged"] for r in summary.values()):
-        lines.append("\n(–: no parseable judgment)")
-    return "\n".join(lines) + "\n"
+
+def pairwise_markdown(pairwise: dict) -> str:
+    """Per model against the baseline: wins, losses, ties, inconsistent and unparseable pairs,
+    and the win rate (a dash when no pair had a parseable verdict)."""
+    rows = [[m, r["baseline"], r["win"], r["loss"], r["tie"], r["inconsistent"], r["unparseable"],
+             score_text(r["win_rate"], 3)] for m, r in sorted(pairwise.items())]
+    return markdown_table(["model", "baseline", "win", "loss", "tie", "inconsistent", "unparseable", "win rate"],
+                          rows)
+
+
+def legend_label(model: str, row: dict) -> str:
+    """The model and its overall score, in words where it has none."""
+    return f"{model} ({NO_SCORE if _missing(row['score']) else format(row['score'], '.2f')})"
 
 
 def plot_results(summary: dict, path: str | Path) -> Path:
-    """MT-Bench score per category, one bar group per model."""
+    """MT-Bench score per category, one bar group per model; a missing score is written where
+    its bar would be."""
     from deft_plugin.utils.plots import save_figure, subplots
 
     categories = sorted({c for r in summary.values() for c in r["category"]})
     fig, ax = subplots(figsize=(max(5.0, 0.8 * len(categories) + 2), 3.6))
     width = 0.8 / max(1, len(summary))
     for k, (model, r) in enumerate(sorted(summary.items())):
-        ax.bar([i + k * width for i in range(len(categories))], [r["category"].get(c, 0.0) for c in categories],
-               width, label=f"{model} ({r['score']:.2f})")
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(categories))], categories, rotation=30, ha="right")
+        bars = [(i + k * width, r["category"].get(c)) for i, c in enumerate(categories)]
+        shown = [(x, h) for x, h in bars if not _missing(h)]
+        ax.bar([x for x, _ in shown], [h for _, h in shown], width, label=legend_label(model, r))
+        for x, h in bars:
+            if _missing(h):  # in words: a bar of 0 would read as a score
+                ax.text(x, 0.2, NO_SCORE, rotation=90, ha="center", va="bottom", fontsize=7)
+    if not categories:  # nothing parseable at all: say so rather than leave the axes empty
+        unparseable = sum(r["unparseable"] for r in summary.values())
+        ax.text(0.5, 0.5, f"{NO_SCORE}\n({unparseable} unparseable)", transform=ax.transAxes, ha="center",
+                va="center")
+    centres = [i + 0.4 - width / 2 for i in range(len(categories))]
+    ax.set_xticks(centres, categories, rotation=30, ha="right")
+    if categories:  # room for every model's slot, drawn or not (autoscaling sees only the bars)
+        ax.set_xlim(centres[0] - 0.5, centres[-1] + 0.5)
     ax.set_ylim(0, 10)
     ax.set_ylabel("MT-Bench score (1-10)")
     ax.legend(fontsize=8)
