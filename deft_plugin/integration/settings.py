@@ -65,6 +65,7 @@ class DeftSettings:
     output_dir: Path | None
     batch_size: int  # Axolotl's cfg.batch_size: micro batch x accumulation x world size
     num_epochs: float
+    max_steps: int | None = None  # when set, the trainer runs exactly this many steps (epochs or not)
 
 
 def deft_args(cfg) -> DEFTArgs:
@@ -107,7 +108,7 @@ def read_settings(cfg) -> DeftSettings:
         adapter=cfg.get("adapter") or None,
         cache_root=Path(a.deft_cache_dir) if a.deft_cache_dir else Path(prepared) / "deft",
         output_dir=Path(cfg["output_dir"]) if cfg.get("output_dir") else None,
-        batch_size=batch_size, num_epochs=cfg.get("num_epochs") or 1,
+        batch_size=batch_size, num_epochs=cfg.get("num_epochs") or 1, max_steps=cfg.get("max_steps") or None,
     )
 
 

@@ -209,3 +209,25 @@ def test_filter_ranked_lists(tmp_path, tiny_model_dir):
         assert row["deft_reward_rejected"] == pytest.approx(rest, abs=1e-9)
         assert len(row.get("deft_rewards", [0, 0])) == n
     assert any(len(r["responses"]) > 2 for r in kept)
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--ratio", "2"], "--ratio 2.0: the fraction of pairs kept must be in (0, 1]"),
+    (["--ratio", "0"], "--ratio 0.0:"),
+    (["--pairs", "0"], "--pairs 0: must be at least 1"),
+    (["--steps", "-1"], "--steps -1: must be at least 1"),
+    (["--learning-rate", "0"], "--learning-rate 0.0: must be above 0"),
+    (["--model", "no/such/model-dir"], "--model no/such/model-dir: no model directory there"),
+    (["--data", "missing.jsonl.gz"], "--data missing.jsonl.gz: dataset path missing.jsonl.gz does not exist"),
+    (["--pairs", "100000"], "--pairs 100000 / --heldout 40: the split leaves"),
+])
+def test_demo_mistakes_are_one_line_before_any_work(tmp_path, capsys, flags, named):
+    """Refused in a second, before the model is loaded or the held-out pass runs, with exit code 2."""
+    import time
+
+    start = time.perf_counter()
+    assert main(["demo", "--run-dir", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("deft demo: ") and named in err and len(err.splitlines()) == 1, err
+    assert time.perf_counter() - start < 20  # no held-out pass (about 30 s on the default model)
+    assert not (tmp_path / "run" / "report.json").exists()

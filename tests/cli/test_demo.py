@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from builders import REPO
+
+STEPS = 3  # the DPO run's --steps: more than one epoch over its 4 kept pairs (2 steps)
 
 
 @pytest.mark.slow
@@ -20,8 +23,8 @@ def test_demo_small(tmp_path, method):
     run_dir = tmp_path / "demo"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     args = ["--pairs", "16", "--heldout", "8", "--ratio", "0.25", "--sequence-len", "256", "--method", method]
-    if method == "dpo":
-        args += ["--run-dir", str(run_dir)]
+    if method == "dpo":  # --steps past one epoch over the kept pairs: the trainer runs them all
+        args += ["--run-dir", str(run_dir), "--steps", str(STEPS)]
         cwd = REPO
     else:
         from deft_plugin.cli.smollm2 import ensure_smollm2
@@ -37,13 +40,26 @@ def test_demo_small(tmp_path, method):
     assert pairs["sampled"] == 16
     assert pairs["scored"] + pairs["degenerate"] + pairs["unparseable"] == 16
     assert pairs["kept"] == math.ceil(0.25 * pairs["scored"])
-    assert pairs["dropped"] == 16 - pairs["kept"]
-    sides = report["kept_vs_dropped"]  # what the filter chose, against what it dropped
-    assert sides["kept"]["pairs"] == pairs["kept"] and sides["dropped"]["pairs"] == pairs["scored"] - pairs["kept"]
+    assert pairs["not_kept"] == pairs["scored"] - pairs["kept"]
+    assert sum(pairs["degenerate_reasons"].values()) == pairs["degenerate"]
+    # the printed counts are the report's, and the reasons are printed
+    reasons = "".join(f"; {n} {reason}" for reason, n in pairs["degenerate_reasons"].items())
+    assert (f"pairs: 16 sampled = {pairs['unparseable']} unparseable + {pairs['degenerate']} degenerate{reasons} + "
+            f"{pairs['scored']} scored; of the scored, {pairs['kept']} kept and {pairs['not_kept']} not kept"
+            in proc.stdout)
+    rejected = Path(report["rejected_file"]).read_text().splitlines()
+    assert len(rejected) == pairs["unparseable"] + pairs["degenerate"]
+    sides = report["kept_vs_dropped"]  # what the filter chose, against the scored pairs it did not keep
+    assert sides["kept"]["pairs"] == pairs["kept"] and sides["dropped"]["pairs"] == pairs["not_kept"]
+    assert f"not kept: {pairs['not_kept']} pairs" in proc.stdout
     assert sides["kept"]["score"] > sides["dropped"]["score"]
-    assert "what DEFT kept, against what it dropped" in proc.stdout and "docs/study/README.md" in proc.stdout
+    assert "what DEFT kept, against the scored pairs it did not keep" in proc.stdout
+    assert "docs/study/README.md" in proc.stdout
     training = report["training"]
-    assert training["steps"] == math.ceil(pairs["kept"] / 2)
+    # the steps announced (the plugin's line in the training log) are the steps run
+    announced = re.search(r"kept -> (\d+) steps", (run_dir / "train.log").read_text())
+    assert announced and int(announced.group(1)) == training["steps"]
+    assert training["steps"] == (STEPS if method == "dpo" else math.ceil(pairs["kept"] / 2))
     assert all(math.isfinite(x) for x in training["loss"] + training["deft_term"])
     config = (run_dir / "axolotl.yaml").read_text()
     if method == "pro":  # PRO on the causal trainer: its own losses logged, no rl key
@@ -56,6 +72,8 @@ def test_demo_small(tmp_path, method):
         assert report["seconds"][key] > 0
     before, after = report["heldout_preference_accuracy"]["before"], report["heldout_preference_accuracy"]["after"]
     assert before["pairs"] == after["pairs"] > 0
+    assert before["held_out"] == 8 == before["pairs"] + sum(before["left_out"].values())
+    assert f"held-out preference accuracy ({before['pairs']} of 8 pairs" in proc.stdout
     assert 0 <= before["accuracy"] <= 1 and 0 <= after["accuracy"] <= 1
     assert before["mean_margin"] != after["mean_margin"]  # the trained model differs from the start
     for png in report["plots"].values():

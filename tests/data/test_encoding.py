@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from deft_plugin.data.encoding import EncodedRow, encode_completion, encode_rows
+from deft_plugin.data.encoding import EncodedRow, encode_completion, encode_rows, resolve_prompt_style
 from deft_plugin.data.formats import hh_rlhf
 from deft_plugin.hookspecs import RowError
 
@@ -240,3 +240,41 @@ def test_truncation_keep_start_cuts_and_counts_drop_leaves_out(tiny_tokenizer):
     with pytest.raises(ValueError, match="deft_truncation"):
         encode_rows(rows, tiny_tokenizer, room, "middle")
 
+
+
+# ------------------------------------------------------------------ chat messages and text, mixed
+
+
+def test_text_rows_mixed_with_chat_rows_become_the_same_chat_sequences(smollm2_dir):
+    """The same dialogue as an hh_rlhf row (chat messages under the default model's chat template) and as
+    a listwise text row: once in one form, both encode to the very same token ids; text that is no
+    Human/Assistant transcript becomes one user turn."""
+    from transformers import AutoTokenizer
+
+    from deft_plugin.data.encoding import as_ranked, in_one_form
+    from deft_plugin.data.formats.hh_rlhf import parse as parse_hh, split_transcript
+    from deft_plugin.data.formats.listwise import parse as parse_listwise
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    assert resolve_prompt_style("auto", tokenizer) == "chat_template"
+    hh = hh_rows(3)[2]
+    chat_row = as_ranked(parse_hh(hh, "chat_template"))
+    prompt, chosen = split_transcript(hh["chosen"])
+    text_rows = [parse_listwise({"prompt": prompt, "responses": [" " + chosen, " " + split_transcript(hh["rejected"])[1]]},
+                                "chat_template"),
+                 parse_listwise({"prompt": "Name a colour.", "responses": ["Blue.", "Seven."]}, "chat_template")]
+    assert isinstance(text_rows[0]["prompt"], str)  # a text row stays text under a chat template, alone
+    rows, converted = in_one_form([chat_row, *text_rows])
+    assert converted == 2 and all(isinstance(r["prompt"], list) for r in rows)
+    assert rows[0] is chat_row and rows[1]["prompt"] == chat_row["prompt"]
+    assert rows[1]["responses"] == chat_row["responses"]
+    assert rows[2]["prompt"] == [{"role": "user", "content": "Name a colour."}]
+    assert rows[2]["responses"] == [[{"role": "assistant", "content": "Blue."}], [{"role": "assistant", "content": "Seven."}]]
+    _, dropped = encode_rows(rows, tokenizer)
+    assert dropped.duplicate_of == {1: 0}  # the same example once in one form: the text copy repeats the chat row
+    encoded = [encode_rows([row], tokenizer)[0][0] for row in rows]
+    assert encoded[0].prompt_ids == encoded[1].prompt_ids and encoded[0].completions == encoded[1].completions
+    assert tokenizer.decode(encoded[2].prompt_ids).endswith("<|im_start|>user\nName a colour.<|im_end|>\n"
+                                                            "<|im_start|>assistant\n")
+    # rows all of one form are left as they are
+    assert in_one_form(text_rows) == (text_rows, 0) and in_one_form([chat_row]) == ([chat_row], 0)

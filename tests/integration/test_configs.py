@@ -430,3 +430,28 @@ def test_plugin_keys_are_dropped_when_the_plugin_is_not_listed(tiny_model_dir, h
     raw["datasets"] = [{"path": str(hh_file), "type": "chatml.intel"}]
     cfg = _load(raw, tmp_path, axolotl_process)
     assert cfg.get("deft_filter_ratio") is None
+
+
+@pytest.mark.parametrize("change, line", [
+    ({"deft_filter_ratio": 2}, "  deft_filter_ratio must be in (0, 1], got 2.0"),
+    ({"deft_filtr_ratio": 0.1}, "  deft_filtr_ratio: unknown DEFT key; did you mean deft_filter_ratio?"),
+    ({"base_model": "./models/no-such-model"}, "  base_model: ./models/no-such-model is not a model directory"),
+])
+def test_a_refused_config_reaches_the_axolotl_user_in_a_few_lines(change, line, tiny_model_dir, hh_file, tmp_path):
+    """Through `axolotl preprocess` as a user calls it: the key and the message, no traceback (before: the
+    message at the end of 60-250 lines; a missing model folder read as a malformed hub id)."""
+    from test_axolotl_e2e import write_config
+
+    config = write_config(tmp_path, tiny_model_dir, hh_file, **change)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1"}
+    env.pop("DEFT_DEBUG", None)
+    proc = subprocess.run([str(Path(sys.executable).with_name("axolotl")), "preprocess", str(config)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "Repo id must be" not in proc.stderr, proc.stderr[-3000:]
+    errors = proc.stderr[proc.stderr.index("axolotl: the config is not valid"):].splitlines()
+    assert errors[0] == "axolotl: the config is not valid (1 error; DEFT_DEBUG=1 shows the traceback):"
+    assert len(errors) == 2 and errors[1].startswith(line), errors
+    debug = subprocess.run([str(Path(sys.executable).with_name("axolotl")), "preprocess", str(config)], cwd=tmp_path,
+                           env={**env, "DEFT_DEBUG": "1"}, capture_output=True, text=True, timeout=300)
+    assert "Traceback" in debug.stderr and line.strip().split(" (")[0] in debug.stderr

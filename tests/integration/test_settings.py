@@ -171,3 +171,14 @@ def test_nothing_past_the_door_reads_the_config():
             if isinstance(node, (ast.FunctionDef, ast.Lambda)) and "cfg" in [a.arg for a in node.args.args]:
                 takers.append(f"{path.relative_to(REPO)}:{getattr(node, 'name', 'lambda')}")
     assert takers == ["deft_plugin/integration/datasets_hook.py:load_axolotl_rows"]
+
+
+@pytest.mark.parametrize("extra, kept, steps", [({}, 19, 10), ({"max_steps": 20}, 19, 20), ({"max_steps": 3}, 19, 3),
+                                                ({"num_epochs": 2}, 19, 19)])
+def test_the_steps_announced_are_the_steps_the_trainer_runs(extra, kept, steps):
+    """Axolotl gives the trainer max_steps over any epoch count, so the hook's step count is max_steps when set."""
+    from deft_plugin.integration.datasets_hook import steps_for
+
+    raw = {"plugins": PLUGIN, "rl": "dpo", "micro_batch_size": 2, "gradient_accumulation_steps": 1,
+           "datasets": [{"path": "hh.jsonl", "type": "deft.hh_rlhf"}], **extra}
+    assert steps_for(kept, deft_settings(DictDefault(raw))) == steps
