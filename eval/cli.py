@@ -7,17 +7,33 @@ import os
 import sys
 from pathlib import Path
 
+from deft_plugin.utils.usage import UsageError, run_reporting_usage_errors
+
+
+def _model_given(flag: str, value: str) -> None:
+    """A model that cannot be loaded ends the command here, before any long work."""
+    from deft_eval.models import model_problem
+
+    problem = model_problem(value)
+    if problem:
+        raise UsageError(f"{flag} {value}: {problem}")
+
 
 def cmd_generate(args) -> int:
     from deft_eval.generate import GenerationSettings, generate_answers
-    from deft_eval.hh_prompts import load_prompts
+    from deft_eval.hh_prompts import HUB_ID, load_prompts
     from deft_eval.models import load_causal_lm
 
-    prompts, skipped = load_prompts(args.data, args.sample, args.seed)
+    _model_given("--model", args.model)
+    data = args.data or f"(default: the hub's {HUB_ID})"
+    try:
+        prompts, skipped = load_prompts(args.data, args.sample, args.seed)
+    except (OSError, ValueError, RuntimeError) as err:  # not there, not readable, or not on the hub
+        raise UsageError(f"--data {data}: {err}") from err
     if skipped:
         print(f"skipped {sum(skipped.values())} rows that are not HH-RLHF dialogues: {dict(skipped)}", file=sys.stderr)
     if not prompts:
-        raise SystemExit("no prompts to answer")
+        raise UsageError(f"--data {data}: no prompts to answer")
     model, tokenizer = load_causal_lm(args.model, args.device, args.dtype)
     settings = GenerationSettings(args.max_new_tokens, args.max_prompt_tokens, args.batch_size, args.prompt_style)
     name = args.name or Path(args.model.rstrip("/")).name  # the folder's (or the hub id's) own name
@@ -32,22 +48,45 @@ def cmd_generate(args) -> int:
 def cmd_score(args) -> int:
     from deft_eval.report import markdown, read_answers, score_answers
 
-    records = read_answers(args.answers)
+    try:
+        records = read_answers(args.answers)
+    except ValueError as err:  # the message names the file, and the line
+        raise UsageError(str(err)) from err
+    missing = []
     if args.scorers is None:  # what runs with what was given: the model-based scorers need their model
         names = ["bleu"] + ["reward"] * bool(args.reward_model) + ["bartscore"] * bool(args.bart_model)
         missing = [f"{s} (give {flag})" for s, flag, given in (("reward", "--reward-model DIR", args.reward_model),
                                                                ("bartscore", "--bart-model DIR", args.bart_model))
                    if not given]
-        if missing:
-            print("not scored: " + ", ".join(missing), file=sys.stderr)
     else:
         names = [n.strip() for n in args.scorers.split(",") if n.strip()]
+    _scorers_given(args, names)
+    if missing:  # said once the run is sure to go on
+        print("not scored: " + ", ".join(missing), file=sys.stderr)
     options = {"reward_model": args.reward_model, "bart_model": args.bart_model, "batch_size": args.batch_size,
                "device": args.device}
     report = score_answers(records, names, options, args.out, title=args.title or args.answers)
     print(markdown(report["table"], report["title"]))
     print(f"written: {args.out}/report.md, report.json, report.png, scores.jsonl")
     return 0
+
+
+def _scorers_given(args, names: list[str]) -> None:
+    """Every scorer known and its model loadable, before the first one runs."""
+    from deft_eval.registry import scorers
+    from deft_eval.scorers.bartscore import DEFAULT_MODEL
+
+    known = scorers()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"--scorers {args.scorers}: unknown scorer(s) {', '.join(unknown)}; known: "
+                         + ", ".join(sorted(known)))
+    if "reward" in names and not args.reward_model:
+        raise UsageError(f"--scorers {args.scorers}: give --reward-model DIR_OR_ID for the reward scorer")
+    if args.reward_model:
+        _model_given("--reward-model", args.reward_model)
+    if args.bart_model or "bartscore" in names:
+        _model_given("--bart-model", args.bart_model or DEFAULT_MODEL)
 
 
 def cmd_mt_bench(args) -> int:
@@ -65,18 +104,28 @@ def cmd_mt_bench(args) -> int:
     )
     from deft_plugin.utils.atomic import atomic_write_text
 
-    questions = load_mt_questions(args.mt_bench_dir)
+    _model_given("--model", args.model)
+    try:
+        questions = load_mt_questions(args.mt_bench_dir)
+    except FileNotFoundError as err:
+        raise UsageError(f"--mt-bench-dir {args.mt_bench_dir}: no question.jsonl in it (FastChat's MT-Bench "
+                         "questions; judge_prompts.jsonl and reference_answer/ for judging)") from err
     if args.question_ids:
-        wanted = {int(q) for q in args.question_ids.split(",")}
+        try:
+            wanted = {int(q) for q in args.question_ids.split(",")}
+        except ValueError as err:
+            raise UsageError(f"--question-ids {args.question_ids}: question numbers, comma-separated") from err
         unknown = wanted - {q["question_id"] for q in questions}
         if unknown:
-            raise SystemExit(f"--question-ids: no question {', '.join(map(str, sorted(unknown)))} in the question file")
+            raise UsageError(f"--question-ids {args.question_ids}: no question "
+                             f"{', '.join(map(str, sorted(unknown)))} in the question file")
         questions = [q for q in questions if q["question_id"] in wanted]
     if args.questions is not None:
         questions = questions[: args.questions]
     out = Path(args.out)
     name = args.name or Path(args.model).name
     answer_file = out / "model_answer" / f"{name}.jsonl"
+    baseline = _baseline_answers(args.baseline_answers) if args.baseline_answers else None
     model, tokenizer = load_causal_lm(args.model, args.device, args.dtype)
     answers = answer_questions(model, tokenizer, questions, answer_file, name, args.max_new_tokens, args.batch_size,
                                args.seed)
@@ -93,13 +142,9 @@ def cmd_mt_bench(args) -> int:
     summary = summarise_judgments(judgments, questions)
     report = results_markdown(summary)
     results = {"single": summary}
-    if args.baseline_answers:
-        from deft_eval.generate import read_done
+    if baseline:
         from deft_eval.mt_bench import judge_pairwise, pairwise_markdown, summarise_pairwise
 
-        baseline = read_done(Path(args.baseline_answers), key="question_id")
-        if not baseline:
-            raise SystemExit(f"--baseline-answers {args.baseline_answers}: no answers in it")
         baseline_name = next(iter(baseline.values())).get("model_id") or Path(args.baseline_answers).stem
         pairs = judge_pairwise(questions, {name: {a["question_id"]: a for a in answers}, baseline_name: baseline},
                                baseline_name, args.mt_bench_dir, endpoint,
@@ -113,14 +158,44 @@ def cmd_mt_bench(args) -> int:
     return 0
 
 
+def _baseline_answers(path: str) -> dict:
+    """The baseline's answers, read before the model is: an empty or missing file is the user's mistake."""
+    from deft_eval.generate import read_done
+
+    if not Path(path).is_file():
+        raise UsageError(f"--baseline-answers {path}: no such file")
+    try:
+        baseline = read_done(Path(path), key="question_id")
+    except (ValueError, KeyError) as err:  # a line that is not JSON, or not a FastChat answer
+        raise UsageError(f"--baseline-answers {path}: not a FastChat answer file ({err})") from err
+    if not baseline:
+        raise UsageError(f"--baseline-answers {path}: no answers in it")
+    return baseline
+
+
+def _run_folder(label: str, path: str) -> None:
+    """A folder with what compare reads: a score run's report.json or an mt-bench run's results.json."""
+    run = Path(path)
+    if not run.is_dir():
+        raise UsageError(f"{label} {path}: no such folder")
+    if not ((run / "report.json").is_file() or (run / "results.json").is_file()):
+        raise UsageError(f"{label} {path}: neither report.json (deft-eval score) nor results.json "
+                         "(deft-eval mt-bench) in it")
+
+
 def cmd_compare(args) -> int:
     import json
 
     from deft_eval.compare import compare_runs, comparison_markdown, overlap, plot_comparison
     from deft_plugin.utils.atomic import atomic_write_text
 
+    _run_folder("run_a", args.run_a)  # the positional arguments, named as in the usage line
+    _run_folder("run_b", args.run_b)
     name_a, name_b = args.name_a or Path(args.run_a).name, args.name_b or Path(args.run_b).name
-    counts = overlap(args.run_a, args.run_b)  # refuses runs that share no answer
+    try:
+        counts = overlap(args.run_a, args.run_b)  # refuses runs that share no answer
+    except ValueError as err:  # that, or a scores.jsonl line that is not JSON: the message names the file
+        raise UsageError(str(err)) from err
     if counts["only_a"] or counts["only_b"]:
         print(f"warning: {counts['only_a']} answers only in {name_a} and {counts['only_b']} only in {name_b}; "
               f"the intervals use the {counts['shared']} shared, the totals each run's own", file=sys.stderr)
@@ -161,6 +236,7 @@ def cmd_judge_server(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deft-eval", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="answer HH-RLHF test prompts (greedy, PRO's conventions)")
     g.add_argument("--model", required=True, help="local model directory (e.g. a DEFT run's output_dir) or hub id")
@@ -233,15 +309,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _counts_given(args) -> None:
+    """Sizes and counts given on the command line are at least 1."""
+    for name in ("batch_size", "max_new_tokens", "max_prompt_tokens", "sample", "parallel", "judge_retries"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
 def main(argv=None) -> int:
     # Offline unless the caller says otherwise (HF_HUB_OFFLINE=0): a missing model must fail fast, not hang.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
-    for name in ("batch_size", "max_new_tokens", "max_prompt_tokens", "sample", "parallel", "judge_retries"):
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    return args.func(args)
+
+    def command() -> int:
+        _counts_given(args)
+        return args.func(args)
+
+    return run_reporting_usage_errors(f"deft-eval {args.command}", command, args.debug)
 
 
 if __name__ == "__main__":

@@ -15,25 +15,31 @@ import math
 from pathlib import Path
 
 
-def model_metrics(single: dict | None, pairwise: dict | None) -> dict[str, float]:
+def _value(value: float | None) -> float | None:
+    """A result's value, None where it has none: null in results.json, or NaN as older files hold."""
+    return None if value is None or value != value else value
+
+
+def model_metrics(single: dict | None, pairwise: dict | None) -> dict[str, float | None]:
     """Flat {name: value} of one model's MT-Bench result: its single-grading entry (score, turn,
-    category) and its pairwise entry (baseline, win_rate), either of them None when absent."""
-    metrics: dict[str, float] = {}
+    category) and its pairwise entry (baseline, win_rate), either of them None when absent. A
+    value is None where the judge gave nothing parseable."""
+    metrics: dict[str, float | None] = {}
     if single is not None:
         metrics["score"] = single["score"]
         metrics.update({f"turn_{t}": v for t, v in single["turn"].items()})
         metrics.update(single["category"])
     if pairwise is not None:
         metrics[f"win_rate_vs_{pairwise['baseline']}"] = pairwise["win_rate"]
-    return metrics
+    return {name: _value(v) for name, v in metrics.items()}
 
 
-def mt_bench_metrics(results: dict) -> dict[str, float]:
+def mt_bench_metrics(results: dict) -> dict[str, float | None]:
     """Flat metrics of a `deft-eval mt-bench` results.json: `mt_bench/<name>` for a single model,
     `mt_bench/<model>/<name>` for each model when it holds several (see the module docstring)."""
     single, pairwise = results.get("single", {}), results.get("pairwise", {})
     models = sorted(set(single) | set(pairwise))
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | None] = {}
     for model in models:
         prefix = "mt_bench/" if len(models) == 1 else f"mt_bench/{model}/"
         metrics.update({prefix + name: value for name, value in
@@ -41,10 +47,10 @@ def mt_bench_metrics(results: dict) -> dict[str, float]:
     return metrics
 
 
-def run_metrics(run_dir: str | Path) -> dict[str, float]:
+def run_metrics(run_dir: str | Path) -> dict[str, float | None]:
     """Flat {metric name: value} of a run directory (MT-Bench names: see the module docstring)."""
     run = Path(run_dir)
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | None] = {}
     if (run / "report.json").is_file():
         for group, row in json.loads((run / "report.json").read_text())["table"].items():
             for key, value in row.items():

@@ -249,14 +249,16 @@ def summarise_pairwise(judgments: list[dict]) -> dict:
             row[{"model_1": "win", "model_2": "loss", "tie": "tie"}[g1]] += 1
     for row in out.values():
         n = row["win"] + row["loss"] + row["tie"]
-        row["win_rate"] = row["win"] / n if n else float("nan")
-        row["win_rate_ties_half"] = (row["win"] + row["tie"] / 2) / n if n else float("nan")
+        # None, not nan, where no pair had a verdict: results.json stays JSON (null, not NaN)
+        row["win_rate"] = row["win"] / n if n else None
+        row["win_rate_ties_half"] = (row["win"] + row["tie"] / 2) / n if n else None
     return out
 
 
 def summarise_judgments(judgments: list[dict], questions: list[dict]) -> dict:
     """Mean scores per model: overall, per turn and per category, over parseable judgments;
-    unparseable ones (score -1) counted, never averaged in."""
+    unparseable ones (score -1) counted, never averaged in. A model with no parseable
+    judgment has the score None."""
     category = {q["question_id"]: q["category"] for q in questions}
     out: dict[str, dict] = {}
     for j in judgments:
@@ -267,7 +269,8 @@ def summarise_judgments(judgments: list[dict], questions: list[dict]) -> dict:
         row["scores"].append(j["score"])
         row["turn"].setdefault(j["turn"], []).append(j["score"])
         row["category"].setdefault(category[j["question_id"]], []).append(j["score"])
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    # None where nothing was parseable: null in results.json (NaN, json's default, is not JSON)
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     return {model: {"score": mean(r["scores"]), "judged": len(r["scores"]), "unparseable": r["unparseable"],
                     "turn": {t: mean(v) for t, v in sorted(r["turn"].items())},
                     "category": {c: mean(v) for c, v in sorted(r["category"].items())}}
@@ -278,7 +281,8 @@ NO_SCORE = "no parseable judgment"
 
 
 def _missing(value) -> bool:
-    """A mean with nothing behind it: absent, or nan (no parseable judgment)."""
+    """A mean with nothing behind it (no parseable judgment): absent, None, or nan as older
+    summaries hold."""
     return value is None or value != value
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from deft_plugin.hookspecs import Command, hookimpl
+from deft_plugin.utils.usage import UsageError
 
 
 def add_study_args(p: argparse.ArgumentParser) -> None:
@@ -26,11 +27,10 @@ def cmd_study(args) -> int:
     from deft_plugin.launch.defaults import default_data
     from deft_study.pipeline import run_study
     from deft_study.report import render_markdown, write_report
-    from deft_study.spec import load_spec
 
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
-    spec = load_spec(args.spec, model=args.model, data=args.data)
+    spec = _spec(args)
     out = Path(args.out).resolve()
     if spec.model:
         model_dir = Path(spec.model)
@@ -45,6 +45,20 @@ def cmd_study(args) -> int:
     print(render_markdown(report))
     print(f"report: {out / 'report.md'}, {out / 'report.json'}")
     return 0
+
+
+def _spec(args):
+    """The study spec, read before anything runs; a spec file that is missing, not YAML or not a
+    valid spec is the user's to fix."""
+    from deft_study.spec import load_spec
+
+    if args.spec is not None and not Path(args.spec).is_file():
+        raise UsageError(f"--spec {args.spec}: no such file")
+    try:
+        return load_spec(args.spec, model=args.model, data=args.data)
+    except (ValueError, TypeError) as err:  # TypeError: a section of the wrong shape (a list for a mapping)
+        reason = str(err).removeprefix(f"{args.spec}: ")  # most reasons name the file already
+        raise UsageError(f"--spec {args.spec}: {reason}") from err
 
 
 def command_line(args) -> list[str]:

@@ -182,9 +182,19 @@ def _section(cls, values: dict | None, where: str):
     return cls(**values)
 
 
+def _read_yaml(path: str | Path):
+    """The file's YAML; a syntax error is a ValueError in one line, with where it is."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{path}: not valid YAML: {getattr(err, 'problem', None) or err}{where}") from err
+
+
 def load_spec(path: str | Path | None = None, **overrides) -> StudySpec:
     """The spec from a YAML file (None: the default study), with top-level overrides (model, data)."""
-    raw = yaml.safe_load(Path(path).read_text()) if path else {}
+    raw = _read_yaml(path) if path else {}
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a study spec is a mapping of keys")
     raw.update({k: v for k, v in overrides.items() if v is not None})

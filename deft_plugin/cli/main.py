@@ -18,11 +18,7 @@ import tempfile
 from pathlib import Path
 
 from deft_plugin.utils.atomic import atomic_write_text
-
-
-class UsageError(Exception):
-    """A mistake in what the command was given, told in one line with exit code 2
-    (--debug or DEFT_DEBUG=1 shows the traceback)."""
+from deft_plugin.utils.usage import UsageError, run_reporting_usage_errors
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -63,13 +59,13 @@ def _read(args, tokenizer):
     return parse_rows(raw, name, resolve_prompt_style(args.style, tokenizer), source=args.data)
 
 
-def _tokenizer(name: str):
+def _tokenizer(name: str, flag: str = "--model"):
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as err:
-        raise UsageError(f"--model {name}: neither a model directory nor a hub model available "
+        raise UsageError(f"{flag} {name}: neither a model directory nor a hub model available "
                          f"{'offline' if os.environ.get('HF_HUB_OFFLINE') == '1' else 'here'}") from err
 
 
@@ -116,12 +112,23 @@ def _show(qdiff, tokenizer, out: str | Path, top: int) -> None:
                   f"counts {row['chosen_count']}/{row['rejected_count']}")
 
 
-def cmd_inspect(args) -> int:
+def _saved_qdiff(flag: str, directory: str):
+    """The distribution `deft qdiff` saved in directory; a wrong folder is the user's mistake."""
     from deft_plugin.core.qdiff import QDiff
 
-    qdiff = QDiff.load(args.qdiff)
-    tokenizer = (_tokenizer(args.tokenizer or qdiff.meta.get("tokenizer"))
-                 if (args.tokenizer or qdiff.meta.get("tokenizer")) else None)
+    if not Path(directory).is_dir():
+        raise UsageError(f"{flag} {directory}: no such folder")
+    try:
+        return QDiff.load(directory)
+    except FileNotFoundError as err:
+        raise UsageError(f"{flag} {directory}: no saved discrepancy distribution in it (qdiff.safetensors and "
+                         "qdiff.json, as `deft qdiff` writes them)") from err
+
+
+def cmd_inspect(args) -> int:
+    qdiff = _saved_qdiff("qdiff", args.qdiff)  # the positional argument, named as in the usage line
+    name = args.tokenizer or qdiff.meta.get("tokenizer")
+    tokenizer = _tokenizer(name, "--tokenizer") if name else None  # not given: the one qdiff.json records
     print(json.dumps({k: v for k, v in qdiff.meta.items() if k != "special_ids"}, indent=2))
     _show(qdiff, tokenizer, args.out or args.qdiff, args.top)
     return 0
@@ -140,19 +147,19 @@ def _filter(args, ratio, count, select="top", seed=0, by="deft") -> int:
 
 
 def _filter_on_this_rank(args, ratio, count, select, seed, by) -> int:
-    from deft_plugin.core.qdiff import QDiff
     from deft_plugin.filtering.distributed import is_main_process
     from deft_plugin.filtering.pipeline import REJECTED_FILE, FilterSettings, best_and_rest, run_filter, write_rejected
     from deft_plugin.filtering.scoring_model import load_scoring_model
 
     out = _writable(args.out)
+    qdiff = _saved_qdiff("--qdiff", args.qdiff) if args.qdiff else None
     tokenizer = _tokenizer(args.model)
     parsed = _read(args, tokenizer)
     settings = FilterSettings(ratio=ratio, count=count, score=args.score, norm=args.norm,
                               batch_size=args.batch_size, max_length=args.max_length, truncation=args.truncation,
                               select=select, seed=seed, by=by)
     result = run_filter(parsed.rows, tokenizer, lambda: load_scoring_model(args.model, args.dtype), settings,
-                        cache_dir=out / "cache", qdiff=QDiff.load(args.qdiff) if args.qdiff else None,
+                        cache_dir=out / "cache", qdiff=qdiff,
                         source_report=parsed.report(), row_names=parsed.where, source_rejected=parsed.rejected)
     if not is_main_process():
         return 0
@@ -299,13 +306,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     keep_dependency_noise_in(getattr(args, "out", None) or getattr(args, "run_dir", None))
     show_filter_log()
-    try:
-        return args.func(args)
-    except UsageError as err:
-        if args.debug or os.environ.get("DEFT_DEBUG") == "1":
-            raise
-        print(f"deft {args.command}: {err}", file=sys.stderr)
-        return 2
+    return run_reporting_usage_errors(f"deft {args.command}", lambda: args.func(args), args.debug)
 
 
 if __name__ == "__main__":

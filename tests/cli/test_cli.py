@@ -98,6 +98,15 @@ def test_bad_input_gets_one_line_and_exit_code_2(tmp_path, tiny_model_dir, hh_fi
     assert isinstance(err.value.__cause__, FileNotFoundError)
 
 
+def test_a_missing_or_empty_qdiff_folder_gets_one_line(tmp_path, tiny_model_dir, hh_file, capsys):
+    missing, empty = tmp_path / "missing", tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(capsys, ["inspect", str(missing)], f"qdiff {missing}: no such folder")
+    one_line_error(capsys, ["inspect", str(empty)], f"qdiff {empty}: no saved discrepancy distribution")
+    one_line_error(capsys, ["filter", "--data", str(hh_file), "--model", str(tiny_model_dir), "--out",
+                            str(tmp_path / "o"), "--qdiff", str(empty)], f"--qdiff {empty}: no saved discrepancy")
+
+
 def test_the_format_as_deft_formats_prints_it(tmp_path, tiny_model_dir, hh_file):
     out = tmp_path / "o"
     assert main(["score", "--data", str(hh_file), "--model", str(tiny_model_dir), "--out", str(out),

@@ -41,8 +41,8 @@ def test_cli_compare_writes_table_and_plot(tmp_path, capsys):
     assert "| metric | DPO | DEFT-DPO | delta |" in table and "| mt_bench/score | 5.0000 | 5.5000 | +0.5000 |" in table
     assert json.loads((out / "comparison.json").read_text())["b"] == "DEFT-DPO"
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(ValueError, match="neither report.json"):
-        main(["compare", str(a), str(tmp_path), "--out", str(tmp_path / "x")])
+    assert main(["compare", str(a), str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "neither report.json" in capsys.readouterr().err
 
 
 def write_mt_bench(directory, scores: dict[str, float], win_rates: dict[str, float]):
@@ -91,6 +91,13 @@ def test_paired_interval_over_shared_answers_and_a_refusal(tmp_path, capsys):
     assert "interval" not in rows["total/reward"]  # no per-answer reward scores: no interval
     assert "10 answers only in a and 1 only in b" in capsys.readouterr().err
     write_scores(b, {"other/1": 1.0})
-    with pytest.raises(ValueError, match="share no answer id"):
-        main(["compare", str(a), str(b), "--out", str(out)])
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 2
+    assert "share no answer id" in capsys.readouterr().err
 
+
+@pytest.mark.parametrize("written", ["null", "NaN"])  # NaN: as results.json files were written before null
+def test_an_mt_bench_score_the_judge_never_gave_is_none(tmp_path, written):
+    (tmp_path / "results.json").write_text('{"single": {"m": {"score": %s, "judged": 0, "unparseable": 2, '
+                                           '"turn": {}, "category": {}}}}' % written)
+    assert run_metrics(tmp_path) == {"mt_bench/score": None}
+    assert compare_runs(tmp_path, tmp_path) == [{"metric": "mt_bench/score", "a": None, "b": None, "delta": None}]

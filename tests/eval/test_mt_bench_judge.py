@@ -99,22 +99,28 @@ def test_a_rerun_pays_the_judge_only_for_what_is_missing(tmp_path):
     assert all(j["score"] != -1 for j in again)
 
 
-def test_cli_answers_and_judges_a_small_fixture(tiny_model_dir, tmp_path):
-    """`deft-eval mt-bench` end to end on a three-question fixture (writing, math, coding)."""
+def mt_bench_fixture(tmp_path, question_ids):
+    """An --mt-bench-dir with these questions only, and a baseline answer file for them."""
     import shutil
-
-    from deft_eval.cli import main
 
     data = tmp_path / "mt_bench"
     (data / "reference_answer").mkdir(parents=True)
-    picked = [q for q in load_mt_questions(MT_BENCH) if q["question_id"] in (81, 111, 121)]
+    picked = [q for q in load_mt_questions(MT_BENCH) if q["question_id"] in question_ids]
     (data / "question.jsonl").write_text("".join(json.dumps(q) + "\n" for q in picked))
     shutil.copy(MT_BENCH / "judge_prompts.jsonl", data)
     shutil.copy(MT_BENCH / "reference_answer" / "gpt-4.jsonl", data / "reference_answer")
-    out = tmp_path / "out"
     baseline = tmp_path / "gpt-3.5-turbo.jsonl"
     baseline.write_text("".join(json.dumps(a) + "\n"
                                 for a in fake_answers(picked, "gpt-3.5-turbo")["gpt-3.5-turbo"].values()))
+    return data, baseline
+
+
+def test_cli_answers_and_judges_a_small_fixture(tiny_model_dir, tmp_path):
+    """`deft-eval mt-bench` end to end on a three-question fixture (writing, math, coding)."""
+    from deft_eval.cli import main
+
+    data, baseline = mt_bench_fixture(tmp_path, (81, 111, 121))
+    out = tmp_path / "out"
     with JudgeServer() as server:
         assert main(["mt-bench", "--model", str(tiny_model_dir), "--name", "tiny", "--mt-bench-dir", str(data),
                      "--out", str(out), "--judge-url", server.base_url, "--judge-model", "local-judge",
@@ -136,6 +142,30 @@ def test_cli_answers_and_judges_a_small_fixture(tiny_model_dir, tmp_path):
                      "--max-new-tokens", "3", "--question-ids", "81"]) == 0
         assert server.requests == []
     assert json.loads((out / "results.json").read_text())["single"]["tiny"]["judged"] == 2
+
+
+def test_results_json_has_null_where_the_judge_gave_no_verdict(tiny_model_dir, tmp_path):
+    """A model the judge never rates has no score and no win rate: null in results.json (strict
+    JSON, not NaN), and `deft-eval compare` reads the file."""
+    from deft_eval.cli import main
+
+    data, baseline = mt_bench_fixture(tmp_path, (81,))
+    out = tmp_path / "out"
+    with JudgeServer(malformed_marker="Start of Assistant") as server:  # in every judge prompt: no verdict
+        assert main(["mt-bench", "--model", str(tiny_model_dir), "--name", "tiny", "--mt-bench-dir", str(data),
+                     "--out", str(out), "--judge-url", server.base_url, "--judge-model", "local-judge",
+                     "--max-new-tokens", "3", "--baseline-answers", str(baseline)]) == 0
+
+    def not_json(constant):
+        raise AssertionError(f"results.json holds {constant}, which is not JSON")
+
+    results = json.loads((out / "results.json").read_text(), parse_constant=not_json)
+    assert results["single"]["tiny"]["score"] is None and results["single"]["tiny"]["unparseable"] == 2
+    assert results["pairwise"]["tiny"]["win_rate"] is None and results["pairwise"]["tiny"]["unparseable"] == 2
+    assert main(["compare", str(out), str(out), "--out", str(tmp_path / "cmp")]) == 0
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text(), parse_constant=not_json)["rows"]
+    assert {r["metric"]: (r["a"], r["delta"]) for r in rows} == {
+        "mt_bench/score": (None, None), "mt_bench/win_rate_vs_gpt-3.5-turbo": (None, None)}
 
 
 def test_pairwise_against_a_baseline_judged_in_both_orders(tmp_path):

@@ -78,7 +78,7 @@ def test_pairwise_table_says_when_no_verdict_was_parseable():
     pairwise = {"tiny": {"baseline": "gpt-3.5-turbo", "win": 2, "loss": 1, "tie": 1, "inconsistent": 1,
                          "unparseable": 0, "win_rate": 0.5, "win_rate_ties_half": 0.625},
                 "broken": {"baseline": "gpt-3.5-turbo", "win": 0, "loss": 0, "tie": 0, "inconsistent": 0,
-                           "unparseable": 4, "win_rate": float("nan"), "win_rate_ties_half": float("nan")}}
+                           "unparseable": 4, "win_rate": None, "win_rate_ties_half": None}}
     text = pairwise_markdown(pairwise)
     assert [(r["model"], r["win"], r["unparseable"], r["win rate"]) for r in table_rows(text)] == [
         ("broken", "0", "4", "–"), ("tiny", "2", "0", "0.500")]

@@ -52,3 +52,31 @@ def test_a_baseline_arm_reaches_its_axolotl_config(tmp_path):
     spec = load_spec(path)
     cfg = arm_config(spec, spec.arms[1], 3, tmp_path / "model", tmp_path / "pool.jsonl", tmp_path / "out")
     assert (cfg["deft_filter_by"], cfg["deft_filter_select"], cfg["deft_filter_seed"]) == ("length_ratio", "top", 3)
+
+
+@pytest.fixture
+def no_study_runs(monkeypatch):
+    """The study's runs replaced by a recorder: a bad spec must be refused before any of them."""
+    from deft_study import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run_study", lambda *a, **k: calls.append(a))
+    return calls
+
+
+@pytest.mark.parametrize("text, words", [
+    (None, "no such file"),
+    ("arms: [{name: base\n", "not valid YAML"),
+    ("arms: [{name: base, method: base}, {name: x, method: ppo}]\n", "arms.x.method"),
+])
+def test_deft_study_with_a_bad_spec_gets_one_line(tmp_path, text, words, no_study_runs, capsys):
+    from deft_plugin.cli.main import main
+
+    spec = tmp_path / "spec.yaml"
+    if text is not None:
+        spec.write_text(text)
+    model = tmp_path / "model"  # never reached: the spec is read first
+    assert main(["study", "--spec", str(spec), "--out", str(tmp_path / "out"), "--model", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--spec {spec}: {words}" in err and "Traceback" not in err, err
+    assert no_study_runs == [] and not (tmp_path / "out").exists()
