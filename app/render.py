@@ -51,7 +51,8 @@ def _keep_attribute(tag, attribute, value):
 # (20 levels, i.e. 10 nested lists or 20 quotes) and silently drops the rest of the text; the guard
 # below takes over at that level, and the parser's own limit is moved past it so it never fires first.
 MAX_DEPTH = 20
-TOO_DEEP_NOTE = f"<p><em>This answer nests deeper than {MAX_DEPTH} levels; the deeper part is shown as written.</em></p>"
+TOO_DEEP_NOTE = (f"<p><em>This answer nests deeper than {MAX_DEPTH} levels; the deeper part is shown as written."
+                 "</em></p>")
 
 
 def _as_written_past_max_depth(state, start_line, end_line, silent):

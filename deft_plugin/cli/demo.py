@@ -18,7 +18,6 @@ from pathlib import Path
 
 import yaml
 
-from deft_plugin.cli.main import UsageError
 from deft_plugin.core.losses import DEFAULT_REWARD_WEIGHT
 from deft_plugin.data.split import DATA_SPLIT
 from deft_plugin.launch.axolotl_train import OFFLINE_ENV, deft_run_config, run_axolotl_train
@@ -26,6 +25,7 @@ from deft_plugin.launch.defaults import default_data
 from deft_plugin.launch.outputs import REJECTED_RECORD
 from deft_plugin.utils.atomic import atomic_write_text
 from deft_plugin.utils.quiet import keep_dependency_noise_in
+from deft_plugin.utils.usage import UsageError
 
 STUDY_REPORT = "docs/study/README.md"
 

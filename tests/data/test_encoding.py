@@ -252,7 +252,8 @@ def test_text_rows_mixed_with_chat_rows_become_the_same_chat_sequences(smollm2_d
     from transformers import AutoTokenizer
 
     from deft_plugin.data.encoding import as_ranked, in_one_form
-    from deft_plugin.data.formats.hh_rlhf import parse as parse_hh, split_transcript
+    from deft_plugin.data.formats.hh_rlhf import parse as parse_hh
+    from deft_plugin.data.formats.hh_rlhf import split_transcript
     from deft_plugin.data.formats.listwise import parse as parse_listwise
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
@@ -260,8 +261,8 @@ def test_text_rows_mixed_with_chat_rows_become_the_same_chat_sequences(smollm2_d
     hh = hh_rows(3)[2]
     chat_row = as_ranked(parse_hh(hh, "chat_template"))
     prompt, chosen = split_transcript(hh["chosen"])
-    text_rows = [parse_listwise({"prompt": prompt, "responses": [" " + chosen, " " + split_transcript(hh["rejected"])[1]]},
-                                "chat_template"),
+    rejected = split_transcript(hh["rejected"])[1]
+    text_rows = [parse_listwise({"prompt": prompt, "responses": [" " + chosen, " " + rejected]}, "chat_template"),
                  parse_listwise({"prompt": "Name a colour.", "responses": ["Blue.", "Seven."]}, "chat_template")]
     assert isinstance(text_rows[0]["prompt"], str)  # a text row stays text under a chat template, alone
     rows, converted = in_one_form([chat_row, *text_rows])
@@ -269,7 +270,8 @@ def test_text_rows_mixed_with_chat_rows_become_the_same_chat_sequences(smollm2_d
     assert rows[0] is chat_row and rows[1]["prompt"] == chat_row["prompt"]
     assert rows[1]["responses"] == chat_row["responses"]
     assert rows[2]["prompt"] == [{"role": "user", "content": "Name a colour."}]
-    assert rows[2]["responses"] == [[{"role": "assistant", "content": "Blue."}], [{"role": "assistant", "content": "Seven."}]]
+    assert rows[2]["responses"] == [[{"role": "assistant", "content": "Blue."}],
+                                    [{"role": "assistant", "content": "Seven."}]]
     _, dropped = encode_rows(rows, tokenizer)
     assert dropped.duplicate_of == {1: 0}  # the same example once in one form: the text copy repeats the chat row
     encoded = [encode_rows([row], tokenizer)[0][0] for row in rows]

@@ -253,8 +253,8 @@ def test_run_filter_counts_and_selection(rows, tiny_tokenizer, sharp_model, naiv
     assert [r["where"] for r in result.rejected] == sorted(
         (n for n in names if n not in {names[i] for i in result.scores}), key=names.index)
     assert {r["stage"] for r in result.rejected} == {"degenerate"}
-    assert result.rejected[-2:] == [{"where": names[-2], "stage": "degenerate", "reason": "chosen and rejected identical"},
-                                    {"where": names[-1], "stage": "degenerate", "reason": "chosen and rejected identical"}]
+    identical = {"stage": "degenerate", "reason": "chosen and rejected identical"}
+    assert result.rejected[-2:] == [{"where": names[-2], **identical}, {"where": names[-1], **identical}]
     assert report["kept"] == len(result.kept) == keep_count(SCORED, RATIO) == math.ceil(RATIO * SCORED) == KEPT
     assert set(result.scores) == set(naive)  # the degenerate rows were not scored
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_configs import readme_configs
 
 from builders import REPO, hh_rows, listwise_rows, write_jsonl
-from test_configs import readme_configs
 
 pytestmark = pytest.mark.slow
 AXOLOTL = Path(sys.executable).with_name("axolotl")
