@@ -11,8 +11,8 @@ from pathlib import Path
 
 def cmd_serve(args) -> int:
     from deft_app import ui
-    from deft_app.items import InputError, items_from_files, read_annotators
-    from deft_app.settings import JudgingSettings, read_aliases, read_criteria, read_text_file
+    from deft_app.items import InputError, items_from_models, read_annotators, read_models
+    from deft_app.settings import JudgingSettings, aliases_by_model, read_aliases, read_criteria, read_text_file
 
     db = Path(args.db)
     if not db.parent.is_dir():
@@ -21,12 +21,16 @@ def cmd_serve(args) -> int:
         raise InputError(f"--overlap must be at least 1, got {args.overlap}")
     if args.hold_minutes <= 0:
         raise InputError(f"--hold-minutes must be positive, got {args.hold_minutes}")
+    aliases = read_aliases(args.alias)
+    models = read_models(args.answers, args.mt_bench_questions)
+    model_files = {path: name for path, (name, _) in zip(args.answers, models)}
     settings = JudgingSettings(criteria=read_criteria(args.criteria),
                                guidelines=read_text_file(args.guidelines, "--guidelines"),
                                content_warning=" ".join((args.content_warning or "").split()),
-                               aliases=read_aliases(args.alias), reveal_models=args.reveal_models)
-    items = items_from_files(args.answers, args.mt_bench_questions)
+                               aliases=aliases_by_model(aliases, model_files), reveal_models=args.reveal_models)
+    items = items_from_models(models)
     annotators = read_annotators(args.annotators)
+    check_criteria(db, settings.criterion_names, args.criteria is None)
     store = open_store(db)
     added = store.add_items(items)
     for a in annotators:
@@ -35,6 +39,23 @@ def cmd_serve(args) -> int:
           f"{', '.join(settings.criterion_names)}; votes in {db}")
     ui.launch(ui.JudgingApp(store, args.overlap, hold=args.hold_minutes * 60, settings=settings), args.host, args.port)
     return 0
+
+
+def check_criteria(db: Path, criteria: list[str], default: bool) -> None:
+    """Votes fix a database's criteria: served with others, every item judged on the old ones
+    would count as done (its annotators told "All done") with no vote on the new ones. So other
+    criteria are refused, the database left as it was; before the first vote any will do."""
+    from deft_app.items import InputError
+    from deft_app.store import NotOurDatabase, criteria_voted
+
+    try:
+        voted = criteria_voted(db)
+    except NotOurDatabase as err:
+        raise InputError(f"--db {err}") from None
+    if voted and voted != set(criteria):
+        given = ",".join(criteria) + (" (the default)" if default else "")
+        raise InputError(f"--criteria {given}: {db} holds votes on {', '.join(sorted(voted))}; serve it with "
+                         f"those criteria, or give a new --db for these")
 
 
 def open_store(db):
@@ -77,6 +98,8 @@ def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from deft_app.items import MIN_PASSWORD_LENGTH
+
     parser = argparse.ArgumentParser(prog="deft-app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve the judging app")
@@ -85,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mt-bench-questions", default=None, help="FastChat question.jsonl, for MT-Bench answer files")
     s.add_argument("--db", required=True, help="SQLite database of items and votes (created if missing)")
     s.add_argument("--annotators", required=True,
-                   help='JSONL: {"name", "password" (8+ characters), "role": "annotator" | "admin"}')
+                   help=f'JSONL: {{"name", "password" ({MIN_PASSWORD_LENGTH}+ characters), '
+                        '"role": "annotator" | "admin"}')
     s.add_argument("--overlap", type=int, default=1, help="annotators who judge each item")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=7860)
@@ -95,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guidelines", default=None, help="a Markdown file shown, collapsible, above every item")
     s.add_argument("--content-warning", default=None, help="a warning shown above every item of this data set")
     s.add_argument("--alias", action="append", default=None, metavar="MODEL=SHORT",
-                   help="a short model name for the admin's tables and plots (repeatable)")
+                   help="a short model name for the admin's tables and plots (repeatable); MODEL is the model's "
+                        "name in its answers or its answer file as given to --answers")
     s.add_argument("--reveal-models", action="store_true",
                    help="after each vote, tell the annotator which models they judged (off: the study stays blind)")
     s.add_argument("--hold-minutes", type=float, default=15,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from deft_plugin.utils.jsonl import read_jsonl
 
+MIN_PASSWORD_LENGTH = 8  # an annotator's password, in characters
+
 
 class InputError(ValueError):
     """A bad file or row given to the app; the message names it."""
@@ -67,7 +69,12 @@ def _reply(entry: dict, answers: list[str]) -> str:
 
 
 def items_from_files(paths: list[str | Path], questions_path: str | Path | None = None) -> list[dict]:
-    """One item per (prompt, pair of models) over the prompts every model answered."""
+    """The items of the answer files: read_models, then items_from_models."""
+    return items_from_models(read_models(paths, questions_path))
+
+
+def read_models(paths: list[str | Path], questions_path: str | Path | None = None) -> list[tuple[str, dict]]:
+    """(model name, its answers) of each answer file, in the order of `paths`."""
     if len(paths) < 2:
         raise InputError("give at least two answer files (one per model)")
     questions = None
@@ -77,6 +84,11 @@ def items_from_files(paths: list[str | Path], questions_path: str | Path | None 
     names = [m for m, _ in models]
     if len(set(names)) != len(names):
         raise InputError(f"two answer files carry the same model name: {names}")
+    return models
+
+
+def items_from_models(models: list[tuple[str, dict]]) -> list[dict]:
+    """One item per (prompt, pair of models) over the prompts every model answered."""
     shared = sorted(set.intersection(*(set(a) for _, a in models)))
     if not shared:
         raise InputError("the answer files have no prompt in common")
@@ -98,8 +110,9 @@ def read_annotators(path: str | Path) -> list[dict]:
     for n, row in numbered:
         if not isinstance(row.get("name"), str) or not row["name"].strip():
             raise InputError(f"{path}: line {n}: missing 'name'")
-        if not isinstance(row.get("password"), str) or len(row["password"]) < 8:
-            raise InputError(f"{path}: line {n}: 'password' must be a string of at least 8 characters")
+        if not isinstance(row.get("password"), str) or len(row["password"]) < MIN_PASSWORD_LENGTH:
+            raise InputError(f"{path}: line {n}: 'password' must be a string of at least {MIN_PASSWORD_LENGTH} "
+                             "characters")
         if row.get("role", "annotator") not in ("annotator", "admin"):
             raise InputError(f"{path}: line {n}: role must be annotator or admin, got {row['role']!r}")
     return [row for _, row in numbered]

@@ -86,7 +86,8 @@ def read_criteria(value: str | None) -> list[Criterion]:
 
 
 def read_aliases(values: list[str] | None) -> dict[str, str]:
-    """`--alias MODEL=SHORT`, repeatable."""
+    """`--alias MODEL=SHORT`, repeatable; MODEL is a model's name or its answer file (see
+    aliases_by_model)."""
     aliases = {}
     for value in values or []:
         model, sep, short = value.partition("=")
@@ -98,6 +99,32 @@ def read_aliases(values: list[str] | None) -> dict[str, str]:
     if len(set(aliases.values())) != len(aliases):
         raise InputError(f"--alias: two models share a short name: {aliases}")
     return aliases
+
+
+def aliases_by_model(aliases: dict[str, str], model_files: dict[str, str]) -> dict[str, str]:
+    """read_aliases' aliases keyed by model name. A key names a model by its name or by its
+    answer file (`model_files`: each path given to --answers -> its model); a key that names
+    neither is refused, listing the models, rather than left to do nothing."""
+    by_model = {}
+    for key, short in aliases.items():
+        model = model_named(key, model_files)
+        if model is None:
+            known = ", ".join(f"{name} ({path})" for path, name in model_files.items())
+            raise InputError(f"--alias {key!r}: no answer file or model of that name; the models: {known}")
+        if model in by_model:
+            raise InputError(f"--alias: model {model!r} given twice")
+        by_model[model] = short
+    return by_model
+
+
+def model_named(key: str, model_files: dict[str, str]) -> str | None:
+    """The model `key` names: a model's name, or an answer file's path (however it is written)."""
+    if key in model_files.values():
+        return key
+    for path, model in model_files.items():
+        if Path(key).resolve() == Path(path).resolve():
+            return model
+    return None
 
 
 def read_text_file(value: str | None, option: str) -> str:

@@ -183,6 +183,22 @@ def check_database(path: str | Path) -> None:
         raise NotOurDatabase(f"{path} is another application's SQLite database (tables: {', '.join(sorted(tables))})")
 
 
+def criteria_voted(path: str | Path) -> set[str]:
+    """The criteria of the votes in the database at `path` (none for a new database or one
+    without votes), read like check_database: nothing written, nothing migrated."""
+    check_database(path)
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return set()
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(votes)")}
+        if not columns:  # no tables yet
+            return set()
+        if "criterion" not in columns:  # version 1: its votes judged the one criterion there was
+            return {DEFAULT_CRITERION} if conn.execute("SELECT 1 FROM votes LIMIT 1").fetchone() else set()
+        return {row[0] for row in conn.execute("SELECT DISTINCT criterion FROM votes")}
+
+
 class Store:
     def __init__(self, path: str | Path):
         check_database(path)

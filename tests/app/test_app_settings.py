@@ -85,3 +85,75 @@ def test_serve_hands_the_settings_to_the_app(tmp_path, monkeypatch, capsys):
     assert app.settings.reveal_models is True and "criteria harmless, helpful" in capsys.readouterr().out
     assert cli.main(base + ["--criteria", "Bad"]) == 2
     assert "--criteria: criterion name 'Bad'" in capsys.readouterr().err
+
+
+def serve_args(tmp_path, *extra) -> list[str]:
+    """`deft-app serve` over judging_files' two models, dpo (dpo.jsonl) and deft (deft.jsonl)."""
+    answers, annotators = judging_files(tmp_path, 3)
+    return ["serve", "--answers", *answers, "--annotators", annotators, "--db", str(tmp_path / "v.db"), *extra]
+
+
+def test_an_alias_names_a_model_by_its_answer_file_or_its_name(tmp_path, monkeypatch):
+    from deft_app import cli, ui
+
+    served = []
+    monkeypatch.setattr(ui, "launch", lambda app, host, port: served.append(app))
+    monkeypatch.chdir(tmp_path)
+    base = serve_args(tmp_path)
+    assert cli.main(base + ["--alias", f"{tmp_path / 'dpo.jsonl'}=DPO 100%", "--alias", "deft=DEFT 5%"]) == 0
+    # the same answer files written as relative paths
+    assert cli.main(base + ["--alias", "dpo.jsonl=DPO 100%", "--alias", "./deft.jsonl=DEFT 5%"]) == 0
+    assert [app.settings.aliases for app in served] == [{"dpo": "DPO 100%", "deft": "DEFT 5%"}] * 2
+
+
+def test_an_alias_that_names_no_model_is_refused_before_serving(tmp_path, monkeypatch, capsys):
+    from deft_app import cli, ui
+
+    monkeypatch.setattr(ui, "launch", lambda *args: pytest.fail("served with an alias that names no model"))
+    base = serve_args(tmp_path)
+    models = f"the models: dpo ({tmp_path / 'dpo.jsonl'}), deft ({tmp_path / 'deft.jsonl'})"
+    for aliases, words in [(["runs/dpo-full=DPO 100%"], f"--alias 'runs/dpo-full': no answer file or model of "
+                                                        f"that name; {models}"),
+                           (["dpo=D", f"{tmp_path / 'dpo.jsonl'}=E"], "--alias: model 'dpo' given twice")]:
+        assert cli.main(base + [arg for alias in aliases for arg in ("--alias", alias)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
+    assert not (tmp_path / "v.db").exists()  # refused before the database is opened
+
+
+def test_reopening_a_database_with_other_criteria_is_refused_and_leaves_it_as_it_was(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """Votes fix a database's criteria: served with others, every item judged on the old ones
+    would count as done with no vote on the new ones."""
+    from deft_app import cli, ui
+
+    served = []
+    monkeypatch.setattr(ui, "launch", lambda app, host, port: served.append(app))
+    base = serve_args(tmp_path)
+    assert cli.main(base) == 0  # the default criterion, overall
+    store = served[0].store
+    store.record_vote(store.next_item("ann", 1)["id"], "ann", "a", "dpo")
+    db = tmp_path / "v.db"
+    before = {p.name: p.read_bytes() for p in (db, tmp_path / "v.db-wal")}
+    assert cli.main(base + ["--criteria", "harmless,helpful"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("deft-app: error: --criteria harmless,helpful: ") and \
+        "votes on overall" in err, err
+    assert {p.name: p.read_bytes() for p in (db, tmp_path / "v.db-wal")} == before  # byte for byte
+    assert len(served) == 1 and len(store.votes()) == 1
+    assert cli.main(base) == 0  # the same criteria: served again
+
+
+def test_criteria_are_free_until_the_first_vote_and_their_order_is_free(tmp_path, monkeypatch, capsys):
+    from deft_app import cli, ui
+
+    served = []
+    monkeypatch.setattr(ui, "launch", lambda app, host, port: served.append(app))
+    base = serve_args(tmp_path)
+    assert cli.main(base) == 0
+    assert cli.main(base + ["--criteria", "harmless,helpful"]) == 0  # no vote yet: nothing judged on overall
+    store = served[-1].store
+    store.record_verdicts(store.next_item("ann", 1)["id"], "ann", {"harmless": "a", "helpful": "b"}, "dpo")
+    assert cli.main(base + ["--criteria", "helpful,harmless"]) == 0
+    assert cli.main(base) == 2  # the default, overall, is another criterion
+    assert "--criteria overall (the default): " in capsys.readouterr().err

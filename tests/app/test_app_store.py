@@ -17,6 +17,7 @@ from deft_app.store import (
     SCHEMA_VERSION,
     STORED,
     Store,
+    criteria_voted,
     hash_password,
     left_is_a,
     verify_password,
@@ -303,3 +304,17 @@ def test_undo_takes_back_the_last_vote_keeps_the_audit_and_shows_the_item_again(
     # seconds per item: from the first showing to the vote, on the injected clock
     [seconds] = {v["seconds"] for v in store.votes()}
     assert seconds > 0 and store.annotator_progress()[0]["median_seconds"] == seconds
+
+
+def test_the_criteria_voted_on_are_read_without_writing(tmp_path):
+    assert criteria_voted(tmp_path / "new.db") == set() and not (tmp_path / "new.db").exists()
+    v1 = version_1_database(tmp_path / "v1.db")
+    before = v1.read_bytes()
+    assert criteria_voted(v1) == {"overall"}  # a vote from before criteria judged "overall"
+    assert v1.read_bytes() == before and not list(tmp_path.glob("v1.db-*"))  # not migrated, no journal switched
+    store = Store(tmp_path / "v.db")
+    store.add_items(items(2))
+    store.add_annotator("ann", "pw")
+    assert criteria_voted(tmp_path / "v.db") == set()  # items but no vote yet
+    store.record_verdicts("q000", "ann", {"harmless": "a", "helpful": "b"}, "dpo")
+    assert criteria_voted(tmp_path / "v.db") == {"harmless", "helpful"}  # still in the open store's WAL
