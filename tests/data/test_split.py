@@ -13,6 +13,7 @@ import pytest
 from deft_plugin.cli.demo import sample_rows
 from deft_plugin.data.sources import load_rows
 from deft_plugin.data.split import DATA_SPLIT, Split
+from deft_plugin.utils.usage import UsageError
 from deft_study.spec import StudySpec
 
 from builders import HH_TEST, REPO
@@ -58,7 +59,7 @@ def test_the_demo_trains_on_the_pool_and_measures_on_validation(hh):
     assert len(train) == 200 and len(heldout) == 40
     assert {key(r) for r in train} <= parts["pool"] and {key(r) for r in heldout} <= parts["validation"]
     assert not ({key(r) for r in train + heldout} & parts["test"])
-    with pytest.raises(SystemExit, match="--pairs 2000 / --heldout 40: the split leaves 1612 pool rows"):
+    with pytest.raises(UsageError, match="--pairs 2000 / --heldout 40: the split leaves 1612 pool rows"):
         sample_rows(hh, 2000, 40, seed=0)
 
 
