@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from deft_plugin.utils.usage import looks_like_a_path
+
 
 def device_and_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
     if device == "auto":
@@ -17,11 +19,6 @@ def device_and_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.d
         bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
         return dev, torch.bfloat16 if bf16 else torch.float32
     return dev, getattr(torch, dtype)
-
-
-def looks_like_a_path(name: str) -> bool:
-    """A name that can only be a local path: a hub id is `name` or `owner/name`."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
 def model_problem(name_or_path: str) -> str | None:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_va
 from deft_plugin.core.losses import DEFAULT_PRO_SFT_WEIGHT, DEFAULT_REWARD_WEIGHT
 from deft_plugin.core.qdiff import NORMS
 from deft_plugin.registry import FORMAT_PREFIX, dataset_formats, format_name, score_variants
+from deft_plugin.utils.usage import looks_like_a_path
 
 RANKED_ONLY_FORMATS = ("listwise",)
 
@@ -138,7 +139,7 @@ class DEFTArgs(BaseModel):
 def check_base_model(model) -> None:
     """A local folder that is not there would reach transformers, which reads it as a malformed hub id
     ("Repo id must be in the form ..."): name it as what it is. A hub id has one '/' at most."""
-    if not isinstance(model, str) or not (model.startswith((".", "/", "~")) or model.count("/") > 1):
+    if not isinstance(model, str) or not looks_like_a_path(model):
         return
     if not Path(model).expanduser().is_dir():
         raise ValueError(f"base_model: {model} is not a model directory (a local path must be a folder with the "

@@ -9,6 +9,11 @@ import sys
 from typing import Callable
 
 
+def looks_like_a_path(name: str) -> bool:
+    """A model or data name that can only be a local path: a hub id is `name` or `owner/name`."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
 class UsageError(Exception):
     """A mistake in what the command was given; the message names the flag and its value."""
 
