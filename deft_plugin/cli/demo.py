@@ -143,11 +143,12 @@ def run_demo(args) -> dict:
     keep_dependency_noise_in(run_dir)
     phases = Phases()
 
+    # data first: a data mistake is refused before the default model's first-time conversion
+    with phases("data"):
+        data, train_file, train_rows, heldout_rows = prepare_data(args, run_dir)
     with phases("model"):
         model_dir = prepare_model(args)
         print(f"   model: {model_dir}")
-    with phases("data"):
-        data, train_file, train_rows, heldout_rows = prepare_data(args, run_dir)
     with phases("heldout_before"):
         before = heldout(model_dir, heldout_rows, args, "held-out (before)")
     config_path = run_dir / "axolotl.yaml"
