@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deft_study.judging import judging_sets
 from deft_study.spec import ENDPOINTS, StudySpec
 from deft_study.stats import (
     LENGTH_STRATA,
@@ -269,12 +270,39 @@ def render_markdown(report: dict) -> str:
         for fraction, s in v["summary"].items():
             lines.append(f"| {float(fraction):.0%} | {_interval(s['cosine'])} | {_interval(s['jaccard'])} | "
                          f"{_interval(s['kept_from_own_pairs'])} |")
+    lines += judging_lines(report)
     if report["pending"]:
         lines += ["", "Not run yet: " + ", ".join(report["pending"]) + "."]
     lines += ["", "![accuracy and margin per arm](accuracy.png)", "", "![quality against cost](tradeoff.png)", ""]
     if report.get("q_volume"):
         lines += ["![Q against data volume](qvolume.png)", ""]
     return "\n".join(lines)
+
+
+def judging_lines(report: dict) -> list[str]:
+    """The human evaluation: each set, how to serve it, and the votes' win rates once exported back."""
+    sets = report.get("judging") or []
+    if not sets:
+        return []
+    lines = ["", "## Human judging", "",
+             "Each set holds the greedy answers of one seed both arms ran, for `deft-app serve` (the judges see "
+             f"neither the arms nor the references), judged on {report['spec']['judging']['criteria']}. "
+             "Export the votes into the set's folder (`deft-app export --db ... --out <folder>`) and rebuild "
+             "the report (`--report-only`) to read them here. Win rate of A, ties half, 95% bootstrap interval.", ""]
+    for s in sets:
+        if s.get("pending"):
+            lines.append(f"- {s['a']} vs {s['b']}: {s['pending']}.")
+            continue
+        lines.append(f"- {s['a']} vs {s['b']}: {s['items']} items (seed {s['seed']}) in `{s['folder']}`; "
+                     f"serve with `{s['serve']}`")
+        for criterion, r in ((s.get("results") or {}).get("by_criterion") or {}).items():
+            for p in r["pairs"]:
+                lo, hi = p["win_rate_ci"]
+                lines.append(f"  - {criterion}: {p['model_a']} won {p['win']}, lost {p['loss']}, tied "
+                             f"{p['tie']} against {p['model_b']}: win rate {p['win_rate']:.3f} [{lo:.3f}, {hi:.3f}]")
+        if not s.get("results"):
+            lines.append("  - no votes exported here yet")
+    return lines
 
 
 ANSWER_COLUMNS = (("answer_chars", "chars", 0), ("distinct_words", "distinct words", 2),
@@ -369,6 +397,7 @@ def write_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
     from deft_plugin.utils.atomic import atomic_write_text
 
     report = build_report(spec, out, command)
+    report["judging"] = judging_sets(spec, out)
     report["plots"] = {k: Path(v).name for k, v in plot_report(report, out).items()}
     atomic_write_text(out / "report.json", portable(json.dumps(report, indent=2)))
     atomic_write_text(out / "report.md", render_markdown(json.loads((out / "report.json").read_text())))

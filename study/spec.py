@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from deft_app.items import InputError
+from deft_app.settings import read_criteria
 from deft_plugin.core.losses import LOSS_FORMS
 from deft_plugin.core.selection import RANKINGS, SELECTIONS
 from deft_plugin.data.split import Split
@@ -123,6 +125,20 @@ class Statistics:
     rounds: int = 2000  # bootstrap replicates
 
 
+@dataclass
+class JudgingPair:
+    a: str
+    b: str
+
+
+@dataclass
+class Judging:
+    """The pairs of arms whose answers become a human evaluation (deft_study/judging.py)."""
+
+    pairs: list[JudgingPair] = field(default_factory=list)
+    criteria: str = "harmless,helpful"  # the paper's two criteria, as `deft-app serve --criteria` takes them
+
+
 def default_arms() -> list[Arm]:
     three = [0, 1, 2]
     return [
@@ -165,6 +181,7 @@ class StudySpec:
     statistics: Statistics = field(default_factory=Statistics)
     choices: dict[str, str] = field(default_factory=dict)  # each choice of the recipe and its reason, reported
     recipe_from: str | None = None  # a choice.json (deft_study.choice) whose chosen arm's recipe this one takes
+    judging: Judging = field(default_factory=Judging)
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -215,6 +232,7 @@ def load_spec(path: str | Path | None = None, **overrides) -> StudySpec:
     for c in comparisons:
         if not {c.a, c.b} <= set(names):
             raise ValueError(f"{path}: comparison {c.a} vs {c.b} names an arm the study does not have")
+    judging = read_judging(raw.get("judging"), set(names), path)
     statistics = _section(Statistics, raw.get("statistics"), "statistics")
     if statistics.endpoint not in ENDPOINTS:
         raise ValueError(f"{path}: statistics.endpoint: one of {', '.join(ENDPOINTS)}, got {statistics.endpoint!r}")
@@ -232,5 +250,19 @@ def load_spec(path: str | Path | None = None, **overrides) -> StudySpec:
                      recipe=_section(Recipe, recipe, "recipe"), recipe_from=raw.get("recipe_from"),
                      measure=measure, arms=arms, comparisons=comparisons,
                      q_volume=_section(QVolume, raw.get("q_volume"), "q_volume"),
-                     statistics=statistics,
+                     statistics=statistics, judging=judging,
                      choices={str(k): str(v) for k, v in (raw.get("choices") or {}).items()})
+
+
+def read_judging(values: dict | None, arms: set[str], path) -> Judging:
+    """The judging section: pairs of two different arms of the study, and the criteria."""
+    judging = _section(Judging, values, "judging")
+    pairs = [_section(JudgingPair, p, f"judging.pairs[{i}]") for i, p in enumerate(judging.pairs)]
+    for p in pairs:
+        if not {p.a, p.b} <= arms or p.a == p.b:
+            raise ValueError(f"{path}: judging pair {p.a} vs {p.b}: two different arms of the study")
+    try:
+        read_criteria(judging.criteria)
+    except InputError as err:
+        raise ValueError(f"{path}: judging.criteria: {err}") from err
+    return Judging(pairs=pairs, criteria=judging.criteria)

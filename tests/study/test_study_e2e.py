@@ -25,8 +25,10 @@ SPEC = {
     "arms": [{"name": "base", "method": "base"},
              {"name": "dpo-random", "select": "random", "ratio": 0.25},
              {"name": "deft-dpo-top", "select": "top", "ratio": 0.25, "reward_weight": 1.0},
-             {"name": "dpo-top-q50", "select": "top", "ratio": 0.25, "q_fraction": 0.5}],
+             {"name": "dpo-top-q50", "select": "top", "ratio": 0.25, "q_fraction": 0.5},
+             {"name": "dpo-length-top", "select": "top", "by": "length_ratio", "ratio": 0.25}],
     "comparisons": [{"a": "deft-dpo-top", "b": "dpo-random", "question": "top against random"}],
+    "judging": {"pairs": [{"a": "deft-dpo-top", "b": "dpo-random"}]},
     "q_volume": {"fractions": [0.5, 1.0], "draws": 2, "ratio": 0.25},
 }
 
@@ -47,7 +49,8 @@ def study(tmp_path_factory, tiny_model_dir):
 
 def test_report_structure(study):
     report, out = study["report"], study["out"]
-    assert list(report["arms"]) == ["base", "dpo-random", "deft-dpo-top", "dpo-top-q50"] and report["pending"] == []
+    assert list(report["arms"]) == ["base", "dpo-random", "deft-dpo-top", "dpo-top-q50", "dpo-length-top"]
+    assert report["pending"] == []
     assert report["data"]["split"]["sizes"] == {"pool": 48, "validation": 8, "test": 16}
     assert report["data"]["measured"]["split"] == "test"
     pairs = report["data"]["measured"]["usable"]
@@ -94,6 +97,12 @@ def test_arms_train_what_they_declare(study):
     assert configs["dpo-random"]["deft_filter_select"] == "random" and configs["dpo-random"]["deft_reward_weight"] == 0
     assert configs["deft-dpo-top"]["deft_filter_select"] == "top" and configs["deft-dpo-top"]["deft_reward_weight"] == 1
     assert configs["dpo-random"]["deft_reference"] == "scoring"  # the free reference unless the recipe says model
+    length = json.loads((out / "arms" / "dpo-length-top" / "seed-0" / "result.json").read_text())
+    assert length["kept"] == results["dpo-random"]["kept"]  # a baseline selection at DEFT's count
+    assert yaml.safe_load((out / "arms" / "dpo-length-top" / "seed-0" / "axolotl.yaml").read_text())[
+        "deft_filter_by"] == "length_ratio"
+    ranked = length["filter_report"]["rank_stats"]
+    assert ranked["by"] == "length_ratio" and ranked["kept_mean"] >= ranked["threshold"] >= ranked["min"]
     top = results["deft-dpo-top"]["filter_report"]
     assert top["kept"] == math.ceil(0.25 * top["scored"])  # the top arm scored the pool through the plugin
     tokens = {int(k): v for k, v in json.loads((out / "data" / "pool_tokens.json").read_text()).items()}
@@ -160,3 +169,44 @@ def test_an_arm_selects_with_q_from_part_of_the_pool(study):
     assert meta["pairs"] == math.ceil(0.5 * usable_pool) and meta["fraction"] == 0.5
     report = json.loads((run / "result.json").read_text())["filter_report"]
     assert report["qdiff"]["pairs"] == meta["pairs"] and report["scored"] == usable_pool  # the whole pool, scored again
+
+
+def test_the_answers_become_a_judging_set_whose_votes_join_the_report(study, tmp_path):
+    """The declared pair's answers are served by deft-app as they are written; votes given in the
+    app's database and exported into the set's folder come back in the rebuilt report."""
+    from deft_app.cli import main as app_main
+    from deft_app.items import items_from_files
+    from deft_app.store import Store
+
+    out = study["out"]
+    (entry,) = study["report"]["judging"]
+    assert (entry["a"], entry["b"], entry["seed"], entry["items"]) == ("deft-dpo-top", "dpo-random", 0, 2)
+    for name, file in zip(("deft-dpo-top", "dpo-random"), entry["answers"]):
+        rows = [json.loads(line) for line in (out / file).read_text().splitlines()]
+        generated = [json.loads(line) for line in
+                     (out / "arms" / name / "seed-0" / "generations.jsonl").read_text().splitlines()]
+        assert [(r["id"], r["answer"]) for r in rows] == [(g["id"], g["answer"]) for g in generated]
+        assert all(r["model"] == name and "chosen" not in r and "rejected" not in r for r in rows)  # no reference
+    assert "--criteria harmless,helpful" in entry["serve"]
+    items = items_from_files([out / f for f in entry["answers"]])
+    assert [(i["model_a"], i["model_b"]) for i in items] == [("deft-dpo-top", "dpo-random")] * 2
+
+    store = Store(tmp_path / "votes.sqlite")
+    store.add_items(items)
+    store.add_annotator("ann", "a long password")
+    store.record_verdicts(items[0]["id"], "ann", {"harmless": "a", "helpful": "tie"}, left_model="dpo-random")
+    store.record_verdicts(items[1]["id"], "ann", {"harmless": "a", "helpful": "b"}, left_model="deft-dpo-top")
+    assert app_main(["export", "--db", str(tmp_path / "votes.sqlite"), "--out", str(out / entry["folder"])]) == 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(study["root"])
+        assert main([*study["argv"], "--report-only"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    results = report["judging"][0]["results"]
+    assert results["votes"] == 4
+    (harmless,) = results["by_criterion"]["harmless"]["pairs"]
+    (helpful,) = results["by_criterion"]["helpful"]["pairs"]
+    assert (harmless["win"], harmless["tie"], harmless["loss"], harmless["win_rate"]) == (2, 0, 0, 1.0)
+    assert (helpful["win"], helpful["tie"], helpful["loss"], helpful["win_rate"]) == (0, 1, 1, 0.25)
+    assert "harmless: deft-dpo-top won 2, lost 0, tied 0 against dpo-random" in (out / "report.md").read_text()
+    (out / entry["folder"] / "votes.jsonl").unlink()
+    (out / entry["folder"] / "votes.csv").unlink()

@@ -36,6 +36,10 @@ def test_the_default_study_has_the_issue_arms():
     ("statistics: {endpoint: bleu}\n", "statistics.endpoint"),
     ("statistics: {alpa: 0.1}\n", "statistics: unknown key(s) alpa"),
     ("arms: [{name: base, method: base}]\ncomparisons: [{a: base, b: y}]\n", "does not have"),
+    ("arms: [{name: base, method: base}]\njudging: {pairs: [{a: base, b: y}]}\n", "judging pair base vs y"),
+    ("arms: [{name: base, method: base}]\njudging: {pairs: [{a: base, b: base}]}\n", "two different arms"),
+    ("arms: [{name: base, method: base}]\njudging: {pairs: [{a: base, c: x}]}\n", "unknown key(s) c; known: a, b"),
+    ("judging: {criteria: Harmless}\n", "judging.criteria: --criteria: criterion name 'Harmless'"),
 ])
 def test_bad_specs_are_named(tmp_path, text, words):
     path = tmp_path / "spec.yaml"
