@@ -55,6 +55,7 @@ def train_reward_model(base: str | Path, records: list[dict], out: str | Path, s
                        heldout: list[dict] | None = None) -> dict:
     """Train on `records`, save the model and its tokenizer to `out` (whole or not at all) with
     RECORD beside them, and measure it on `heldout` pairs when given. Returns the record."""
+    import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import RewardConfig, RewardTrainer
@@ -73,7 +74,7 @@ def train_reward_model(base: str | Path, records: list[dict], out: str | Path, s
                               learning_rate=settings.learning_rate, per_device_train_batch_size=settings.batch_size,
                               seed=settings.seed, data_seed=settings.seed, max_length=None,  # reward_ids truncates
                               save_strategy="no", report_to=[], logging_steps=10, bf16=False, fp16=False,
-                              disable_tqdm=True)
+                              disable_tqdm=True, dataloader_pin_memory=torch.cuda.is_available())
         trainer = RewardTrainer(model=str(base), args=config, train_dataset=Dataset.from_list(pairs),
                                 processing_class=tokenizer)
         result = trainer.train()

@@ -126,6 +126,16 @@ class Statistics:
 
 
 @dataclass
+class Judge:
+    """A reward model trained on the pool to judge the arms' answers (deft_study/judge.py)."""
+
+    epochs: float = 1.0
+    learning_rate: float = 1e-5
+    batch_size: int = 8  # pairs per step
+    seed: int = 0
+
+
+@dataclass
 class JudgingPair:
     a: str
     b: str
@@ -182,6 +192,7 @@ class StudySpec:
     choices: dict[str, str] = field(default_factory=dict)  # each choice of the recipe and its reason, reported
     recipe_from: str | None = None  # a choice.json (deft_study.choice) whose chosen arm's recipe this one takes
     judging: Judging = field(default_factory=Judging)
+    judge: Judge | None = None  # `judge: {}` trains one with the defaults
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -251,6 +262,7 @@ def load_spec(path: str | Path | None = None, **overrides) -> StudySpec:
                      measure=measure, arms=arms, comparisons=comparisons,
                      q_volume=_section(QVolume, raw.get("q_volume"), "q_volume"),
                      statistics=statistics, judging=judging,
+                     judge=_section(Judge, raw["judge"], "judge") if raw.get("judge") is not None else None,
                      choices={str(k): str(v) for k, v in (raw.get("choices") or {}).items()})
 
 
