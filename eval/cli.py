@@ -20,7 +20,9 @@ def _model_given(flag: str, value: str) -> None:
 
 
 def cmd_generate(args) -> int:
-    from deft_eval.generate import GenerationSettings, generate_answers
+    from dataclasses import asdict
+
+    from deft_eval.generate import GenerationSettings, ResumeError, check_resumable, generate_answers, read_done
     from deft_eval.hh_prompts import HUB_ID, load_prompts
     from deft_eval.models import load_causal_lm
 
@@ -34,10 +36,18 @@ def cmd_generate(args) -> int:
         print(f"skipped {sum(skipped.values())} rows that are not HH-RLHF dialogues: {dict(skipped)}", file=sys.stderr)
     if not prompts:
         raise UsageError(f"--data {data}: no prompts to answer")
-    model, tokenizer = load_causal_lm(args.model, args.device, args.dtype)
     settings = GenerationSettings(args.max_new_tokens, args.max_prompt_tokens, args.batch_size, args.prompt_style)
     name = args.name or Path(args.model.rstrip("/")).name  # the folder's (or the hub id's) own name
-    records = generate_answers(model, tokenizer, prompts, args.out, settings, model_name=name)
+    try:  # before the model loads; generate_answers checks again with the prompt style resolved
+        known = {k: v for k, v in asdict(settings).items() if (k, v) != ("prompt_style", "auto")}
+        check_resumable(read_done(Path(args.out)), Path(args.out), name, known)
+    except ResumeError as err:
+        raise UsageError(f"--out {err}") from err
+    model, tokenizer = load_causal_lm(args.model, args.device, args.dtype)
+    try:
+        records = generate_answers(model, tokenizer, prompts, args.out, settings, model_name=name)
+    except ResumeError as err:
+        raise UsageError(f"--out {err}") from err
     by_subset = {}
     for r in records:
         by_subset[r["subset"]] = by_subset.get(r["subset"], 0) + 1

@@ -79,16 +79,35 @@ def append_lines(path: Path, records: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
+class ResumeError(ValueError):
+    """An output file written by another model or with other settings: resuming it would mix them."""
+
+
+def check_resumable(done: dict, out_path: Path, model_name: str, generation: dict) -> None:
+    """ResumeError unless every record already in out_path is of this model with these settings
+    (those in `generation`: the prompt style can be checked only once the tokenizer resolved it)."""
+    foreign = [r for r in done.values() if r.get("model") != model_name
+               or any((r.get("generation") or {}).get(k) != v for k, v in generation.items())]
+    if foreign:
+        r = foreign[0]
+        raise ResumeError(f"{out_path} holds {len(foreign)} answers of model {r.get('model')!r} with settings "
+                          f"{r.get('generation')}, not of {model_name!r} with {generation}; resuming would mix "
+                          "them: give another file, or remove it to start again")
+
+
 @torch.inference_mode()
 def generate_answers(model, tokenizer, prompts: list[dict], out_path: str | Path, settings: GenerationSettings,
                      model_name: str = "", progress: bool = True) -> list[dict]:
-    """Answer every prompt record not yet in out_path; return all records in prompt order."""
+    """Answer every prompt record not yet in out_path; return all records in prompt order. An
+    out_path written by another model or with other settings is refused (ResumeError)."""
     from deft_plugin.data.encoding import resolve_prompt_style
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = read_done(out_path)
     style = resolve_prompt_style(settings.prompt_style, tokenizer)
+    generation = {**asdict(settings), "prompt_style": style}
+    check_resumable(done, out_path, model_name, generation)
     todo = [(p, prompt_ids(tokenizer, p["prompt"], style, settings.max_prompt_tokens))
             for p in prompts if p["id"] not in done]
     todo.sort(key=lambda item: -len(item[1]))
@@ -102,7 +121,7 @@ def generate_answers(model, tokenizer, prompts: list[dict], out_path: str | Path
             texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
             records = [{**p, "answer": cut_answer(text), "model": model_name, "new_tokens": len(ids),
                         "stopped": "cap" if stopped_at_cap(ids, settings.max_new_tokens, eos) else "eos",
-                        "generation": {**asdict(settings), "prompt_style": style}}
+                        "generation": generation}
                        for (p, _), text, ids in zip(batch, texts, answers)]
             append_lines(out_path, records)
             done.update((r["id"], r) for r in records)

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from deft_eval.cli import main
-from deft_eval.generate import GenerationSettings, cut_answer, generate_answers, prompt_ids, read_done
+from deft_eval.generate import (
+    GenerationSettings,
+    ResumeError,
+    cut_answer,
+    generate_answers,
+    prompt_ids,
+    read_done,
+)
 from deft_eval.hh_prompts import load_prompts, subset_of
 
 from builders import HH_TEST, hh_rows, write_jsonl
@@ -92,6 +99,19 @@ def test_resume_skips_finished_prompts_and_drops_a_torn_line(tiny_model, tiny_to
     assert records[:2] == first
     assert set(read_done(out)) == {p["id"] for p in prompts}
     assert len(out.read_text().splitlines()) == 5
+
+
+@pytest.mark.parametrize("other", [{"model_name": "another"}, {"max_new_tokens": 6}, {"prompt_style": "chat_template"}])
+def test_a_file_of_another_model_or_settings_is_not_resumed(tiny_model, tiny_tokenizer, prompts, tmp_path, other):
+    """Resuming would mix two models' (or two settings') answers in one file: refused, the file kept."""
+    settings = {"max_new_tokens": 4, "max_prompt_tokens": 64, "batch_size": 2, "prompt_style": "raw"}
+    out = tmp_path / "answers.jsonl"
+    generate_answers(tiny_model, tiny_tokenizer, prompts[:2], out, GenerationSettings(**settings), "tiny", False)
+    before = out.read_bytes()
+    changed = GenerationSettings(**{**settings, **{k: v for k, v in other.items() if k != "model_name"}})
+    with pytest.raises(ResumeError, match="holds 2 answers of model 'tiny'"):
+        generate_answers(tiny_model, tiny_tokenizer, prompts, out, changed, other.get("model_name", "tiny"), False)
+    assert out.read_bytes() == before
 
 
 def test_cli_generate_and_clear_errors(tiny_model_dir, tmp_path, capsys):

@@ -112,3 +112,14 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.delenv("DEFT_DEBUG")
     with pytest.raises(UsageError, match="no such folder"):
         main(["--debug", "compare", str(missing), str(missing), "--out", str(tmp_path / "cmp")])
+
+
+def test_generate_refuses_to_resume_another_models_answers(tmp_path, tiny_model_dir, hh_data, capsys):
+    out = tmp_path / "answers.jsonl"
+    argv = ["generate", "--model", str(tiny_model_dir), "--data", str(hh_data), "--out", str(out),
+            "--max-new-tokens", "2"]
+    assert main([*argv, "--name", "first"]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    one_line_error(capsys, [*argv, "--name", "second"], f"--out {out} holds 3 answers of model 'first'")
+    assert out.read_bytes() == before
