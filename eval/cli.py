@@ -107,7 +107,11 @@ def cmd_train_reward(args) -> int:
     _model_given("--model", args.model)
     records = _pairs("--data", args.data)
     heldout = _pairs("--heldout", args.heldout) if args.heldout else None
-    settings = RewardTraining(args.epochs, args.learning_rate, args.batch_size, args.seed)
+    try:
+        settings = RewardTraining(args.epochs, args.learning_rate, args.batch_size, args.seed, args.micro_batch_size,
+                                  args.lora_r)
+    except ValueError as err:  # names the setting: its flag is the same with dashes
+        raise UsageError(f"--{err}".replace("_", "-")) from err
     record = train_reward_model(args.model, records, args.out, settings, heldout)
     dropped = sum(record["dropped"].values())
     print(f"reward model in {args.out}: trained on {record['pairs']} pairs"
@@ -349,7 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="folder of the trained reward model (for --reward-model)")
     r.add_argument("--epochs", type=float, default=1.0)
     r.add_argument("--learning-rate", type=float, default=1e-5)
-    r.add_argument("--batch-size", type=int, default=8, help="pairs per step")
+    r.add_argument("--batch-size", type=int, default=8, help="pairs per optimiser step")
+    r.add_argument("--micro-batch-size", type=int, default=1,
+                   help="pairs per forward pass (default 1: no padding, best on a CPU)")
+    r.add_argument("--lora-r", type=int, default=0, help="LoRA rank on every linear layer (default 0: full training)")
     r.add_argument("--seed", type=int, default=0, help="the head's initialisation and the order of the pairs")
     r.set_defaults(func=cmd_train_reward)
 

@@ -24,13 +24,20 @@ RECORD = "reward_training.json"  # beside the trained model: how it was trained,
 class RewardTraining:
     epochs: float = 1.0
     learning_rate: float = 1e-5
-    batch_size: int = 8  # pairs per step
+    batch_size: int = 8  # pairs per optimiser step
     seed: int = 0  # the head's initialisation and the order of the pairs: a repeated run is identical
+    micro_batch_size: int = 1  # pairs per forward pass; 1 pads nothing (a CPU's best), more suits a GPU
+    lora_r: int = 0  # 0: every weight trains; else LoRA of this rank on every linear layer, the head whole
 
     def __post_init__(self):
-        for name in ("epochs", "learning_rate", "batch_size"):
+        for name in ("epochs", "learning_rate", "batch_size", "micro_batch_size"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be above 0, got {getattr(self, name)}")
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
+                             f"{self.micro_batch_size}")
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be 0 (no LoRA) or above, got {self.lora_r}")
 
 
 def training_pairs(tokenizer, records: list[dict]) -> tuple[list[dict], Counter]:
@@ -71,14 +78,17 @@ def train_reward_model(base: str | Path, records: list[dict], out: str | Path, s
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         config = RewardConfig(output_dir=str(work / "trainer"), num_train_epochs=settings.epochs,
-                              learning_rate=settings.learning_rate, per_device_train_batch_size=settings.batch_size,
+                              learning_rate=settings.learning_rate,
+                              per_device_train_batch_size=settings.micro_batch_size,
+                              gradient_accumulation_steps=settings.batch_size // settings.micro_batch_size,
                               seed=settings.seed, data_seed=settings.seed, max_length=None,  # reward_ids truncates
                               save_strategy="no", report_to=[], logging_steps=10, bf16=False, fp16=False,
                               disable_tqdm=True, dataloader_pin_memory=torch.cuda.is_available())
         trainer = RewardTrainer(model=str(base), args=config, train_dataset=Dataset.from_list(pairs),
-                                processing_class=tokenizer)
+                                processing_class=tokenizer, peft_config=lora_config(settings.lora_r))
         result = trainer.train()
-        trainer.model.save_pretrained(work / "model")
+        model = trainer.model.merge_and_unload() if settings.lora_r else trainer.model  # a plain model to load
+        model.save_pretrained(work / "model")
         tokenizer.save_pretrained(work / "model")
         record = {"base": str(base), "settings": asdict(settings), "pairs": len(pairs), "dropped": dict(dropped),
                   "steps": result.global_step, "train_loss": result.training_loss,
@@ -93,6 +103,16 @@ def train_reward_model(base: str | Path, records: list[dict], out: str | Path, s
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return record
+
+
+def lora_config(rank: int):
+    """LoRA on every linear layer, or None for none; PEFT trains a sequence classifier's head
+    ("score" or "classifier") whole."""
+    if not rank:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="SEQ_CLS", r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear")
 
 
 def pair_accuracy(model, tokenizer, kind: str, records: list[dict], batch_size: int = 8) -> dict:

@@ -33,8 +33,8 @@ def train_judge(spec: StudySpec, out: Path, model_dir: Path, files: dict[str, Pa
     j = spec.judge
     pool, _ = load_prompts(str(files["pool"]))
     measured, _ = load_prompts(str(files[spec.measure.heldout]))
-    return train_reward_model(model_dir, pool, judge_dir(out), RewardTraining(j.epochs, j.learning_rate,
-                                                                              j.batch_size, j.seed), measured)
+    settings = RewardTraining(j.epochs, j.learning_rate, j.batch_size, j.seed, j.micro_batch_size, j.lora_r)
+    return train_reward_model(model_dir, pool, judge_dir(out), settings, measured)
 
 
 def judge_answers(spec: StudySpec, out: Path, batch_size: int) -> None:

@@ -113,7 +113,10 @@ def judge_summary(spec: StudySpec, out: Path, runs: dict) -> dict | None:
             mine = {s: [i for i, k in enumerate(keys) if k == (name, s)] for s in seeds}
             arms[name] = {"score": mean_interval([float(np.mean([logits[i] for i in mine[s]])) for s in seeds]),
                           "length_residual": mean_interval([float(residuals[mine[s]].mean()) for s in seeds])}
-    return {"heldout": record.get("heldout"), "used": bool((record.get("heldout") or {}).get("beats_length_rule")),
+    held = record.get("heldout") or {}
+    lead = spec.judge.lead if spec.judge else 0.0
+    used = bool(held) and held["accuracy"] >= held["prefer_shorter"] + lead
+    return {"heldout": held or None, "lead": lead, "used": used,
             "trained_pairs": record["pairs"], "settings": record["settings"], "seconds": record["seconds"],
             "cpu_seconds": record.get("cpu_seconds"), "logit_per_char": slope, "arms": arms}
 
@@ -315,8 +318,9 @@ def judge_lines(report: dict) -> list[str]:
     if not judge or not judge.get("heldout"):
         return []
     h = judge["heldout"]
-    verdict = ("it beats the rule, so its scores are read below" if judge["used"] else
-               "it does not beat the rule: its scores below say no more than length and are not read as quality")
+    verdict = (f"it beats the rule by the declared {judge['lead']:g} or more, so its scores are read below"
+               if judge["used"] else f"it does not beat the rule by the declared {judge['lead']:g}: its scores "
+               "below are shown, not read as quality")
     lines = ["", "## Reward-model judge", "",
              f"A reward model trained on the pool's {judge['trained_pairs']} pairs ({judge['settings']['epochs']:g} "
              f"epoch(s), learning rate {judge['settings']['learning_rate']:g}, seed {judge['settings']['seed']}). "

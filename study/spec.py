@@ -131,8 +131,11 @@ class Judge:
 
     epochs: float = 1.0
     learning_rate: float = 1e-5
-    batch_size: int = 8  # pairs per step
+    batch_size: int = 8  # pairs per optimiser step
     seed: int = 0
+    micro_batch_size: int = 1  # pairs per forward pass
+    lora_r: int = 0  # 0: full training
+    lead: float = 0.05  # its accuracy on the measured pairs must beat "prefer the shorter reply" by this to be read
 
 
 @dataclass

@@ -85,6 +85,16 @@ def test_a_repeated_run_gives_the_same_weights(trained):
     assert not [p for p in trained["root"].iterdir() if p.name.startswith(".")]  # no half-written folder left
 
 
+def test_lora_trains_the_judge_and_saves_a_plain_model(trained):
+    """With LoRA the adapters are merged: the folder holds a model the scorer loads like any other."""
+    assert main([*trained["argv"], "--lora-r", "4", "--learning-rate", "1e-2", "--out",
+                 str(trained["root"] / "rm-lora")]) == 0
+    folder = trained["root"] / "rm-lora"
+    record = json.loads((folder / RECORD).read_text())
+    assert record["settings"]["lora_r"] == 4 and not (folder / "adapter_config.json").exists()
+    assert record["heldout"]["accuracy"] >= 0.9 and record["heldout"]["beats_length_rule"]
+
+
 def test_a_pair_with_the_same_reply_twice_is_counted_not_trained(tiny_tokenizer):
     records = [{"prompt": "\n\nHuman: Hi\n\nAssistant:", "chosen": "Hello.", "rejected": "Hello."},
                {"prompt": "\n\nHuman: Hi\n\nAssistant:", "chosen": "Hello.", "rejected": "Go away."}]
@@ -97,6 +107,8 @@ def test_a_pair_with_the_same_reply_twice_is_counted_not_trained(tiny_tokenizer)
     (("--learning-rate", "-1"), "--learning-rate -1.0: must be above 0"),
     (("--data", "no/such.jsonl"), "--data no/such.jsonl:"),
     (("--model", "no/such/model-dir"), "--model no/such/model-dir:"),
+    (("--micro-batch-size", "3"), "--batch-size 8 is not a multiple of micro-batch-size 3"),
+    (("--lora-r", "-1"), "--lora-r must be 0 (no LoRA) or above"),
 ])
 def test_mistakes_are_one_line(tiny_model_dir, tmp_path, capsys, change, named):
     write_jsonl(tmp_path / "train.jsonl", rows(4, 0))

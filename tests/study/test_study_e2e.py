@@ -226,8 +226,9 @@ def test_a_reward_model_trained_on_the_pool_judges_every_arm(study, tmp_path):
     pool_pairs = len((out / "data" / "pool.jsonl").read_text().splitlines())
     assert record["pairs"] + sum(record["dropped"].values()) == pool_pairs == judge["trained_pairs"] + sum(
         record["dropped"].values())
-    assert judge["heldout"]["pairs"] == SPEC["split"]["test"] and judge["used"] == judge["heldout"][
-        "beats_length_rule"]
+    held = judge["heldout"]
+    assert held["pairs"] == SPEC["split"]["test"] and judge["lead"] == 0.05
+    assert judge["used"] == (held["accuracy"] >= held["prefer_shorter"] + 0.05)
     assert judge["heldout"]["beats_length_rule"] == (judge["heldout"]["accuracy"] > judge["heldout"]["prefer_shorter"])
     residual_means = []
     for name in report["arms"]:
