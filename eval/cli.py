@@ -81,51 +81,6 @@ def cmd_score(args) -> int:
     return 0
 
 
-def _pairs(flag: str, path: str) -> list[dict]:
-    """The HH-RLHF pairs of a file or folder, as {prompt, chosen, rejected}; rows that are not
-    HH-RLHF dialogues are counted on stderr, none at all is the user's to fix."""
-    from deft_eval.hh_prompts import load_prompts
-
-    try:
-        records, skipped = load_prompts(path)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise UsageError(f"{flag} {path}: {err}") from err
-    if skipped:
-        print(f"{flag} {path}: skipped {sum(skipped.values())} rows that are not HH-RLHF dialogues: {dict(skipped)}",
-              file=sys.stderr)
-    if not records:
-        raise UsageError(f"{flag} {path}: no HH-RLHF pairs")
-    return records
-
-
-def cmd_train_reward(args) -> int:
-    from deft_eval.reward_training import RECORD, RewardTraining, train_reward_model
-
-    for flag in ("epochs", "learning_rate"):
-        if not getattr(args, flag) > 0:
-            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be above 0")
-    _model_given("--model", args.model)
-    records = _pairs("--data", args.data)
-    heldout = _pairs("--heldout", args.heldout) if args.heldout else None
-    try:
-        settings = RewardTraining(args.epochs, args.learning_rate, args.batch_size, args.seed, args.micro_batch_size,
-                                  args.lora_r)
-    except ValueError as err:  # names the setting: its flag is the same with dashes
-        raise UsageError(f"--{err}".replace("_", "-")) from err
-    record = train_reward_model(args.model, records, args.out, settings, heldout)
-    dropped = sum(record["dropped"].values())
-    print(f"reward model in {args.out}: trained on {record['pairs']} pairs"
-          + (f" ({dropped} left out: {record['dropped']})" if dropped else "")
-          + f", {record['steps']} steps, loss {record['train_loss']:.4f}; record in {RECORD}")
-    if heldout is not None:
-        h = record["heldout"]
-        print(f"held-out pairs: {h['pairs']}, accuracy {h['accuracy']:.3f} against {h['prefer_shorter']:.3f} for "
-              f"'prefer the shorter reply': " + ("it beats the length rule" if h["beats_length_rule"] else
-                                                  "it does not beat the length rule; its scores say no more "
-                                                  "than length"))
-    return 0
-
-
 def _scorers_given(args, names: list[str]) -> None:
     """Every scorer known and its model loadable, before the first one runs."""
     from deft_eval.registry import scorers
@@ -344,21 +299,6 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", default="auto")
     m.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     m.set_defaults(func=cmd_mt_bench)
-
-    r = sub.add_parser("train-reward", help="train a reward model on preference pairs (TRL's RewardTrainer) "
-                                            "for the reward scorer, measured against 'prefer the shorter reply'")
-    r.add_argument("--model", required=True, help="the starting causal LM: a local directory or hub id")
-    r.add_argument("--data", required=True, help="HH-RLHF pairs to train on (file or folder)")
-    r.add_argument("--heldout", default=None, help="HH-RLHF pairs to measure the trained model on (file or folder)")
-    r.add_argument("--out", required=True, help="folder of the trained reward model (for --reward-model)")
-    r.add_argument("--epochs", type=float, default=1.0)
-    r.add_argument("--learning-rate", type=float, default=1e-5)
-    r.add_argument("--batch-size", type=int, default=8, help="pairs per optimiser step")
-    r.add_argument("--micro-batch-size", type=int, default=1,
-                   help="pairs per forward pass (default 1: no padding, best on a CPU)")
-    r.add_argument("--lora-r", type=int, default=0, help="LoRA rank on every linear layer (default 0: full training)")
-    r.add_argument("--seed", type=int, default=0, help="the head's initialisation and the order of the pairs")
-    r.set_defaults(func=cmd_train_reward)
 
     c = sub.add_parser("compare", help="two runs side by side: every metric with its delta, and a plot")
     c.add_argument("run_a", help="a deft-eval score and/or mt-bench output directory")

@@ -96,40 +96,21 @@ def reward_text(tokenizer, kind: str, messages: list[dict], answer: str) -> str:
     return "".join(f"\n\n{names[m['role']]}: {m['content']}" for m in turns)
 
 
-def reward_ids(tokenizer, kind: str, prompt: str, answer: str) -> list[int]:
-    """The token ids a reward model reads for an answer to an HH-RLHF prompt: reward_text of the
-    dialogue, left-truncated to its last MAX_TOKENS tokens (the answer survives a long dialogue).
-    The scorer and the training of a reward model (reward_training.py) both read it, so a trained
-    judge is scored in the form it learned. Raw text gets the tokenizer's special tokens; a chat
-    template writes its own."""
-    from deft_plugin.data.formats.hh_rlhf import to_messages
-
-    text = reward_text(tokenizer, kind, to_messages(prompt), answer)
-    raw = kind == "standard" and not getattr(tokenizer, "chat_template", None)
-    return tokenizer(text=text, add_special_tokens=raw)["input_ids"][-MAX_TOKENS:]
-
-
-def pad_right(ids: list[list[int]], pad: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input ids, attention mask) of a batch, right padded."""
-    width = max(map(len, ids))
-    input_ids = torch.tensor([i + [pad] * (width - len(i)) for i in ids], device=device)
-    attention = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device)
-    return input_ids, attention
-
-
-def pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
 @torch.inference_mode()
-def reward_logits(model, tokenizer, ids: list[list[int]], batch_size: int = 8) -> list[float]:
-    """One logit per sequence of token ids (reward_ids), in batches, right padded."""
+def reward_logits(model, tokenizer, texts: list[str], batch_size: int = 8,
+                  add_special_tokens: bool = False) -> list[float]:
+    """One logit per text, each left-truncated to its last MAX_TOKENS tokens, right padded.
+    add_special_tokens: for raw text (a chat template already writes the model's BOS)."""
     device = next(model.parameters()).device
-    pad = pad_id(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad  # standard heads find the last token through it
     out: list[float] = []
-    for start in range(0, len(ids), batch_size):
-        input_ids, attention = pad_right(ids[start:start + batch_size], pad, device)
+    for start in range(0, len(texts), batch_size):
+        ids = [tokenizer(text=t, add_special_tokens=add_special_tokens)["input_ids"][-MAX_TOKENS:]
+               for t in texts[start:start + batch_size]]
+        width = max(map(len, ids))
+        input_ids = torch.tensor([i + [pad] * (width - len(i)) for i in ids], device=device)
+        attention = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device)
         out += model(input_ids=input_ids, attention_mask=attention).logits[:, 0].float().tolist()
     return out

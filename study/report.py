@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from deft_eval.reward_training import RECORD
-from deft_study.judge import SCORES, judge_dir
 from deft_study.judging import judging_sets
 from deft_study.spec import ENDPOINTS, StudySpec
 from deft_study.stats import (
@@ -20,7 +18,6 @@ from deft_study.stats import (
     bootstrap_p_value,
     detectable_difference,
     holm,
-    length_residuals,
     length_strata,
     mean_interval,
     pair_metrics,
@@ -78,7 +75,6 @@ def build_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
     add_time_ratios(spec, arms)
     comparisons = compare(spec, per_pair)
     q_volume = _load(out / "qvolume.json")
-    judge = judge_summary(spec, out, runs)
     pending = [f"{a.name}/seed-{s}" for a in spec.arms for s in a.seeds if s not in runs.get(a.name, {})]
     return {"spec": spec.to_dict(), "environment": environment(command),
             "data": {"split": {k: v for k, v in (_load(out / "data" / "split.json") or {}).items() if k != "indices"},
@@ -89,36 +85,7 @@ def build_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
             "commits": sorted({str(r.get("commit")) for seeds in runs.values() for r, _ in seeds.values()}),
             "unclean_runs": [f"{name}/seed-{seed}" for name, seeds in runs.items() for seed, (r, _) in seeds.items()
                              if not r.get("clean", False)],  # runs before the flag was recorded count as unclean
-            "q_volume": {k: v for k, v in q_volume.items() if k != "runs"} if q_volume else None,
-            "judge": judge}
-
-
-def judge_summary(spec: StudySpec, out: Path, runs: dict) -> dict | None:
-    """The reward-model judge: its accuracy on the measured pairs beside the length rule, and per
-    arm the mean of its logits over the answers (mean over seeds), raw and after a line on answer
-    length fitted to every judged answer of the study."""
-    record = _load(judge_dir(out) / RECORD)
-    if not record:
-        return None
-    scored = {(name, seed): _load(run_dir(out, spec.arm(name), seed) / SCORES) for name, seeds in runs.items()
-              for seed in seeds}
-    scored = {k: v["answers"] for k, v in scored.items() if v}
-    keys = [k for k, answers in scored.items() for _ in answers]
-    logits = [a["logit"] for answers in scored.values() for a in answers]
-    residuals, slope = length_residuals(logits, [a["chars"] for answers in scored.values() for a in answers])
-    arms = {}
-    for name in runs:
-        seeds = [s for (n, s) in scored if n == name]
-        if seeds:
-            mine = {s: [i for i, k in enumerate(keys) if k == (name, s)] for s in seeds}
-            arms[name] = {"score": mean_interval([float(np.mean([logits[i] for i in mine[s]])) for s in seeds]),
-                          "length_residual": mean_interval([float(residuals[mine[s]].mean()) for s in seeds])}
-    held = record.get("heldout") or {}
-    lead = spec.judge.lead if spec.judge else 0.0
-    used = bool(held) and held["accuracy"] >= held["prefer_shorter"] + lead
-    return {"heldout": held or None, "lead": lead, "used": used,
-            "trained_pairs": record["pairs"], "settings": record["settings"], "seconds": record["seconds"],
-            "cpu_seconds": record.get("cpu_seconds"), "logit_per_char": slope, "arms": arms}
+            "q_volume": {k: v for k, v in q_volume.items() if k != "runs"} if q_volume else None}
 
 
 def compare(spec: StudySpec, per_pair: dict) -> list[dict]:
@@ -303,35 +270,13 @@ def render_markdown(report: dict) -> str:
         for fraction, s in v["summary"].items():
             lines.append(f"| {float(fraction):.0%} | {_interval(s['cosine'])} | {_interval(s['jaccard'])} | "
                          f"{_interval(s['kept_from_own_pairs'])} |")
-    lines += judge_lines(report) + judging_lines(report)
+    lines += judging_lines(report)
     if report["pending"]:
         lines += ["", "Not run yet: " + ", ".join(report["pending"]) + "."]
     lines += ["", "![accuracy and margin per arm](accuracy.png)", "", "![quality against cost](tradeoff.png)", ""]
     if report.get("q_volume"):
         lines += ["![Q against data volume](qvolume.png)", ""]
     return "\n".join(lines)
-
-
-def judge_lines(report: dict) -> list[str]:
-    """The reward-model judge's section: whether it beats the length rule, then its scores per arm."""
-    judge = report.get("judge")
-    if not judge or not judge.get("heldout"):
-        return []
-    h = judge["heldout"]
-    verdict = (f"it beats the rule by the declared {judge['lead']:g} or more, so its scores are read below"
-               if judge["used"] else f"it does not beat the rule by the declared {judge['lead']:g}: its scores "
-               "below are shown, not read as quality")
-    lines = ["", "## Reward-model judge", "",
-             f"A reward model trained on the pool's {judge['trained_pairs']} pairs ({judge['settings']['epochs']:g} "
-             f"epoch(s), learning rate {judge['settings']['learning_rate']:g}, seed {judge['settings']['seed']}). "
-             f"On the {h['pairs']} measured pairs it prefers the chosen reply {h['accuracy']:.3f} of the time, "
-             f"\"prefer the shorter reply\" {h['prefer_shorter']:.3f}: {verdict}. Score: its mean logit over an "
-             f"arm's answers; length-residualised: after a line on answer length fitted to every judged answer "
-             f"({judge['logit_per_char']:+.4f} logit per character).", "",
-             "| arm | judge score | length-residualised |", "|---|---|---|"]
-    for name, a in judge["arms"].items():
-        lines.append(f"| {name} | {_interval(a['score'])} | {_interval(a['length_residual'])} |")
-    return lines
 
 
 def judging_lines(report: dict) -> list[str]:

@@ -126,19 +126,6 @@ class Statistics:
 
 
 @dataclass
-class Judge:
-    """A reward model trained on the pool to judge the arms' answers (deft_study/judge.py)."""
-
-    epochs: float = 1.0
-    learning_rate: float = 1e-5
-    batch_size: int = 8  # pairs per optimiser step
-    seed: int = 0
-    micro_batch_size: int = 1  # pairs per forward pass
-    lora_r: int = 0  # 0: full training
-    lead: float = 0.05  # its accuracy on the measured pairs must beat "prefer the shorter reply" by this to be read
-
-
-@dataclass
 class JudgingPair:
     a: str
     b: str
@@ -195,7 +182,6 @@ class StudySpec:
     choices: dict[str, str] = field(default_factory=dict)  # each choice of the recipe and its reason, reported
     recipe_from: str | None = None  # a choice.json (deft_study.choice) whose chosen arm's recipe this one takes
     judging: Judging = field(default_factory=Judging)
-    judge: Judge | None = None  # `judge: {}` trains one with the defaults
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -265,7 +251,6 @@ def load_spec(path: str | Path | None = None, **overrides) -> StudySpec:
                      measure=measure, arms=arms, comparisons=comparisons,
                      q_volume=_section(QVolume, raw.get("q_volume"), "q_volume"),
                      statistics=statistics, judging=judging,
-                     judge=_section(Judge, raw["judge"], "judge") if raw.get("judge") is not None else None,
                      choices={str(k): str(v) for k, v in (raw.get("choices") or {}).items()})
 
 

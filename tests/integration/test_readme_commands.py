@@ -83,19 +83,3 @@ def test_the_evaluation_blocks_run_as_written(tmp_path, tiny_model_dir):
     out = run_lines([compare], {}, tmp_path)[0]
     assert (tmp_path / "cmp" / "comparison.md").is_file() and (tmp_path / "cmp" / "comparison.png").is_file()
     assert "bleu" in out
-
-
-def test_the_reward_model_block_runs_as_written(tmp_path, tiny_model_dir):
-    """train-reward on real HH-RLHF pairs, measured on others, then the answers scored with it."""
-    rows = hh_rows(40)
-    write_jsonl(tmp_path / "train-pairs.jsonl", rows[:24])
-    write_jsonl(tmp_path / "test-pairs.jsonl", rows[24:])
-    write_jsonl(tmp_path / "harmless-base-test.jsonl", rows[:3])
-    run_lines([f"deft-eval generate --model {shlex.quote(str(tiny_model_dir))} --data harmless-base-test.jsonl "
-               "--out answers.jsonl --max-new-tokens 4"], {}, tmp_path)
-    lines = readme_block("deft-eval train-reward")
-    out = run_lines(lines, {"MODEL": str(tiny_model_dir)}, tmp_path)
-    record = json.loads((tmp_path / "rm" / "reward_training.json").read_text())
-    assert record["pairs"] == 24 and record["heldout"]["pairs"] == 16 and "held-out pairs: 16" in out[0]
-    scores = [json.loads(line) for line in (tmp_path / "scores" / "scores.jsonl").read_text().splitlines()]
-    assert len(scores) == 3 and all(0 < s["reward"] < 100 for s in scores)

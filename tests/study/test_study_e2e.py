@@ -29,7 +29,6 @@ SPEC = {
              {"name": "dpo-length-top", "select": "top", "by": "length_ratio", "ratio": 0.25}],
     "comparisons": [{"a": "deft-dpo-top", "b": "dpo-random", "question": "top against random"}],
     "judging": {"pairs": [{"a": "deft-dpo-top", "b": "dpo-random"}]},
-    "judge": {"epochs": 1, "learning_rate": 1e-4, "batch_size": 8},
     "q_volume": {"fractions": [0.5, 1.0], "draws": 2, "ratio": 0.25},
 }
 
@@ -145,9 +144,7 @@ def test_accuracy_recomputed_from_the_saved_model(study, tiny_model_dir):
 
 def test_a_rerun_trains_and_measures_nothing(study, monkeypatch):
     out = study["out"]
-    finished = sorted(p for p in (out / "arms").rglob("*") if p.name in ("result.json", "eval.json", "train.log",
-                                                                          "judge.json"))
-    finished.append(out / "judge" / "model" / "reward_training.json")
+    finished = sorted(p for p in (out / "arms").rglob("*") if p.name in ("result.json", "eval.json", "train.log"))
     stamps = {p: p.stat().st_mtime_ns for p in finished}
     monkeypatch.chdir(study["root"])
     # a study folder keeps only the split's indices (the data is not copied around): the files come back
@@ -213,37 +210,3 @@ def test_the_answers_become_a_judging_set_whose_votes_join_the_report(study, tmp
     assert "harmless: deft-dpo-top won 2, lost 0, tied 0 against dpo-random" in (out / "report.md").read_text()
     (out / entry["folder"] / "votes.jsonl").unlink()
     (out / entry["folder"] / "votes.csv").unlink()
-
-
-def test_a_reward_model_trained_on_the_pool_judges_every_arm(study, tmp_path):
-    """Trained on the pool only, measured on the test pairs beside the length rule; every run's
-    answers judged, and the study's logits are the ones `deft-eval score` gives with that model."""
-    from deft_eval.cli import main as eval_main
-
-    out, report = study["out"], study["report"]
-    judge = report["judge"]
-    record = json.loads((out / "judge" / "model" / "reward_training.json").read_text())
-    pool_pairs = len((out / "data" / "pool.jsonl").read_text().splitlines())
-    assert record["pairs"] + sum(record["dropped"].values()) == pool_pairs == judge["trained_pairs"] + sum(
-        record["dropped"].values())
-    held = judge["heldout"]
-    assert held["pairs"] == SPEC["split"]["test"] and judge["lead"] == 0.05
-    assert judge["used"] == (held["accuracy"] >= held["prefer_shorter"] + 0.05)
-    assert judge["heldout"]["beats_length_rule"] == (judge["heldout"]["accuracy"] > judge["heldout"]["prefer_shorter"])
-    residual_means = []
-    for name in report["arms"]:
-        scored = json.loads((out / "arms" / name / "seed-0" / "judge.json").read_text())["answers"]
-        assert len(scored) == SPEC["measure"]["generate"]
-        assert judge["arms"][name]["score"]["mean"] == pytest.approx(sum(a["logit"] for a in scored) / len(scored))
-        residual_means.append(judge["arms"][name]["length_residual"]["mean"])
-    assert sum(residual_means) == pytest.approx(0.0, abs=1e-6)  # residuals of a fitted line average to zero
-    assert "## Reward-model judge" in (out / "report.md").read_text()
-
-    answers = out / "arms" / "deft-dpo-top" / "seed-0" / "generations.jsonl"
-    assert eval_main(["score", str(answers), "--out", str(tmp_path / "scores"), "--scorers", "reward",
-                      "--reward-model", str(out / "judge" / "model")]) == 0
-    scores = (tmp_path / "scores" / "scores.jsonl").read_text().splitlines()
-    again = [json.loads(line)["reward_logit"] for line in scores]
-    study_logits = [a["logit"] for a in
-                    json.loads((out / "arms" / "deft-dpo-top" / "seed-0" / "judge.json").read_text())["answers"]]
-    assert again == pytest.approx(study_logits, abs=1e-5)
