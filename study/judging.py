@@ -14,7 +14,7 @@ from deft_study.training import run_dir
 
 JUDGING_DIR = "judging"
 VOTES_FILE = "votes.jsonl"  # what `deft-app export --db ... --out <set folder>` writes
-SHOWN = ("id", "subset", "prompt", "answer", "model")  # the references (chosen, rejected) stay out of the judges' view
+SHOWN = ("id", "subset", "prompt", "answer")  # the references (chosen, rejected) stay out of the judges' view
 
 
 def set_folder(out: Path, pair: JudgingPair) -> Path:
@@ -37,8 +37,9 @@ def shared_seed(spec: StudySpec, out: Path, pair: JudgingPair) -> int | None:
 
 
 def write_judging_set(spec: StudySpec, out: Path, pair: JudgingPair) -> dict:
-    """The set's two answer files (the prompts both arms answered, in one order) and how to serve
-    it; written again only when missing, so that votes already given keep their items."""
+    """The set's two answer files (the prompts both arms answered, in one order; the model is the
+    arm) and how to serve it, the paths relative to the study folder; written again only when
+    missing, so that votes already given keep their items."""
     folder = set_folder(out, pair)
     seed = shared_seed(spec, out, pair)
     entry = {"a": pair.a, "b": pair.b, "folder": f"{JUDGING_DIR}/{folder.name}", "seed": seed, "items": 0}

@@ -287,8 +287,9 @@ def judging_lines(report: dict) -> list[str]:
     lines = ["", "## Human judging", "",
              "Each set holds the greedy answers of one seed both arms ran, for `deft-app serve` (the judges see "
              f"neither the arms nor the references), judged on {report['spec']['judging']['criteria']}. "
-             "Export the votes into the set's folder (`deft-app export --db ... --out <folder>`) and rebuild "
-             "the report (`--report-only`) to read them here. Win rate of A, ties half, 95% bootstrap interval.", ""]
+             "Run the commands from the study folder; export the votes into the set's folder (`deft-app export "
+             "--db ... --out <folder>`) and rebuild the report (`--report-only`) to read them here. Win rate of A, "
+             "ties half, 95% bootstrap interval.", ""]
     for s in sets:
         if s.get("pending"):
             lines.append(f"- {s['a']} vs {s['b']}: {s['pending']}.")
