@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from deft_study.judge import judge_answers, train_judge
 from deft_study.measure import (
     backfill_generation_stats,
     generate_and_score,
@@ -121,6 +122,9 @@ def run_study(spec: StudySpec, out: Path, model_dir: Path, data: str, only: set[
             train_run(spec, arm, seed, model_dir, files["pool"], out,
                       lambda fraction, draw: partial_qdiff(out, pool, tokenizer, spec, fraction, draw))
             measure_run(spec, arm, seed, out, model_dir, tokenizer, pairs, qdiff.qn, prompts, progress)
+    if spec.judge:
+        train_judge(spec, out, model_dir, files)
+        judge_answers(spec, out, spec.measure.batch_size)
     if spec.q_volume.fractions and not only:
         measure_q_volume(spec, out, model_dir, tokenizer, pool, progress)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deft_study.judge import RECORD, SCORES, judge_folder
 from deft_study.judging import judging_sets
 from deft_study.spec import ENDPOINTS, StudySpec
 from deft_study.stats import (
@@ -18,6 +19,7 @@ from deft_study.stats import (
     bootstrap_p_value,
     detectable_difference,
     holm,
+    length_residuals,
     length_strata,
     mean_interval,
     pair_metrics,
@@ -85,7 +87,32 @@ def build_report(spec: StudySpec, out: Path, command: list[str]) -> dict:
             "commits": sorted({str(r.get("commit")) for seeds in runs.values() for r, _ in seeds.values()}),
             "unclean_runs": [f"{name}/seed-{seed}" for name, seeds in runs.items() for seed, (r, _) in seeds.items()
                              if not r.get("clean", False)],  # runs before the flag was recorded count as unclean
-            "q_volume": {k: v for k, v in q_volume.items() if k != "runs"} if q_volume else None}
+            "q_volume": {k: v for k, v in q_volume.items() if k != "runs"} if q_volume else None,
+            "judge": judge_summary(spec, out, runs)}
+
+
+def judge_summary(spec: StudySpec, out: Path, runs: dict) -> dict | None:
+    """The reward-model judge: how well it judges the held-out pairs beside the length rule,
+    whether its scores are read, and per arm the mean of its logits over the answers (mean over
+    seeds), raw and after a line on answer length fitted to every judged answer of the study."""
+    record = _load(judge_folder(out) / RECORD)
+    if not record:
+        return None
+    scored = {(name, seed): _load(run_dir(out, spec.arm(name), seed) / SCORES) for name, seeds in runs.items()
+              for seed in seeds}
+    scored = {k: v["answers"] for k, v in scored.items() if v}
+    keys = [k for k, answers in scored.items() for _ in answers]
+    logits = [a["logit"] for answers in scored.values() for a in answers]
+    residuals, slope = length_residuals(logits, [a["chars"] for answers in scored.values() for a in answers])
+    arms = {}
+    for name in runs:
+        rows = {s: [i for i, k in enumerate(keys) if k == (name, s)] for (n, s) in scored if n == name}
+        if rows:
+            arms[name] = {"score": mean_interval([float(np.mean([logits[i] for i in r])) for r in rows.values()]),
+                          "length_residual": mean_interval([float(residuals[r].mean()) for r in rows.values()])}
+    return {**{k: record[k] for k in ("settings", "pool_pairs", "pairs", "steps", "train_seconds", "cpu_seconds",
+                                      "heldout", "lead", "read", "commit")},
+            "dropped": {k: v["count"] for k, v in record["dropped"].items()}, "logit_per_char": slope, "arms": arms}
 
 
 def compare(spec: StudySpec, per_pair: dict) -> list[dict]:
@@ -270,13 +297,43 @@ def render_markdown(report: dict) -> str:
         for fraction, s in v["summary"].items():
             lines.append(f"| {float(fraction):.0%} | {_interval(s['cosine'])} | {_interval(s['jaccard'])} | "
                          f"{_interval(s['kept_from_own_pairs'])} |")
-    lines += judging_lines(report)
+    lines += judge_lines(report) + judging_lines(report)
     if report["pending"]:
         lines += ["", "Not run yet: " + ", ".join(report["pending"]) + "."]
     lines += ["", "![accuracy and margin per arm](accuracy.png)", "", "![quality against cost](tradeoff.png)", ""]
     if report.get("q_volume"):
         lines += ["![Q against data volume](qvolume.png)", ""]
     return "\n".join(lines)
+
+
+def judge_lines(report: dict) -> list[str]:
+    """The reward-model judge's section: how it was trained, whether it beats the length rule,
+    then its scores per arm."""
+    judge = report.get("judge")
+    if not judge:
+        return []
+    st, held = judge["settings"], judge["heldout"]
+    dropped = "".join(f", {n} left out ({why})" for why, n in judge["dropped"].items())
+    verdict = (f"it beats the rule by the declared {judge['lead']:g} or more, so its scores below are read "
+               "as a judgement of the answers" if judge["read"] else
+               f"it does not beat the rule by the declared {judge['lead']:g}: its scores below are shown, "
+               "not read as quality")
+    lines = ["", "## Reward-model judge", "",
+             f"A reward model trained by `axolotl train` on {judge['pairs']} of the pool's {judge['pool_pairs']} "
+             f"pairs{dropped}: {st['num_epochs']:g} epoch(s), learning rate {st['learning_rate']:g}, "
+             f"{'LoRA r' + str(st['lora_r']) if st['lora_r'] else 'every weight'}, seed {st['seed']}, "
+             f"{judge['steps']} steps in {judge['train_seconds'] / 60:.1f} min. How often it prefers the chosen "
+             "reply, beside \"prefer the shorter reply\":", "",
+             "| pairs | judge | prefer shorter |", "|---|---|---|"]
+    lines += [f"| {name} ({h['pairs']}) | {h['accuracy']:.3f} | {h['prefer_shorter']:.3f} |" for name, h in
+              held.items()]
+    lines += ["", f"On the validation pairs {verdict}. Score: the judge's mean logit over an arm's answers; "
+              "length-residualised: after a line on answer length fitted to every judged answer "
+              f"({judge['logit_per_char']:+.4f} logit per character).", "",
+              "| arm | judge score | length-residualised |", "|---|---|---|"]
+    lines += [f"| {name} | {_interval(a['score'])} | {_interval(a['length_residual'])} |"
+              for name, a in judge["arms"].items()]
+    return lines
 
 
 def judging_lines(report: dict) -> list[str]:

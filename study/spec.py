@@ -139,6 +139,29 @@ class Judging:
     criteria: str = "harmless,helpful"  # the paper's two criteria, as `deft-app serve --criteria` takes them
 
 
+@dataclass
+class Judge:
+    """A reward model trained on the pool by `axolotl train` to judge the arms' answers
+    (deft_study/judge.py). Its scores are read only if its accuracy on the validation pairs beats
+    "prefer the shorter reply" there by `lead`: a judge that does not says little beyond length."""
+
+    num_epochs: float = 1.0
+    learning_rate: float = 1e-4
+    micro_batch_size: int = 1  # pairs per forward pass: 1 pads nothing, a CPU's cheapest
+    gradient_accumulation_steps: int = 8
+    lora_r: int = 16  # 0: every weight trains; else LoRA on every linear layer, the score head whole
+    sequence_len: int = 1024  # longer pairs are left out (counted), not cut: a cut reply loses its end
+    seed: int = 0
+    lead: float = 0.05
+
+    def __post_init__(self):
+        for name in ("num_epochs", "learning_rate", "micro_batch_size", "gradient_accumulation_steps", "sequence_len"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"judge.{name}: above 0, got {getattr(self, name)}")
+        if self.lora_r < 0:
+            raise ValueError(f"judge.lora_r: 0 (no LoRA) or above, got {self.lora_r}")
+
+
 def default_arms() -> list[Arm]:
     three = [0, 1, 2]
     return [
@@ -182,6 +205,7 @@ class StudySpec:
     choices: dict[str, str] = field(default_factory=dict)  # each choice of the recipe and its reason, reported
     recipe_from: str | None = None  # a choice.json (deft_study.choice) whose chosen arm's recipe this one takes
     judging: Judging = field(default_factory=Judging)
+    judge: Judge | None = None  # `judge: {}` trains one with the defaults
 
     def arm(self, name: str) -> Arm:
         return next(a for a in self.arms if a.name == name)
@@ -251,6 +275,7 @@ def load_spec(path: str | Path | None = None, **overrides) -> StudySpec:
                      measure=measure, arms=arms, comparisons=comparisons,
                      q_volume=_section(QVolume, raw.get("q_volume"), "q_volume"),
                      statistics=statistics, judging=judging,
+                     judge=_section(Judge, raw["judge"], "judge") if "judge" in raw else None,
                      choices={str(k): str(v) for k, v in (raw.get("choices") or {}).items()})
 
 

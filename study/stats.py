@@ -115,3 +115,13 @@ def prefer_shorter(n_chosen, n_rejected) -> np.ndarray:
     """Per pair, whether the rule "prefer the shorter reply" (no model) picks the chosen one (a tie
     counts half): the floor a held-out accuracy must beat before it says more than length."""
     return correct(np.asarray(n_rejected, dtype=float) - np.asarray(n_chosen, dtype=float))
+
+
+def length_residuals(scores, lengths) -> tuple[np.ndarray, float]:
+    """(residuals, slope) of scores after a least-squares line on length: what a judge says of an
+    answer beyond what its length predicts (a judge that rewards length alone leaves about 0)."""
+    y, x = np.asarray(scores, dtype=float), np.asarray(lengths, dtype=float)
+    if len(y) < 2 or np.ptp(x) == 0:
+        return y - y.mean(), 0.0
+    slope, intercept = np.polyfit(x, y, 1)
+    return y - (slope * x + intercept), float(slope)

@@ -110,10 +110,14 @@ def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path
     if qdiff_dir is not None:  # Q built from part of the pool (the volume question): scored again with it
         cfg["deft_qdiff_path"] = local(qdiff_dir)
     if r.adapter == "lora":
-        cfg.update({"adapter": "lora", "lora_r": r.lora_r, "lora_alpha": r.lora_alpha, "lora_dropout": 0.0,
-                    "lora_target_linear": True, "lora_mlp_kernel": False, "lora_qkv_kernel": False,
-                    "lora_o_kernel": False})
+        cfg.update(lora_keys(r.lora_r, r.lora_alpha))
     return cfg
+
+
+def lora_keys(rank: int, alpha: int) -> dict:
+    """LoRA on every linear layer, without Axolotl's fused kernels (GPU-only)."""
+    return {"adapter": "lora", "lora_r": rank, "lora_alpha": alpha, "lora_dropout": 0.0, "lora_target_linear": True,
+            "lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False}
 
 
 def train_run(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path, out: Path,

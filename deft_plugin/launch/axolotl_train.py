@@ -21,17 +21,17 @@ def deft_run_config(base_model: str, data: str, method: str, output_dir: str, pr
         "plugins": ["deft_plugin.DEFTPlugin"],
         **({"deft_method": "pro", "sample_packing": False} if method == "pro" else {"rl": "dpo"}),
         "datasets": [{"path": data, "type": "deft.hh_rlhf"}],
-        "optimizer": "adamw_torch",
-        "seed": seed,
-        "output_dir": output_dir,
-        "dataset_prepared_path": prepared,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "bf16": False,
-        "device_map": "cpu",
-        "dataloader_num_workers": 0,
+        **cpu_run_keys(output_dir, prepared, seed),
         **keys,
     }
+
+
+def cpu_run_keys(output_dir: str, prepared: str, seed: int) -> dict:
+    """What every CPU run of ours sets: AdamW, the seed, a log line every step, no checkpoints,
+    float32 (Axolotl would pick fp16, which a CPU matmul refuses)."""
+    return {"optimizer": "adamw_torch", "seed": seed, "output_dir": output_dir, "dataset_prepared_path": prepared,
+            "logging_steps": 1, "save_strategy": "no", "bf16": False, "device_map": "cpu",
+            "dataloader_num_workers": 0}
 
 
 def run_axolotl_train(config_path: Path, log_path: Path) -> None:

@@ -10,8 +10,7 @@ from deft_eval.hookspecs import Scorer, hookimpl
 
 
 def per_record(records: list[dict], options: dict) -> list[dict[str, float]]:
-    from deft_eval.reward_models import load_reward_model, reward_logits, reward_text
-    from deft_plugin.data.formats.hh_rlhf import to_messages
+    from deft_eval.reward_models import load_reward_model, reward_ids, reward_logits
 
     if options.get("reward"):
         model, tokenizer, kind = options["reward"]
@@ -19,9 +18,8 @@ def per_record(records: list[dict], options: dict) -> list[dict[str, float]]:
         model, tokenizer, kind = load_reward_model(options["reward_model"], options.get("device", "auto"))
     else:
         raise ValueError("the reward scorer needs a reward model: give --reward-model DIR_OR_ID")
-    texts = [reward_text(tokenizer, kind, to_messages(r["prompt"]), r["answer"]) for r in records]
-    raw = kind == "standard" and not getattr(tokenizer, "chat_template", None)
-    logits = reward_logits(model, tokenizer, texts, int(options.get("batch_size", 8)), add_special_tokens=raw)
+    ids = [reward_ids(tokenizer, kind, r["prompt"], r["answer"]) for r in records]
+    logits = reward_logits(model, tokenizer, ids, int(options.get("batch_size", 8)))
     return [{"reward": 100.0 / (1.0 + math.exp(-z)), "reward_logit": z} for z in logits]
 
 

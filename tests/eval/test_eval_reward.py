@@ -111,3 +111,34 @@ def test_missing_or_unsuitable_reward_model(tmp_path, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="one logit"):
         load_reward_model(str(tmp_path), device="cpu")
+
+
+def test_a_judge_of_the_study_reads_the_dialogue_as_one_user_turn(standard_dir, tmp_path):
+    """A folder with reward_form.json (what the study's judge is saved with) is scored in the form
+    it was trained in: a system line, the whole dialogue as one user turn, the answer; the same
+    model without the file reads the turns one by one."""
+    import json
+    import shutil
+
+    from deft_eval.reward_models import FORM_FILE, JUDGE_SYSTEM, judge_row, one_turn_form
+
+    judge = tmp_path / "judge"
+    shutil.copytree(standard_dir, judge)
+    (judge / FORM_FILE).write_text(json.dumps(one_turn_form()))
+    loaded = load_reward_model(str(judge), device="cpu")
+    model, tok, kind = loaded
+    assert kind == "one-turn"
+    rows = reward.per_record(RECORDS, {"reward": loaded, "batch_size": 2})
+    dialogue = "Human: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a joke."
+    text = (f"<|im_start|>system\n{JUDGE_SYSTEM}<|im_end|>\n<|im_start|>user\n{dialogue}<|im_end|>\n"
+            "<|im_start|>assistant\nNo.<|im_end|>\n")
+    assert rows[1]["reward_logit"] == pytest.approx(one_logit(model, tok, text), abs=1e-5)
+    as_turns = reward.per_record(RECORDS, {"reward": load_reward_model(str(standard_dir), device="cpu")})
+    assert abs(as_turns[1]["reward_logit"] - rows[1]["reward_logit"]) > 1e-4
+    # the training row of Axolotl's bradley_terry.chat_template type holds the same three parts
+    assert judge_row(RECORDS[1]["prompt"], "No.", "Yes.") == {"system": JUDGE_SYSTEM, "input": dialogue,
+                                                              "chosen": "No.", "rejected": "Yes."}
+
+    (judge / FORM_FILE).write_text(json.dumps({"dialogue": "turns", "system": JUDGE_SYSTEM}))
+    with pytest.raises(ValueError, match=f"{FORM_FILE}: a reward model read in a form"):
+        load_reward_model(str(judge), device="cpu")

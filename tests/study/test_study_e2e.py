@@ -29,6 +29,7 @@ SPEC = {
              {"name": "dpo-length-top", "select": "top", "by": "length_ratio", "ratio": 0.25}],
     "comparisons": [{"a": "deft-dpo-top", "b": "dpo-random", "question": "top against random"}],
     "judging": {"pairs": [{"a": "deft-dpo-top", "b": "dpo-random"}]},
+    "judge": {"learning_rate": 1e-3, "gradient_accumulation_steps": 4, "sequence_len": 300},
     "q_volume": {"fractions": [0.5, 1.0], "draws": 2, "ratio": 0.25},
 }
 
@@ -144,7 +145,9 @@ def test_accuracy_recomputed_from_the_saved_model(study, tiny_model_dir):
 
 def test_a_rerun_trains_and_measures_nothing(study, monkeypatch):
     out = study["out"]
-    finished = sorted(p for p in (out / "arms").rglob("*") if p.name in ("result.json", "eval.json", "train.log"))
+    finished = sorted(p for p in (out / "arms").rglob("*") if p.name in ("result.json", "eval.json", "train.log",
+                                                                          "judge_scores.json"))
+    finished += [out / "judge" / "judge.json", out / "judge" / "model" / "model.safetensors"]
     stamps = {p: p.stat().st_mtime_ns for p in finished}
     monkeypatch.chdir(study["root"])
     # a study folder keeps only the split's indices (the data is not copied around): the files come back
@@ -210,3 +213,70 @@ def test_the_answers_become_a_judging_set_whose_votes_join_the_report(study, tmp
     assert "harmless: deft-dpo-top won 2, lost 0, tied 0 against dpo-random" in (out / "report.md").read_text()
     (out / entry["folder"] / "votes.jsonl").unlink()
     (out / entry["folder"] / "votes.csv").unlink()
+
+
+def test_a_reward_model_trained_on_the_pool_judges_every_arm(study, tmp_path):
+    """Trained by `axolotl train` on the pool only, on exactly the token ids the reward scorer reads;
+    measured on validation (the gate) and test beside the length rule; every run's answers judged,
+    with the logits `deft-eval score` gives with the saved judge."""
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from deft_eval.cli import main as eval_main
+    from deft_eval.hh_prompts import load_prompts
+    from deft_eval.reward_models import ONE_TURN, reward_ids
+
+    out, report = study["out"], study["report"]
+    judge, record = report["judge"], json.loads((out / "judge" / "judge.json").read_text())
+    pool, _ = load_prompts(str(out / "data" / "pool.jsonl"))
+    dropped = {i for d in record["dropped"].values() for i in d["ids"]}
+    assert record["pool_pairs"] == len(pool) == judge["pairs"] + sum(judge["dropped"].values())
+    assert set(record["dropped"]) == {"longer than 300 tokens"} and 0 < len(dropped) < len(pool)  # counted, named
+    assert judge["steps"] == math.ceil(judge["pairs"] / 4)
+    config = yaml.safe_load((out / "judge" / "axolotl.yaml").read_text())
+    assert config["reward_model"] and config["datasets"][0]["type"] == "bradley_terry.chat_template"
+    assert not config["base_model"].startswith("/")
+
+    # what Axolotl tokenised for training is what the scorer builds for an answer
+    tokenizer = AutoTokenizer.from_pretrained(out / "judge" / "model")
+    (prepared,) = [p for p in (out / "judge" / "prepared").iterdir() if (p / "dataset_info.json").is_file()]
+    trained = load_from_disk(str(prepared))
+    kept = [r for r in pool if r["id"] not in dropped]
+    expected = sorted(reward_ids(tokenizer, ONE_TURN, r["prompt"], r[k]) for r in kept for k in ("chosen", "rejected"))
+    assert sorted([list(x) for x in trained["chosen_ids"]] + [list(x) for x in trained["rejected_ids"]]) == expected
+
+    assert list(judge["heldout"]) == ["validation", "test"]
+    for name, split in judge["heldout"].items():
+        assert split["pairs"] == SPEC["split"][name] and 0 <= split["accuracy"] <= 1
+    validation = judge["heldout"]["validation"]
+    assert judge["lead"] == 0.05 and judge["read"] == (validation["accuracy"] >= validation["prefer_shorter"] + 0.05)
+    residual_means = []
+    for name in report["arms"]:
+        scored = json.loads((out / "arms" / name / "seed-0" / "judge_scores.json").read_text())["answers"]
+        assert len(scored) == SPEC["measure"]["generate"]
+        assert judge["arms"][name]["score"]["mean"] == pytest.approx(sum(a["logit"] for a in scored) / len(scored))
+        residual_means.append(judge["arms"][name]["length_residual"]["mean"])
+    assert sum(residual_means) == pytest.approx(0.0, abs=1e-6)  # residuals of a fitted line average to zero
+    assert "## Reward-model judge" in (out / "report.md").read_text()
+
+    answers = out / "arms" / "deft-dpo-top" / "seed-0" / "generations.jsonl"
+    assert eval_main(["score", str(answers), "--out", str(tmp_path / "scores"), "--scorers", "reward",
+                      "--reward-model", str(out / "judge" / "model")]) == 0
+    again = [json.loads(line)["reward_logit"] for line in
+             (tmp_path / "scores" / "scores.jsonl").read_text().splitlines()]
+    study_logits = [a["logit"] for a in
+                    json.loads((out / "arms" / "deft-dpo-top" / "seed-0" / "judge_scores.json").read_text())["answers"]]
+    assert again == pytest.approx(study_logits, abs=1e-5)
+
+    # the judge's validation accuracy, again from its chosen and rejected logits through deft-eval
+    validation_pairs, _ = load_prompts(str(out / "data" / "validation.jsonl"))
+    logits = {}
+    for side in ("chosen", "rejected"):
+        answers = tmp_path / f"{side}.jsonl"
+        answers.write_text("".join(json.dumps({**r, "answer": r[side]}) + "\n" for r in validation_pairs))
+        assert eval_main(["score", str(answers), "--out", str(tmp_path / side), "--scorers", "reward",
+                          "--reward-model", str(out / "judge" / "model")]) == 0
+        logits[side] = [json.loads(line)["reward_logit"] for line in
+                        (tmp_path / side / "scores.jsonl").read_text().splitlines()]
+    wins = [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(logits["chosen"], logits["rejected"])]
+    assert validation["accuracy"] == pytest.approx(sum(wins) / len(wins))

@@ -40,6 +40,9 @@ def test_the_default_study_has_the_issue_arms():
     ("arms: [{name: base, method: base}]\njudging: {pairs: [{a: base, b: base}]}\n", "two different arms"),
     ("arms: [{name: base, method: base}]\njudging: {pairs: [{a: base, c: x}]}\n", "unknown key(s) c; known: a, b"),
     ("judging: {criteria: Harmless}\n", "judging.criteria: --criteria: criterion name 'Harmless'"),
+    ("judge: {epochs: 2}\n", "judge: unknown key(s) epochs"),
+    ("judge: {lora_r: -1}\n", "judge.lora_r"),
+    ("judge: {learning_rate: 0}\n", "judge.learning_rate: above 0"),
 ])
 def test_bad_specs_are_named(tmp_path, text, words):
     path = tmp_path / "spec.yaml"
@@ -56,6 +59,20 @@ def test_a_baseline_arm_reaches_its_axolotl_config(tmp_path):
     spec = load_spec(path)
     cfg = arm_config(spec, spec.arms[1], 3, tmp_path / "model", tmp_path / "pool.jsonl", tmp_path / "out")
     assert (cfg["deft_filter_by"], cfg["deft_filter_select"], cfg["deft_filter_seed"]) == ("length_ratio", "top", 3)
+
+
+def test_the_judge_is_declared_by_its_section(tmp_path):
+    from deft_study.judge import judge_config
+
+    path = tmp_path / "spec.yaml"
+    path.write_text("arms: [{name: base, method: base}]\n")
+    assert load_spec(path).judge is None  # no section, no judge
+    path.write_text("arms: [{name: base, method: base}]\njudge: {lora_r: 0, lead: 0.1}\n")
+    judge = load_spec(path).judge
+    assert (judge.lora_r, judge.lead, judge.micro_batch_size) == (0, 0.1, 1)
+    cfg = judge_config(judge, "../model")
+    assert cfg["reward_model"] and not cfg["pad_to_sequence_len"] and "adapter" not in cfg  # 0: every weight trains
+    assert cfg["bf16"] is False and cfg["seed"] == judge.seed
 
 
 @pytest.fixture

@@ -174,3 +174,16 @@ def test_length_strata_and_the_shorter_reply_floor():
     assert table["accuracy"]["chosen longer"]["mean"] == pytest.approx((2 / 3 + 1) / 2)
     implicit = table["implicit_accuracy"]
     assert implicit["chosen shorter"]["mean"] == 1.0 and implicit["chosen longer"]["n"] == 2
+
+
+def test_length_residuals_remove_what_length_predicts():
+    from deft_study.stats import length_residuals
+
+    lengths = [10, 20, 30, 40]
+    residuals, slope = length_residuals([3 * x + 2 for x in lengths], lengths)
+    assert slope == pytest.approx(3.0) and np.abs(residuals).max() < 1e-9  # all of it was length
+    residuals, slope = length_residuals([1.0, 0.0, 1.0, 0.0], lengths)
+    assert slope == pytest.approx(-0.02) and residuals.sum() == pytest.approx(0.0)
+    assert residuals.tolist() == pytest.approx([0.2, -0.6, 0.6, -0.2])  # about the line 1 - 0.02 x
+    residuals, slope = length_residuals([1.0, 3.0], [5, 5])  # no spread in length: only the mean comes off
+    assert slope == 0.0 and residuals.tolist() == [-1.0, 1.0]
