@@ -8,7 +8,6 @@ scored with it. Each step is skipped when its file is on disk, as the arms are."
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -59,18 +58,45 @@ def training_rows(records: list[dict], tokenizer, sequence_len: int) -> tuple[li
     return rows, dropped
 
 
-def judge_config(judge: Judge, base_model: str) -> dict:
+START, START_ADAPTER = "start", "start-adapter"  # the judge's seeded starting weights, in its folder
+
+
+def write_start(base_model: Path, folder: Path, judge: Judge) -> None:
+    """The judge's starting point, drawn from its seed: the base model with a one-logit score head
+    and, with LoRA, the untrained adapter. Axolotl would draw both from whatever the process drew
+    before (it seeds the data order, not the weights it creates), so a repeated run would differ."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(judge.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+        else tokenizer.eos_token_id  # the head reads the last token before the padding
+    model.save_pretrained(folder / START)
+    tokenizer.save_pretrained(folder / START)
+    if judge.lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(judge.seed)
+        lora = LoraConfig(task_type="SEQ_CLS", r=judge.lora_r, lora_alpha=2 * judge.lora_r, lora_dropout=0.0,
+                          target_modules="all-linear")  # PEFT trains the score head whole beside it
+        get_peft_model(model, lora).save_pretrained(folder / START_ADAPTER)
+
+
+def judge_config(judge: Judge) -> dict:
     """The Axolotl config, run in the judge's folder: a one-logit sequence classifier (Axolotl sets
-    num_labels 1 for reward_model) trained with TRL's RewardTrainer on pairs.jsonl. Sequences are
-    not padded to sequence_len (Axolotl's default for reward models): one pair a pass pads nothing."""
-    cfg = {"base_model": base_model, "reward_model": True, "chat_template": "tokenizer_default",
+    num_labels 1 for reward_model) trained with TRL's RewardTrainer on pairs.jsonl from the seeded
+    start (write_start). Sequences are not padded to sequence_len (Axolotl's default for reward
+    models): one pair a pass pads nothing."""
+    cfg = {"base_model": START, "reward_model": True, "chat_template": "tokenizer_default",
            "datasets": [{"path": "pairs.jsonl", "type": "bradley_terry.chat_template"}], "val_set_size": 0,
            "sequence_len": judge.sequence_len, "pad_to_sequence_len": False,
            "micro_batch_size": judge.micro_batch_size, "gradient_accumulation_steps": judge.gradient_accumulation_steps,
            "num_epochs": judge.num_epochs, "learning_rate": judge.learning_rate, "lr_scheduler": "cosine",
            **cpu_run_keys(TRAINED, "prepared", judge.seed)}
     if judge.lora_r:
-        cfg.update(lora_keys(judge.lora_r, 2 * judge.lora_r))
+        cfg.update(lora_keys(judge.lora_r, 2 * judge.lora_r), lora_model_dir=START_ADAPTER)
     return cfg
 
 
@@ -99,16 +125,17 @@ def train_judge(spec: StudySpec, out: Path, model_dir: Path, files: dict[str, Pa
         reasons = ", ".join(f"{len(v)} {k}" for k, v in dropped.items())
         raise SystemExit(f"no pool pair to train the judge on: {reasons}")
     atomic_write_text(folder / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_start(model_dir, folder, judge)
     config = folder / "axolotl.yaml"
-    base = os.path.relpath(Path(model_dir).resolve(), folder.resolve())  # the config names no machine path
-    atomic_write_text(config, yaml.safe_dump(judge_config(judge, base), sort_keys=False))
+    atomic_write_text(config, yaml.safe_dump(judge_config(judge), sort_keys=False))
     start, cpu_start = time.perf_counter(), children_cpu_seconds()
     run_axolotl_train(config, folder / "train.log")
     log = folder / "train.log"
     log.write_text(portable(log.read_text()))
     seconds, cpu = time.perf_counter() - start, children_cpu_seconds() - cpu_start
-    save_judge(model_dir, folder / TRAINED, judge_model(out), bool(judge.lora_r))
-    shutil.rmtree(folder / TRAINED)  # the merged model is what is read; the adapter is in it
+    save_judge(folder / START, folder / TRAINED, judge_model(out), bool(judge.lora_r))
+    for used in (TRAINED, START, START_ADAPTER):  # the merged model is what is read; the rest is in it
+        shutil.rmtree(folder / used, ignore_errors=True)
     losses = [float(x) for x in re.findall(r"\{'loss': '([^']+)'", log.read_text())]  # one per step
     commit = code_commit()
     record = {"settings": asdict(judge), "pool_pairs": len(pool), "pairs": len(rows),
@@ -127,10 +154,10 @@ def train_judge(spec: StudySpec, out: Path, model_dir: Path, files: dict[str, Pa
     return record
 
 
-def save_judge(base_model: Path, trained: Path, dest: Path, lora: bool) -> None:
+def save_judge(start: Path, trained: Path, dest: Path, lora: bool) -> None:
     """The trained judge as a plain sequence classifier with its tokenizer and the form it reads
     (FORM_FILE), written whole or not at all. Axolotl's merge-lora leaves a reward model's score
-    head untrained, so the LoRA is merged with PEFT onto a one-logit classifier of the base."""
+    head untrained, so the LoRA is merged with PEFT onto the start it was trained from."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -139,14 +166,11 @@ def save_judge(base_model: Path, trained: Path, dest: Path, lora: bool) -> None:
     if lora:
         from peft import PeftModel
 
-        base = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, dtype=torch.float32)
+        base = AutoModelForSequenceClassification.from_pretrained(start, dtype=torch.float32)
         model = PeftModel.from_pretrained(base, trained).merge_and_unload()
     else:
         model = AutoModelForSequenceClassification.from_pretrained(trained, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(trained)
-    if model.config.pad_token_id is None:  # the head reads the last token before the padding
-        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-            else tokenizer.eos_token_id
     work = dest.parent / f".{dest.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
     model.save_pretrained(work)

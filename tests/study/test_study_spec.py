@@ -70,8 +70,9 @@ def test_the_judge_is_declared_by_its_section(tmp_path):
     path.write_text("arms: [{name: base, method: base}]\njudge: {lora_r: 0, lead: 0.1}\n")
     judge = load_spec(path).judge
     assert (judge.lora_r, judge.lead, judge.micro_batch_size) == (0, 0.1, 1)
-    cfg = judge_config(judge, "../model")
-    assert cfg["reward_model"] and not cfg["pad_to_sequence_len"] and "adapter" not in cfg  # 0: every weight trains
+    cfg = judge_config(judge)
+    assert cfg["reward_model"] and not cfg["pad_to_sequence_len"] and cfg["base_model"] == "start"
+    assert "adapter" not in cfg and "lora_model_dir" not in cfg  # lora_r 0: every weight trains
     assert cfg["bf16"] is False and cfg["seed"] == judge.seed
 
 
