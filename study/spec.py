@@ -12,7 +12,7 @@ import yaml
 
 from deft_app.items import InputError
 from deft_app.settings import read_criteria
-from deft_plugin.core.losses import LOSS_FORMS
+from deft_plugin.core.losses import DEFAULT_LOSS_FORM, DEFAULT_REWARD_WEIGHT, LOSS_FORMS
 from deft_plugin.core.selection import RANKINGS, SELECTIONS
 from deft_plugin.data.split import Split
 
@@ -23,15 +23,16 @@ ARM_SELECTIONS = ("all", *SELECTIONS)  # an arm trains on the whole pool, or on 
 
 @dataclass
 class Recipe:
-    """Axolotl keys shared by every arm."""
+    """Axolotl keys shared by every arm; the defaults are the recipe chosen on validation in
+    docs/study/safe-term/recipe (plain DPO does not degenerate on it)."""
 
     sequence_len: int = 384
     learning_rate: float = 5e-5
     num_epochs: int = 1
     micro_batch_size: int = 2
     gradient_accumulation_steps: int = 1
-    lr_scheduler: str = "constant"
-    warmup_ratio: float = 0.0  # of the steps, for the learning rate's warm-up
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.1  # of the steps, for the learning rate's warm-up
     rl_beta: float = 0.1
     adapter: str = "lora"  # lora | full
     lora_r: int = 16
@@ -44,7 +45,7 @@ class Recipe:
 class Measure:
     heldout: str = "test"  # test | validation: the split measured (validation while choosing the recipe)
     batch_size: int = 8
-    generate: int = 40  # held-out prompts answered greedily (PRO's conventions) and scored with BLEU; 0: none
+    generate: int = 64  # held-out prompts answered greedily (PRO's conventions) and scored with BLEU; 0: none
     max_new_tokens: int = 128
     max_prompt_tokens: int = 384
 
@@ -67,7 +68,7 @@ class Arm:
     seeds: list[int] = field(default_factory=lambda: [0])
     score: str = "delta"
     norm: str = "maxabs"
-    loss_form: str = "pair"  # deft_loss_form of the DEFT term (with reward_weight > 0)
+    loss_form: str = DEFAULT_LOSS_FORM  # deft_loss_form of the DEFT term (with reward_weight > 0)
     recipe: dict = field(default_factory=dict)  # recipe keys this arm changes (for choosing a recipe, not for a study)
     q_fraction: float | None = None  # select with Q built from this fraction of the pool (draw = the seed)
 
@@ -163,31 +164,39 @@ class Judge:
 
 
 def default_arms() -> list[Arm]:
-    three = [0, 1, 2]
+    """The second edition's design: selections at the same count (5% of the pool), five seeds each
+    (a seed fixes the training order, the adapter's initialisation and a random arm's subset, so
+    arms that share seeds are compared seed by seed); DEFT's selection against random, the
+    length and margin baselines, with and without its term; the whole pool as the yardstick; then
+    the PRO family. The DEFT term at the plugin's default form and lambda."""
+    five, term = [0, 1, 2, 3, 4], {"reward_weight": DEFAULT_REWARD_WEIGHT, "loss_form": DEFAULT_LOSS_FORM}
     return [
         Arm("base", "base"),
-        Arm("dpo-100", "dpo", "all"),
-        Arm("dpo-random-5", "dpo", "random", seeds=three),
-        Arm("dpo-top-5", "dpo", "top", seeds=three),
-        Arm("deft-dpo-top-5", "dpo", "top", reward_weight=1.0, seeds=three),
-        Arm("deft-dpo-100", "dpo", "all", reward_weight=1.0),
-        Arm("dpo-bottom-5", "dpo", "bottom", seeds=three),
+        Arm("dpo-random-5", "dpo", "random", seeds=five),
+        Arm("dpo-top-5", "dpo", "top", seeds=five),
+        Arm("dpo-length-top-5", "dpo", "top", by="length_ratio", seeds=five),
+        Arm("dpo-margin-top-5", "dpo", "top", by="logp_margin", seeds=five),
+        Arm("deft-dpo-top-5", "dpo", "top", seeds=five, **term),
+        Arm("dpo-100", "dpo", "all", seeds=[0, 1]),
+        Arm("pro-random-5", "pro", "random", seeds=five),
+        Arm("deft-pro-top-5", "pro", "top", seeds=five, **term),
         Arm("pro-100", "pro", "all"),
-        Arm("pro-random-5", "pro", "random", seeds=three),
-        Arm("deft-pro-top-5", "pro", "top", reward_weight=1.0, seeds=three),
     ]
 
 
 def default_comparisons() -> list[Comparison]:
+    """Five primary comparisons, Holm-corrected, on the spec's endpoint; the rest exploratory."""
     return [
-        Comparison("dpo-top-5", "dpo-random-5", "does DEFT's selection beat a random subset of the same size?"),
-        Comparison("deft-dpo-top-5", "dpo-100", "does DEFT-DPO on 5% match DPO on all of the pool?"),
-        Comparison("deft-dpo-top-5", "dpo-top-5", "does the DEFT term add to the selection (term on vs off)?"),
-        Comparison("deft-dpo-100", "dpo-100", "does the DEFT term help on all of the pool?"),
-        Comparison("dpo-bottom-5", "dpo-random-5",
-                   "is the bottom of the score worse than random (does the score carry signal)?"),
+        Comparison("dpo-top-5", "dpo-random-5", "does DEFT's selection beat a random subset of the same size?", True),
+        Comparison("dpo-top-5", "dpo-length-top-5", "does it beat selecting the pairs whose chosen reply is "
+                   "longest against the rejected one?", True),
+        Comparison("dpo-top-5", "dpo-margin-top-5", "does it beat selecting by the starting model's margin?", True),
+        Comparison("deft-dpo-top-5", "dpo-top-5", "does the DEFT term add to the selection (term on vs off, "
+                   "seed by seed)?", True),
+        Comparison("deft-dpo-top-5", "dpo-100", "is DEFT-DPO on 5% no worse than DPO on the whole pool by more "
+                   "than 0.05?", True, "non_inferiority", 0.05),
         Comparison("deft-pro-top-5", "pro-random-5", "DEFT-PRO's selection and term against a random 5% for PRO"),
-        Comparison("deft-pro-top-5", "pro-100", "does DEFT-PRO on 5% match PRO on all of the pool?"),
+        Comparison("deft-pro-top-5", "pro-100", "does DEFT-PRO on 5% match PRO on the whole pool?"),
     ]
 
 

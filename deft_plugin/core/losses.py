@@ -25,6 +25,7 @@ DEFAULT_PRO_SFT_WEIGHT = 0.05
 # lambda, chosen from benchmarks/reward_weight_sweep.py (README, "lambda"): the largest swept
 # weight that left the held-out log-probability margin unchanged.
 DEFAULT_REWARD_WEIGHT = 1.0
+DEFAULT_LOSS_FORM = "pair"  # the plugin's deft_loss_form, and the study's DEFT arms'
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from deft_plugin.core.losses import DEFAULT_PRO_SFT_WEIGHT, DEFAULT_REWARD_WEIGHT
+from deft_plugin.core.losses import DEFAULT_LOSS_FORM, DEFAULT_PRO_SFT_WEIGHT, DEFAULT_REWARD_WEIGHT
 from deft_plugin.core.qdiff import NORMS
 from deft_plugin.registry import FORMAT_PREFIX, dataset_formats, format_name, score_variants
 from deft_plugin.utils.usage import looks_like_a_path
@@ -61,9 +61,10 @@ class DEFTArgs(BaseModel):
     # loss
     deft_reward_weight: float = Field(DEFAULT_REWARD_WEIGHT, description="lambda, the weight of the DEFT loss term.")
     deft_loss_form: Literal["pair", "chosen", "margin", "anchored"] = Field(
-        "pair", description="DEFT term: pair (R(y+) - R(y-), the paper's reading) or chosen (R(y+)), linear and never "
-                            "fading; margin (the gap's move since the start inside DPO's/PRO's own loss) or anchored "
-                            "(-log sigmoid of that move over its spread), which fade once a pair is separated.")
+        DEFAULT_LOSS_FORM,
+        description="DEFT term: pair (R(y+) - R(y-), the paper's reading) or chosen (R(y+)), linear and never fading; "
+                    "margin (the gap's move since the start inside DPO's/PRO's own loss) or anchored (-log sigmoid of "
+                    "that move over its spread), which fade once a pair is separated.")
     deft_guard: Literal["warn", "stop", "off"] = Field(
         "warn", description="The collapse guard: warn writes one line per event (one token taking over the "
                             "predictions, the chosen replies' accuracy falling, R(y-) rising with R(y+)), naming the "

@@ -7,13 +7,27 @@ import pytest
 from deft_study.spec import load_spec
 
 
-def test_the_default_study_has_the_issue_arms():
+def test_the_default_study_is_the_second_edition_design():
+    from deft_plugin.core.losses import DEFAULT_LOSS_FORM, DEFAULT_REWARD_WEIGHT
+
     spec = load_spec()
-    names = [a.name for a in spec.arms]
-    assert {"base", "dpo-100", "dpo-random-5", "dpo-top-5", "deft-dpo-top-5", "deft-dpo-100", "dpo-bottom-5",
-            "pro-100", "pro-random-5", "deft-pro-top-5"} == set(names)
-    assert all(len(a.seeds) == 3 for a in spec.arms if a.select != "all" and a.method != "base")
-    assert all({c.a, c.b} <= set(names) for c in spec.comparisons)
+    arms = {a.name: a for a in spec.arms}
+    assert set(arms) == {"base", "dpo-random-5", "dpo-top-5", "dpo-length-top-5", "dpo-margin-top-5",
+                         "deft-dpo-top-5", "dpo-100", "pro-random-5", "deft-pro-top-5", "pro-100"}
+    fives = [a for a in spec.arms if a.select != "all" and a.method != "base"]
+    assert all(a.seeds == [0, 1, 2, 3, 4] and a.ratio == 0.05 for a in fives)  # equal count, seeds shared
+    assert (arms["dpo-length-top-5"].by, arms["dpo-margin-top-5"].by) == ("length_ratio", "logp_margin")
+    for name in ("deft-dpo-top-5", "deft-pro-top-5"):  # the term at the plugin's defaults; no other arm has it
+        assert (arms[name].reward_weight, arms[name].loss_form) == (DEFAULT_REWARD_WEIGHT, DEFAULT_LOSS_FORM)
+    assert sum(a.reward_weight > 0 for a in spec.arms) == 2
+    primary = [c for c in spec.comparisons if c.primary]
+    assert [(c.a, c.b) for c in primary] == [("dpo-top-5", "dpo-random-5"), ("dpo-top-5", "dpo-length-top-5"),
+                                             ("dpo-top-5", "dpo-margin-top-5"), ("deft-dpo-top-5", "dpo-top-5"),
+                                             ("deft-dpo-top-5", "dpo-100")]
+    assert (primary[-1].test, primary[-1].margin) == ("non_inferiority", 0.05)
+    assert all({c.a, c.b} <= set(arms) for c in spec.comparisons)
+    assert (spec.recipe.lr_scheduler, spec.recipe.warmup_ratio, spec.recipe.learning_rate) == ("cosine", 0.1, 5e-5)
+    assert spec.measure.generate == 64
 
 
 @pytest.mark.parametrize("text, words", [
