@@ -32,15 +32,16 @@ def cmd_study(args) -> int:
         os.environ.setdefault(key, value)
     spec = _spec(args)
     out = Path(args.out).resolve()
+    only = _arms(args, spec)
     if spec.model:
+        _check_model(args, spec.model)
         model_dir = Path(spec.model)
     else:
         from deft_plugin.cli.smollm2 import ensure_smollm2
 
         model_dir = ensure_smollm2().resolve()
     if not args.report_only:
-        only = {a.strip() for a in args.arms.split(",")} if args.arms else None
-        run_study(spec, out, model_dir, spec.data or default_data(), only)
+        run_study(spec, out, model_dir, _rows(args, spec.data or default_data()), only)
     report = write_report(spec, out, command_line(args))
     print(render_markdown(report))
     print(f"report: {out / 'report.md'}, {out / 'report.json'}")
@@ -59,6 +60,40 @@ def _spec(args):
     except (ValueError, TypeError) as err:  # TypeError: a section of the wrong shape (a list for a mapping)
         reason = str(err).removeprefix(f"{args.spec}: ")  # most reasons name the file already
         raise UsageError(f"--spec {args.spec}: {reason}") from err
+
+
+def _where(args, key: str) -> str:
+    """The flag a value came from, or the spec's key when the spec gave it."""
+    return f"--{key}" if getattr(args, key) is not None else f"--spec {args.spec}: {key}:"
+
+
+def _arms(args, spec) -> set[str] | None:
+    if not args.arms:
+        return None
+    only = {a.strip() for a in args.arms.split(",") if a.strip()}
+    unknown = sorted(only - {a.name for a in spec.arms})
+    if unknown or not only:
+        raise UsageError(f"--arms {args.arms}: {'no arm named' if only else 'no arm given'} {', '.join(unknown)}; "
+                         f"the spec's arms: {', '.join(a.name for a in spec.arms)}")
+    return only
+
+
+def _check_model(args, model: str) -> None:
+    from deft_eval.models import model_problem
+
+    problem = model_problem(model)
+    if problem:
+        raise UsageError(f"{_where(args, 'model')} {model}: {problem}")
+
+
+def _rows(args, data: str) -> list[dict]:
+    """The study's data rows, read before anything runs."""
+    from deft_plugin.data.sources import load_rows
+
+    try:
+        return [dict(r) for r in load_rows(data)]
+    except (OSError, ValueError, RuntimeError) as err:
+        raise UsageError(f"{_where(args, 'data')} {data}: {err}") from err
 
 
 def command_line(args) -> list[str]:

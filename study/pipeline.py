@@ -96,16 +96,16 @@ def measure_run(spec: StudySpec, arm: Arm, seed: int, out: Path, model_dir: Path
     return result
 
 
-def run_study(spec: StudySpec, out: Path, model_dir: Path, data: str, only: set[str] | None = None,
+def run_study(spec: StudySpec, out: Path, model_dir: Path, rows: list[dict], only: set[str] | None = None,
               progress: bool = True) -> None:
-    """Train and measure every (arm, seed) of the spec (or of the arms named in `only`)."""
+    """Train and measure every (arm, seed) of the spec (or of the arms named in `only`) on the
+    data's raw rows."""
     from transformers import AutoTokenizer
 
     from deft_eval.hh_prompts import load_prompts
-    from deft_plugin.data.sources import load_rows
 
     out.mkdir(parents=True, exist_ok=True)
-    files = split_data(spec, out, [dict(r) for r in load_rows(data)])
+    files = split_data(spec, out, rows)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     measured = files[spec.measure.heldout]
     pairs, _, counts = encoded_split(measured, tokenizer, spec.recipe.sequence_len)

@@ -116,3 +116,28 @@ def test_deft_study_with_a_bad_spec_gets_one_line(tmp_path, text, words, no_stud
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--spec {spec}: {words}" in err and "Traceback" not in err, err
     assert no_study_runs == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["arms", "model", "spec model", "data"])
+def test_deft_study_with_a_bad_flag_gets_one_line(tmp_path, case, tiny_model_dir, no_study_runs, capsys):
+    """--arms naming no arm of the spec (it used to be ignored), a model that is not there (it used
+    to reach transformers' "Repo id must be in the form"), data that is not there (a traceback):
+    one line naming the flag, or the spec's key, before anything runs."""
+    from deft_plugin.cli.main import main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("arms: [{name: base, method: base}, {name: dpo-random, select: random}]\n"
+                    + (f"model: {tmp_path / 'gone'}\n" if case == "spec model" else ""))
+    argv = ["study", "--spec", str(spec), "--out", str(tmp_path / "out")]
+    if case != "spec model":
+        argv += ["--model", str(tmp_path / "gone" if case == "model" else tiny_model_dir)]
+    extra = {"arms": ["--arms", "dpo-random,dpo-top"], "data": ["--data", str(tmp_path / "missing.jsonl")]}
+    argv += extra.get(case, [])
+    expected = {"arms": "--arms dpo-random,dpo-top: no arm named dpo-top; the spec's arms: base, dpo-random",
+                "model": f"--model {tmp_path / 'gone'}: no such folder",
+                "spec model": f"--spec {spec}: model: {tmp_path / 'gone'}: no such folder",
+                "data": f"--data {tmp_path / 'missing.jsonl'}: "}[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err and "Traceback" not in err, err
+    assert no_study_runs == [] and not (tmp_path / "out").exists()
