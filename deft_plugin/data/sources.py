@@ -59,7 +59,9 @@ def read_json_lines(path: Path) -> RawRows:
         for n, record in enumerate(records, 1):
             _add(out, record, f"{path} item {n}")
         return out
-    for n, line in enumerate(text.splitlines(), 1):
+    # "\n" only: splitlines() also breaks at U+2028, U+0085 and the like, which JSON strings may hold raw
+    # (text mode has already turned "\r\n" into "\n")
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
