@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +20,7 @@ from deft_plugin.data.encoding import EncodedRow, as_ranked, encode_rows, in_one
 from deft_plugin.data.parsing import ParsedRows, parse_source
 from deft_plugin.filtering.cache_key import score_cache_key
 from deft_plugin.filtering.distributed import is_main_process, join_launched_group
-from deft_plugin.filtering.pipeline import FilterResult, best_and_rest, run_filter, write_rejected
+from deft_plugin.filtering.pipeline import FilterResult, best_and_rest, rejected_records, run_filter, write_rejected
 from deft_plugin.filtering.scoring_model import load_scoring_model
 from deft_plugin.integration.scoring_reference import with_reference, with_start_rewards
 from deft_plugin.integration.settings import DeftSettings
@@ -29,6 +30,7 @@ from deft_plugin.utils.atomic import atomic_write_text
 LOG = logging.getLogger("axolotl.integrations.deft")
 
 WHERE = "deft_source_line"  # a column that never reaches the trainer
+EVAL_DEGENERATE = "evaluation_degenerate"  # the stage of an evaluation row left out, apart from training rows
 Rows = tuple[Dataset, "Dataset | None", dict, list]  # train, eval, the source's report, its unparseable rows
 
 
@@ -40,6 +42,9 @@ def load_deft_datasets(settings: DeftSettings, tokenizer, axolotl_rows: Callable
     train, evaluation, source_report, unparseable = (load_deft_rows(settings, style) if settings.deft_formats
                                                      else axolotl_rows())
     names = train[WHERE] if WHERE in train.column_names else None
+    eval_names = None if evaluation is None else (
+        evaluation[WHERE] if WHERE in evaluation.column_names
+        else [f"evaluation row {n}" for n in range(1, len(evaluation) + 1)])
     if names is not None:
         train = train.remove_columns(WHERE)
         evaluation = evaluation.remove_columns(WHERE) if evaluation is not None else None
@@ -54,11 +59,13 @@ def load_deft_datasets(settings: DeftSettings, tokenizer, axolotl_rows: Callable
                         source_report={**source_report, "prompt_style": style}, row_names=names,
                         source_rejected=unparseable)
     saturating = settings.filter.start_rewards
+    eval_rejected = []
     if pro:
         kept = listwise_dataset(result.kept, result.encoded, rows, result.start_rewards if saturating else None)
         if evaluation is not None:
-            evaluation = (scored_eval(evaluation, settings, tokenizer, load_model, result.qdiff) if saturating
-                          else encoded_eval(evaluation, tokenizer, settings.sequence_len, settings.filter.truncation))
+            evaluation, eval_rejected = (
+                scored_eval(evaluation, settings, tokenizer, load_model, result.qdiff, eval_names) if saturating
+                else encoded_eval(evaluation, tokenizer, settings.sequence_len, settings.filter.truncation, eval_names))
     else:
         kept = train.select(result.kept)
         if settings.scoring_reference:
@@ -66,7 +73,10 @@ def load_deft_datasets(settings: DeftSettings, tokenizer, axolotl_rows: Callable
         if saturating:
             kept = with_start_rewards(kept, [best_and_rest(result.start_rewards[i]) for i in result.kept])
         if evaluation is not None and (settings.scoring_reference or saturating):
-            evaluation = scored_eval(evaluation, settings, tokenizer, load_model, result.qdiff)
+            evaluation, eval_rejected = scored_eval(evaluation, settings, tokenizer, load_model, result.qdiff,
+                                                    eval_names)
+    if evaluation is not None:
+        result = with_eval_rejected(result, eval_rejected)
     total_num_steps = steps_for(len(kept), settings)
     if settings.output_dir and is_main_process():
         write_selection(settings.output_dir, result, cache_dir)
@@ -76,27 +86,30 @@ def load_deft_datasets(settings: DeftSettings, tokenizer, axolotl_rows: Callable
     return kept, evaluation, total_num_steps, result
 
 
-def scored_eval(evaluation: Dataset, settings: DeftSettings, tokenizer, load_model, qdiff: QDiff) -> Dataset:
+def scored_eval(evaluation: Dataset, settings: DeftSettings, tokenizer, load_model, qdiff: QDiff,
+                names: list[str]) -> tuple[Dataset, list[dict]]:
     """The eval split with what the scoring pass gives its rows (cached apart from the training
     rows'): DPO's reference log-probabilities under the scoring reference, the starting rewards for
-    the saturating loss forms. Rows that cannot be scored are left out, counted and reported."""
+    the saturating loss forms; and the rejected-rows records of the rows that cannot be scored and
+    are left out (names: where each row came from)."""
     pro = settings.method == "pro"
     rows = [dict(r) for r in evaluation] if pro else [{k: r[k] for k in ("prompt", "chosen", "rejected")}
                                                      for r in evaluation]
     filter_settings = dataclasses.replace(settings.filter, filter=False, reference=settings.scoring_reference)
     result = run_filter(rows, tokenizer, load_model, filter_settings, cache_dir_for(settings, rows, tokenizer), qdiff,
-                        progress=False)
+                        progress=False, row_names=names)
     if len(result.kept) < len(rows):
         LOG.warning("DEFT: %d of %d evaluation rows are degenerate and not evaluated: %s", len(rows) - len(result.kept),
                     len(rows), result.report["degenerate_reasons"])
+    rejected = [{**r, "stage": EVAL_DEGENERATE} for r in result.rejected]
     if pro:
-        return listwise_dataset(result.kept, result.encoded, rows, result.start_rewards or None)
+        return listwise_dataset(result.kept, result.encoded, rows, result.start_rewards or None), rejected
     scored = evaluation.select(result.kept)
     if settings.scoring_reference:
         scored = with_reference(scored, [result.logps[i] for i in result.kept])
     if settings.filter.start_rewards:
         scored = with_start_rewards(scored, [best_and_rest(result.start_rewards[i]) for i in result.kept])
-    return scored
+    return scored, rejected
 
 
 def load_deft_rows(settings: DeftSettings, style: str) -> Rows:
@@ -119,7 +132,8 @@ def load_deft_rows(settings: DeftSettings, style: str) -> Rows:
     if settings.val_set_size:
         split = train.train_test_split(test_size=settings.val_set_size, seed=settings.seed)
         train, evaluation = split["train"], split["test"]
-    return train, evaluation, {**parsed.report(), "text_rows_as_messages": converted}, parsed.rejected
+    return train, evaluation, {**parsed.report(), "text_rows_as_messages": converted,
+                               "evaluation": len(evaluation) if evaluation is not None else 0}, parsed.rejected
 
 
 def load_axolotl_rows(cfg) -> Rows:
@@ -128,7 +142,9 @@ def load_axolotl_rows(cfg) -> Rows:
     from axolotl.common.datasets import load_preference_datasets
 
     meta = load_preference_datasets(cfg=cfg)
-    return meta.train_dataset, meta.eval_dataset, {"read": len(meta.train_dataset), "unparseable": 0}, []
+    evaluation = len(meta.eval_dataset) if meta.eval_dataset is not None else 0
+    return (meta.train_dataset, meta.eval_dataset,
+            {"read": len(meta.train_dataset) + evaluation, "unparseable": 0, "evaluation": evaluation}, [])
 
 
 def cache_dir_for(settings: DeftSettings, rows: list[dict], tokenizer) -> Path:
@@ -157,13 +173,30 @@ def listwise_dataset(indices: list[int], encoded: dict[int, EncodedRow], rows: l
                               for i in indices])
 
 
-def encoded_eval(evaluation: Dataset, tokenizer, max_length: int | None, truncation: str = "keep_start") -> Dataset:
+def encoded_eval(evaluation: Dataset, tokenizer, max_length: int | None, truncation: str,
+                 names: list[str]) -> tuple[Dataset, list[dict]]:
+    """The PRO eval split as token ids, and the rejected-rows records of its degenerate rows, left out."""
     rows = [dict(r) for r in evaluation]
     encoded, degenerate = encode_rows(rows, tokenizer, max_length, truncation)
     if degenerate:
         LOG.warning("DEFT: %d of %d evaluation rows are degenerate and not evaluated: %s", sum(degenerate.values()),
                     len(rows), dict(degenerate))
-    return listwise_dataset([e.index for e in encoded], {e.index: e for e in encoded}, rows)
+    rejected = [{**r, "stage": EVAL_DEGENERATE} for r in rejected_records((), degenerate, names.__getitem__)]
+    return listwise_dataset([e.index for e in encoded], {e.index: e for e in encoded}, rows), rejected
+
+
+def with_eval_rejected(result: FilterResult, rejected: list[dict]) -> FilterResult:
+    """The training rows' filter result with the evaluation rows left out added to its rejected rows (the
+    run's rejected-rows file) and counted in its report. The counts add up as: read = unparseable +
+    evaluation + degenerate + scored (evaluation: every row split off for evaluation; degenerate and scored:
+    training rows only, scored once every usable one is), evaluation_degenerate of the evaluation rows were
+    left out, and rejected =
+    unparseable + degenerate + evaluation_degenerate, one line each in the file. Evaluation rows are checked
+    only where they are encoded or scored here; elsewhere they go to the trainer as they are."""
+    reasons = Counter(r["reason"] for r in rejected)
+    report = {**result.report, "evaluation_degenerate": len(rejected), "evaluation_degenerate_reasons": dict(reasons),
+              "rejected": len(result.rejected) + len(rejected)}
+    return dataclasses.replace(result, report=report, rejected=result.rejected + rejected)
 
 
 def write_selection(output_dir: Path, result: FilterResult, cache_dir: Path) -> None:

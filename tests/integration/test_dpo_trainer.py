@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 
 import pytest
@@ -24,7 +25,7 @@ import torch
 from deft_plugin.core.head_pass import decoder_and_head
 from deft_plugin.integration.dpo_trainer import DeftDPOLossMixin
 
-from builders import HH_PAIRS, KEPT, RATIO, SEQUENCE_LEN, loss_changed, sharpened
+from builders import HH_PAIRS, KEPT, RATIO, SEQUENCE_LEN, hh_rows, loss_changed, sharpened, write_jsonl
 from reference import naive_distribution_reward
 
 WEIGHT = 0.5
@@ -502,6 +503,35 @@ def test_eval_split_gets_the_reference_too(base_cfg, tmp_path):
     assert metrics["eval_deft/dpo_loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert metrics["eval_loss"] == pytest.approx(metrics["eval_deft/dpo_loss"] - WEIGHT * metrics["eval_deft/term"],
                                                  abs=1e-6)
+
+
+def test_degenerate_eval_rows_are_named_and_counted(base_cfg, tmp_path):
+    """Evaluation rows left out as degenerate go to the run's rejected-rows file with their file:line,
+    staged apart from the training rows', and the report's counts add up over both splits."""
+    rows = hh_rows(HH_PAIRS)
+    identical = {n for n in range(1, HH_PAIRS + 1) if n % 4 == 2}  # 1-based lines with chosen == rejected
+    for n in identical:
+        rows[n - 1] = {**rows[n - 1], "rejected": rows[n - 1]["chosen"]}
+    data = write_jsonl(tmp_path / "hh.jsonl", rows)
+    cfg = {**base_cfg, "datasets": [{"path": str(data), "type": "deft.hh_rlhf"}], "val_set_size": 0.25,
+           "output_dir": str(tmp_path / "out")}
+    meta = deft_dataset_meta(load(cfg))
+    report = json.loads((tmp_path / "out" / "deft_selection.json").read_text())["report"]
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "deft_rejected.jsonl").read_text().splitlines()]
+    evaluation = [r for r in rejected if r["stage"] == "evaluation_degenerate"]
+    assert evaluation and {r["stage"] for r in rejected} == {"degenerate", "evaluation_degenerate"}
+    lines = [int(r["where"].removeprefix(f"{data}:")) for r in rejected]
+    assert len(set(lines)) == len(lines) and identical <= set(lines)  # each row left out once, by its own line
+    # the evaluation rows left out: identical pairs, each on a line made so, and prompts that fill sequence_len
+    assert {r["reason"] for r in evaluation} == {"chosen and rejected identical",
+                                                 "reply cut off: prompt fills sequence_len"}
+    assert all(int(r["where"].rsplit(":", 1)[1]) in identical for r in evaluation
+               if r["reason"] == "chosen and rejected identical")
+    assert report["evaluation"] == round(0.25 * HH_PAIRS) == len(meta.eval_dataset) + report["evaluation_degenerate"]
+    assert report["evaluation_degenerate"] == len(evaluation) == sum(report["evaluation_degenerate_reasons"].values())
+    assert report["read"] == report["unparseable"] + report["evaluation"] + report["degenerate"] + report["scored"]
+    assert report["rejected"] == len(rejected) == (report["unparseable"] + report["degenerate"]
+                                                   + report["evaluation_degenerate"])
 
 
 def test_reference_model_when_asked(base_cfg, tmp_path):

@@ -102,9 +102,10 @@ def test_pro_ragged_lists_with_rewards_lora_and_eval(tmp_path, tiny_model_dir):
     rejected = [json.loads(line) for line in (tmp_path / "out" / "deft_rejected.jsonl").read_text().splitlines()]
     assert rejected[0] == {"where": f"{data}:65", "stage": "unparseable",
                            "reason": "fewer than 2 responses (1); a ranking needs n >= 2"}
-    degenerate = rejected[1:]  # the training rows left out, each by its own line of the file
-    assert len(degenerate) == report["degenerate"] and {r["stage"] for r in degenerate} == {"degenerate"}
-    assert all(r["where"].startswith(f"{data}:") and r["where"] != f"{data}:65" for r in degenerate)
+    degenerate = rejected[1:1 + report["degenerate"]]  # the training rows left out, each by its own line of the file
+    assert {r["stage"] for r in degenerate} == {"degenerate"}
+    assert {r["stage"] for r in rejected[1 + report["degenerate"]:]} <= {"evaluation_degenerate"}  # then eval rows
+    assert all(r["where"].startswith(f"{data}:") and r["where"] != f"{data}:65" for r in rejected[1:])
     state, steps = logged_steps(tmp_path / "out")
     check_metrics(steps)
     assert state["global_step"] == math.ceil(report["kept"] / MICRO_BATCH)
