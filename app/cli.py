@@ -21,15 +21,27 @@ def cmd_serve(args) -> int:
         raise InputError(f"--overlap must be at least 1, got {args.overlap}")
     if args.hold_minutes <= 0:
         raise InputError(f"--hold-minutes must be positive, got {args.hold_minutes}")
+    if not 1 <= args.port <= 65535:
+        raise InputError(f"--port {args.port}: a port number is between 1 and 65535")
+    files = {path: "--answers" for path in args.answers}
+    files.update({args.mt_bench_questions: "--mt-bench-questions", args.annotators: "--annotators"})
+    for path, flag in files.items():
+        file_given(flag, path)
     aliases = read_aliases(args.alias)
-    models = read_models(args.answers, args.mt_bench_questions)
+    try:
+        models = read_models(args.answers, args.mt_bench_questions)
+        items = items_from_models(models)
+    except InputError as err:
+        raise naming_the_flag(err, files, "--answers") from None
     model_files = {path: name for path, (name, _) in zip(args.answers, models)}
     settings = JudgingSettings(criteria=read_criteria(args.criteria),
                                guidelines=read_text_file(args.guidelines, "--guidelines"),
                                content_warning=" ".join((args.content_warning or "").split()),
                                aliases=aliases_by_model(aliases, model_files), reveal_models=args.reveal_models)
-    items = items_from_models(models)
-    annotators = read_annotators(args.annotators)
+    try:
+        annotators = read_annotators(args.annotators)
+    except InputError as err:
+        raise naming_the_flag(err, files, "--annotators") from None
     check_criteria(db, settings.criterion_names, args.criteria is None)
     store = open_store(db)
     added = store.add_items(items)
@@ -39,6 +51,37 @@ def cmd_serve(args) -> int:
           f"{', '.join(settings.criterion_names)}; votes in {db}")
     ui.launch(ui.JudgingApp(store, args.overlap, hold=args.hold_minutes * 60, settings=settings), args.host, args.port)
     return 0
+
+
+def file_given(flag: str, path: str | None) -> None:
+    """A file named on the command line is there and readable as text, before any is read for
+    its rows; None: not given."""
+    from deft_app.items import InputError
+
+    if path is None:
+        return
+    if not Path(path).exists():
+        raise InputError(f"{flag} {path}: no such file")
+    if not Path(path).is_file():
+        raise InputError(f"{flag} {path}: not a file")
+    try:
+        Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise InputError(f"{flag} {path}: cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"{flag} {path}: not UTF-8 text ({error})") from None
+
+
+def naming_the_flag(err: Exception, files: dict[str | None, str], default: str) -> Exception:
+    """A reader's error (`path: what is wrong`, or about the files together) with the flag that
+    gave the path put in front: the flag of the file it begins with, else `default`."""
+    from deft_app.items import InputError
+
+    message = str(err)
+    for path, flag in files.items():
+        if path is not None and message.startswith(f"{Path(path)}:"):
+            return InputError(f"{flag} {message}")
+    return InputError(f"{default}: {message}")
 
 
 def check_criteria(db: Path, criteria: list[str], default: bool) -> None:

@@ -229,6 +229,11 @@ def cmd_judge_server(args) -> int:
 
     from deft_eval.judge_server import LocalJudge
 
+    _model_given("--model", args.model)  # else the worker fails to load it, minutes in, in its log
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: a port number is between 1 and 65535 (0: a free one)")
+    if args.start_timeout <= 0:
+        raise UsageError(f"--start-timeout must be positive, got {args.start_timeout}")
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     # the whole `with` inside the try: a stop that lands at any moment (starting, just after the
     # address is printed, while serving) stops the three processes and ends the command cleanly

@@ -168,6 +168,45 @@ def test_serve_checks_its_paths_then_loads_items_and_annotators(tmp_path, monkey
     assert cli.main(["export", "--db", str(tmp_path / "none.db"), "--out", str(tmp_path / "out")]) == 2
 
 
+
+def test_serve_names_the_flag_of_a_bad_port_or_file_before_serving(tmp_path, monkeypatch, capsys):
+    """A port out of range, or a missing, unreadable or bad file: one line naming the flag and its
+    value, exit code 2, before the database is opened or the app served."""
+    from deft_app import cli, ui
+
+    monkeypatch.setattr(ui, "launch", lambda *args: pytest.fail("served after a mistake on the command line"))
+    answers, annotators = judging_files(tmp_path, 2)
+    db = str(tmp_path / "v.db")
+    base = ["serve", "--answers", *answers, "--annotators", annotators, "--db", db]
+    missing = str(tmp_path / "missing.jsonl")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"name": "caf\xe9"}\n')
+    (tmp_path / "no-name.jsonl").write_text('{"password": "long password"}\n')
+    (tmp_path / "guide.md").mkdir()
+    for argv, words in [
+        (base + ["--port", "99999"], "--port 99999: a port number is between 1 and 65535"),
+        (base + ["--port", "-1"], "--port -1: "),
+        (base + ["--port", "0"], "--port 0: "),
+        (["serve", "--answers", answers[0], missing, "--annotators", annotators, "--db", db],
+         f"--answers {missing}: no such file"),
+        (["serve", "--answers", answers[0], str(tmp_path), "--annotators", annotators, "--db", db],
+         f"--answers {tmp_path}: not a file"),
+        (base[:-4] + ["--annotators", missing, "--db", db], f"--annotators {missing}: no such file"),
+        (base[:-4] + ["--annotators", str(tmp_path / "latin1.jsonl"), "--db", db],
+         f"--annotators {tmp_path / 'latin1.jsonl'}: not UTF-8 text"),
+        (base[:-4] + ["--annotators", str(tmp_path / "no-name.jsonl"), "--db", db],
+         f"--annotators {tmp_path / 'no-name.jsonl'}: line 1: missing 'name'"),
+        (base + ["--mt-bench-questions", missing], f"--mt-bench-questions {missing}: no such file"),
+        (base + ["--guidelines", missing], f"--guidelines {missing}: no such file"),
+        (base + ["--guidelines", str(tmp_path / "guide.md")], f"--guidelines {tmp_path / 'guide.md'}: "),
+        (["serve", "--answers", answers[0], "--annotators", annotators, "--db", db],
+         "--answers: give at least two answer files"),
+    ]:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "v.db").exists()  # refused before the database is opened
+
+
 def other_databases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     """Files at --db that are not this app's database, with the words their one line must hold."""
     import sqlite3

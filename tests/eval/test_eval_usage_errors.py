@@ -123,3 +123,18 @@ def test_generate_refuses_to_resume_another_models_answers(tmp_path, tiny_model_
     capsys.readouterr()
     one_line_error(capsys, [*argv, "--name", "second"], f"--out {out} holds 3 answers of model 'first'")
     assert out.read_bytes() == before
+
+
+def test_judge_server_names_a_missing_model_or_bad_port_before_starting(tmp_path, tiny_model_dir, monkeypatch,
+                                                                         capsys):
+    from deft_eval import judge_server
+
+    monkeypatch.setattr(judge_server, "LocalJudge", lambda *a, **k: pytest.fail("started after a mistake"))
+    no_model = tmp_path / "nonexistent"
+    one_line_error(capsys, ["judge-server", "--model", str(no_model)], f"--model {no_model}: no such folder")
+    one_line_error(capsys, ["judge-server", "--model", str(tmp_path)], f"--model {tmp_path}: a folder without "
+                                                                       "config.json")
+    run = ["judge-server", "--model", str(tiny_model_dir)]
+    one_line_error(capsys, run + ["--port", "99999"], "--port 99999: a port number is between 1 and 65535")
+    one_line_error(capsys, run + ["--start-timeout", "0"], "--start-timeout must be positive, got 0.0")
+    assert not (tmp_path / "judge-server-logs").exists()
