@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_va
 
 from deft_plugin.core.losses import DEFAULT_LOSS_FORM, DEFAULT_PRO_SFT_WEIGHT, DEFAULT_REWARD_WEIGHT
 from deft_plugin.core.qdiff import NORMS
+from deft_plugin.data.sources import JSON_SUFFIXES
 from deft_plugin.registry import FORMAT_PREFIX, dataset_formats, format_name, score_variants
 from deft_plugin.utils.usage import looks_like_a_path
 
@@ -121,6 +122,7 @@ class DEFTArgs(BaseModel):
             return data
         check_known_keys(data, cls.model_fields)
         check_base_model(data.get("base_model"))
+        check_dataset_paths(data)
         if data.get("deft_filter_ratio") is not None and data.get("deft_filter_count") is not None:
             raise ValueError("set deft_filter_ratio or deft_filter_count, not both")
         if data.get("deft_filter_by", "deft") != "deft" and data.get("deft_filter_select") == "random":
@@ -145,6 +147,21 @@ def check_base_model(model) -> None:
     if not Path(model).expanduser().is_dir():
         raise ValueError(f"base_model: {model} is not a model directory (a local path must be a folder with the "
                          f"model's config.json; relative paths are read from where axolotl runs, {Path.cwd()})")
+
+
+LOCAL_DATA_SUFFIXES = (*JSON_SUFFIXES, ".parquet", ".csv", ".arrow")
+
+
+def check_dataset_paths(data: dict) -> None:
+    """A dataset path that can only be a local file or folder and is not there: named here, not 50
+    lines into Axolotl's loading. A path that is not there and could be a hub id is left to Axolotl."""
+    for i, ds in enumerate(data.get("datasets") or []):
+        path = ds.get("path") if isinstance(ds, dict) else getattr(ds, "path", None)
+        if not isinstance(path, str) or Path(path).expanduser().exists():
+            continue
+        if looks_like_a_path(path) or path.endswith(LOCAL_DATA_SUFFIXES):
+            raise ValueError(f"datasets[{i}].path: {path} does not exist (relative paths are read from where "
+                             f"axolotl runs, {Path.cwd()})")
 
 
 def check_known_keys(data: dict, fields: dict) -> None:

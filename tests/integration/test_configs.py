@@ -436,6 +436,8 @@ def test_plugin_keys_are_dropped_when_the_plugin_is_not_listed(tiny_model_dir, h
     ({"deft_filter_ratio": 2}, "  deft_filter_ratio must be in (0, 1], got 2.0"),
     ({"deft_filtr_ratio": 0.1}, "  deft_filtr_ratio: unknown DEFT key; did you mean deft_filter_ratio?"),
     ({"base_model": "./models/no-such-model"}, "  base_model: ./models/no-such-model is not a model directory"),
+    ({"datasets": [{"path": "data/no-such-file.jsonl", "type": "deft.hh_rlhf"}]},
+     "  datasets[0].path: data/no-such-file.jsonl does not exist"),
 ])
 def test_a_refused_config_reaches_the_axolotl_user_in_a_few_lines(change, line, tiny_model_dir, hh_file, tmp_path):
     """Through `axolotl preprocess` as a user calls it: the key and the message, no traceback (before: the
