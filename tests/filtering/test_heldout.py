@@ -85,3 +85,29 @@ def test_the_study_measures_what_the_heldout_measurement_gives(rows, model, tiny
         assert study[key] == pytest.approx(want[key], rel=1e-6, abs=1e-6), key
     assert all(isinstance(n, float) for n in study["n_chosen"])  # eval.json keeps its counts as floats
     assert any(r != 0 for r in study["r_chosen"])
+
+
+def test_held_out_rows_not_measured_are_counted_with_their_reasons(tiny_model_dir, capsys):
+    """heldout_accuracy on rows where one cannot be parsed and one has identical replies: the
+    others are measured, held_out = pairs + the left-out counts, and the demo's summary line says
+    how many of how many, and why (it once printed "38 of 40" with no reason)."""
+    from deft_plugin.cli.demo import print_summary
+    from deft_plugin.filtering.heldout import heldout_accuracy
+
+    raw = hh_rows(6)
+    raw[2] = {"chosen": raw[2]["chosen"], "rejected": raw[2]["chosen"]}  # identical replies
+    raw[4] = {"chosen": "no transcript here"}  # no rejected reply
+    result = heldout_accuracy(tiny_model_dir, raw, 1024, 4, "held-out")
+    assert result["held_out"] == 6 and result["pairs"] == 4, result
+    assert result["pairs"] + sum(result["left_out"].values()) == 6 and len(result["left_out"]) == 2
+    assert any("identical" in reason for reason in result["left_out"])
+
+    pairs = {"sampled": 6, "unparseable": 0, "degenerate": 0, "degenerate_reasons": {}, "scored": 6, "kept": 1,
+             "not_kept": 5}
+    training = {"loss": [], "deft_term": [], "deft_reward_chosen": [], "deft_reward_rejected": []}
+    report = {"method": "dpo", "pairs": pairs, "training": training, "seconds": {"train": 1.0}, "run_dir": "r",
+              "plots": {}, "heldout_preference_accuracy": {"before": result, "after": result}}
+    print_summary(report)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("held-out preference accuracy"))
+    reasons = ", ".join(f"{n} {reason}" for reason, n in result["left_out"].items())
+    assert line.startswith(f"held-out preference accuracy (4 of 6 pairs; left out: {reasons}): before ")
