@@ -83,3 +83,36 @@ def test_the_evaluation_blocks_run_as_written(tmp_path, tiny_model_dir):
     out = run_lines([compare], {}, tmp_path)[0]
     assert (tmp_path / "cmp" / "comparison.md").is_file() and (tmp_path / "cmp" / "comparison.png").is_file()
     assert "bleu" in out
+
+
+def test_the_study_block_runs_as_written(tmp_path, tiny_model_dir):
+    """The `deft study` lines with a tiny spec in my-study.yaml (S) whose arms include those the
+    README names, run in order: the whole study, two arms again (finished, so skipped), the report.
+    The line with the built-in study on your model is hours of training at any size, so it is the one
+    not run; its arms are checked to include the ones the README names."""
+    from deft_study.spec import load_spec
+
+    lines = readme_block("deft study")
+    built_in = [line for line in lines if "--spec" not in line]
+    assert len(built_in) == 1 and "--model DIR --data my-hh.jsonl" in built_in[0]
+    named = re.search(r"--arms (\S+)", README).group(1).split(",")
+    assert set(named) <= {a.name for a in load_spec().arms}
+    write_jsonl(tmp_path / "hh.jsonl", hh_rows(80))
+    spec = {"model": str(tiny_model_dir), "data": "hh.jsonl",
+            "split": {"test": 12, "validation": 8, "pool": 48, "seed": 0},
+            "recipe": {"sequence_len": 256, "adapter": "full", "learning_rate": 1e-4},
+            "measure": {"batch_size": 8, "generate": 2, "max_new_tokens": 8},
+            "arms": [{"name": "base", "method": "base"},
+                     *({"name": n, "select": n.split("-")[1], "ratio": 0.25} for n in named)],
+            "comparisons": [{"a": named[0], "b": named[1]}], "q_volume": {"fractions": []}}
+    (tmp_path / "my-study.yaml").write_text(json.dumps(spec))
+    first, *rest = [line for line in lines if "--spec" in line]
+    fill = {"S": "my-study.yaml", "O": "my-study"}
+    run_lines([first], fill, tmp_path)
+    results = sorted((tmp_path / "my-study" / "arms").rglob("result.json"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    out = run_lines(rest, fill, tmp_path)
+    assert len(results) == 3 and [p.stat().st_mtime_ns for p in results] == stamps  # nothing trained again
+    report = json.loads((tmp_path / "my-study" / "report.json").read_text())
+    assert set(report["arms"]) == {"base", *named} and report["pending"] == []
+    assert "report: " in out[-1] and "Not run yet" not in out[-1]
