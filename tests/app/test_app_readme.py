@@ -39,3 +39,35 @@ def test_the_readme_states_the_password_rule():
     from deft_app.items import MIN_PASSWORD_LENGTH
 
     assert f"at least {MIN_PASSWORD_LENGTH} characters" in " ".join(app_section().split())
+
+
+def test_the_readme_first_serve_block_runs_as_written(tmp_path, monkeypatch):
+    """Both lines of the first serve block, as written: deft-eval answer files, then FastChat's
+    MT-Bench answer files with the real MT-Bench questions at the path the README names."""
+    import json
+    import shutil
+
+    from deft_app import cli, ui
+
+    from builders import SHARED_DATA
+
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", app_section(), flags=re.S) if "--mt-bench" in b)
+    lines = [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    assert [argv[:2] for argv in lines] == [["deft-app", "serve"]] * 2
+    monkeypatch.chdir(tmp_path)
+    served = []
+    monkeypatch.setattr(ui, "launch", lambda app, host, port: served.append(app))
+    hh, mt = (cli.build_parser().parse_args(argv[1:]) for argv in lines)
+    for path in hh.answers:
+        write_jsonl(Path(path), [{"id": f"h/{i}", "model": Path(path).stem, "answer": f"answer {i}",
+                                  "prompt": f"\n\nHuman: question {i}?\n\nAssistant:"} for i in range(4)])
+    write_jsonl(Path(hh.annotators), [{"name": n, "password": "long password"} for n in ("ann", "bob")])
+    Path(mt.mt_bench_questions).parent.mkdir(parents=True)
+    shutil.copy(SHARED_DATA / "mt_bench" / "question.jsonl", mt.mt_bench_questions)
+    questions = [json.loads(line) for line in Path(mt.mt_bench_questions).read_text().splitlines()]
+    for path in mt.answers:
+        write_jsonl(Path(path), [{"question_id": q["question_id"], "model_id": Path(path).stem,
+                                  "choices": [{"index": 0, "turns": ["one", "two"]}]} for q in questions])
+    for argv in lines:
+        assert cli.main(argv[1:]) == 0
+    assert len(served) == 2 and Path(hh.db).is_file() and Path(mt.db).is_file()

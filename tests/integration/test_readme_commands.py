@@ -1,8 +1,8 @@
 """The README's command blocks, run line by line as written in a fresh folder, with only their
-placeholders filled: MODEL (a tiny local model), the data files (small copies of real HH-RLHF), and the
-run folders the lines before produced. Lines that need what no test machine has (an 8-GPU node, a
-judge endpoint, a reward model download) are the ones the README writes with `...` or for GPUs; they are
-not in these blocks."""
+placeholders filled: MODEL, RM_DIR, BART_DIR (tiny local models), the data files (small copies of real
+HH-RLHF), a study spec, and the run folders the lines before produced. Lines that need what no test machine
+has (an 8-GPU node, a judge endpoint, hours of training) are the ones the README writes with `...` or for
+GPUs, and the built-in study's line; the tests say which."""
 
 from __future__ import annotations
 
@@ -116,3 +116,32 @@ def test_the_study_block_runs_as_written(tmp_path, tiny_model_dir):
     report = json.loads((tmp_path / "my-study" / "report.json").read_text())
     assert set(report["arms"]) == {"base", *named} and report["pending"] == []
     assert "report: " in out[-1] and "Not run yet" not in out[-1]
+
+
+def test_the_score_line_with_model_scorers_runs_as_written(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """`deft-eval score ... --reward-model RM_DIR --bart-model BART_DIR` with tiny random models of
+    both kinds saved in those folders: every scorer runs, with a value per answer."""
+    import torch
+    from transformers import BartConfig, BartForConditionalGeneration, LlamaConfig, LlamaForSequenceClassification
+
+    write_jsonl(tmp_path / "path/to/hh-rlhf-test/harmless-base-test.jsonl.gz", hh_rows(6))
+    shutil.copytree(tiny_model_dir, tmp_path / "outputs" / "llama3-8b-deft-dpo")
+    torch.manual_seed(0)
+    tok = tiny_tokenizer
+    LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)).save_pretrained(tmp_path / "rm")
+    BartForConditionalGeneration(BartConfig(
+        vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.eos_token_id)).save_pretrained(tmp_path / "bart")
+    for folder in ("rm", "bart"):
+        tok.save_pretrained(tmp_path / folder)
+    block = readme_block("deft-eval generate")
+    (score,) = [line for line in block if "--reward-model" in line]
+    run_lines([block[0], score], {"RM_DIR": "rm", "BART_DIR": "bart"}, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "scores" / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    for key in ("reward", "reward_logit", "bleu_char", "bartscore_f"):
+        assert all(isinstance(r.get(key), float) for r in rows), key
