@@ -79,3 +79,28 @@ def test_demo_small(tmp_path, method):
     for png in report["plots"].values():
         assert Path(png).read_bytes()[:4] == b"\x89PNG"
     assert (run_dir / "model" / "deft_metrics.jsonl").is_file()
+
+
+def test_the_readme_demo_lines_are_accepted_as_written():
+    """The README's `make demo DEMO_ARGS=...` lines: every flag is the demo's, every value passes its
+    checks, and the project's split of the default data has room for the pairs asked (the run itself
+    is test_demo_small's, at a smaller size)."""
+    import argparse
+    import shlex
+
+    from deft_plugin.cli.demo import add_demo_args, check_args, sample_rows
+    from deft_plugin.data.sources import load_rows
+    from deft_plugin.launch.defaults import default_data
+
+    readme = (REPO / "README.md").read_text()
+    lines = re.findall(r'^make demo DEMO_ARGS="([^"]*)"', readme, flags=re.M)
+    assert len(lines) == 2
+    parser = argparse.ArgumentParser()
+    add_demo_args(parser)
+    raw = list(load_rows(default_data()))
+    for line in lines:
+        args = parser.parse_args(shlex.split(line))
+        check_args(args)
+        train, held = sample_rows(raw, args.pairs, args.heldout, args.seed)
+        assert (len(train), len(held)) == (args.pairs, args.heldout)
+    assert parser.parse_args(shlex.split(lines[1])).method == "pro"
