@@ -38,7 +38,10 @@ def read_answers(path: str | Path, questions: dict[int, dict] | None = None) -> 
             q = questions.get(row.get("question_id"))
             if q is None:
                 raise InputError(f"{path}: line {n}: question_id {row.get('question_id')!r} is not in the questions")
-            turns = row["choices"][0]["turns"]
+            turns = mt_bench_turns(row)
+            if turns is None:
+                raise InputError(f"{path}: line {n}: no answer turns (FastChat's choices: [{{turns: [...]}}], "
+                                 "a list of texts)")
             out[f"mt_bench/{q['question_id']}"] = {"turns": q["turns"], "answers": turns, "category": q["category"]}
         return model, out
     model = first.get("model") or path.stem
@@ -49,6 +52,15 @@ def read_answers(path: str | Path, questions: dict[int, dict] | None = None) -> 
                              "or FastChat MT-Bench answers)")
         out[row["id"]] = {"prompt": row["prompt"], "answers": [row["answer"]], "category": row.get("subset")}
     return model, out
+
+
+def mt_bench_turns(row: dict) -> list[str] | None:
+    """The answer turns of a FastChat MT-Bench answer row, or None where it has none readable."""
+    try:
+        turns = row["choices"][0]["turns"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return turns if isinstance(turns, list) and turns and all(isinstance(t, str) for t in turns) else None
 
 
 def _dialogue(entry: dict) -> list[dict]:

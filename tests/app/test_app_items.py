@@ -54,6 +54,13 @@ def test_items_from_fastchat_mt_bench_answers(tmp_path):
     assert q81["answer_a"].endswith("m1 two")
     with pytest.raises(InputError, match="need the questions"):
         items_from_files([answers("m1"), answers("m2")])
+    qid = questions[1]["question_id"]
+    for broken in ({"question_id": qid, "model_id": "m3"}, {"question_id": qid, "choices": []},
+                   {"question_id": qid, "choices": [{"turns": "one text"}]}):
+        rows = [json.loads(line) for line in answers("m3").read_text().splitlines()]
+        write(tmp_path / "m3.jsonl", [rows[0], broken, *rows[2:]])
+        with pytest.raises(InputError, match="m3.jsonl: line 2: no answer turns"):  # not a KeyError traceback
+            items_from_files([answers("m1"), tmp_path / "m3.jsonl"], QUESTIONS)
 
 
 def test_bad_inputs_are_named(tmp_path):
