@@ -122,7 +122,6 @@ class DEFTArgs(BaseModel):
             return data
         check_known_keys(data, cls.model_fields)
         check_base_model(data.get("base_model"))
-        check_dataset_paths(data)
         if data.get("deft_filter_ratio") is not None and data.get("deft_filter_count") is not None:
             raise ValueError("set deft_filter_ratio or deft_filter_count, not both")
         if data.get("deft_filter_by", "deft") != "deft" and data.get("deft_filter_select") == "random":
@@ -136,6 +135,7 @@ class DEFTArgs(BaseModel):
         else:
             check_dpo(data, rl)
         check_dataset_types(data, method)
+        check_dataset_paths(data)  # after the types: a dataset the plugin cannot read is named for that first
         return data
 
 
