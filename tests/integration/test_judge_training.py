@@ -83,3 +83,25 @@ def test_the_saved_judge_is_the_trained_adapter_merged_and_a_rerun_is_identical(
     assert merged(ids).logits.item() != pytest.approx(before, abs=1e-6)  # it trained
     first = AutoModelForSequenceClassification.from_pretrained(judge_model(out)).state_dict()
     assert all(torch.equal(first[k], v) for k, v in merged.state_dict().items())
+
+
+def test_a_judge_without_lora_trains_every_weight(tmp_path, tiny_model_dir):
+    """lora_r 0: Axolotl trains the whole classifier from the seeded start, and the saved judge is
+    that model, read in the one-turn form."""
+    from transformers import AutoModelForSequenceClassification
+
+    from deft_eval.reward_models import load_reward_model
+
+    rows = hh_rows(20)
+    files = {"pool": write_jsonl(tmp_path / "data" / "pool.jsonl", rows[:12]),
+             "validation": write_jsonl(tmp_path / "data" / "validation.jsonl", rows[12:])}
+    spec = StudySpec(measure=Measure(heldout="validation"),
+                     judge=Judge(lora_r=0, learning_rate=1e-3, gradient_accumulation_steps=4, sequence_len=300))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        record = train_judge(spec, tmp_path, tiny_model_dir, files)
+    assert record["steps"] == -(-record["pairs"] // 4) and record["heldout"]["validation"]["pairs"] == 8
+    model, _, kind = load_reward_model(str(judge_model(tmp_path)), "cpu")
+    assert kind == "one-turn" and not (tmp_path / "judge" / TRAINED).exists()
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    assert not torch.equal(model.model.layers[0].mlp.down_proj.weight, base.model.layers[0].mlp.down_proj.weight)
