@@ -192,6 +192,9 @@ def arm_summary(arm, seeds: dict, per_pair: dict, pool_scoring: float, pool_toke
             "steps": results[0].get("steps", 0), "metrics": metrics,
             "train_seconds": mean_interval(train), "cost_seconds": mean_interval(cost),
             "cpu_seconds": mean_interval(cpu) if len(cpu) == len(results) else None,
+            # the collapse guard's event lines over the arm's runs (None: recorded by none of them)
+            "guard_events": (sum(len(r["guard_events"]) for r in results if "guard_events" in r)
+                             if any("guard_events" in r for r in results) else None),
             "train_tokens": mean_interval(trained_tokens),
             "pairs": len(next(iter(per_pair.values()))["accuracy"])}
 
@@ -376,12 +379,14 @@ def answers_table(report: dict) -> list[str]:
     lines = ["", "## Greedy answers", "",
              "Per answer, mean over answers then seeds: length in characters, distinct-word share, repetitive "
              "(a 3-word run three times), empty, cut off by the token cap; distinct-1/2 over all of an arm's answers "
-             "(distinct n-grams over n-grams).", "",
-             "| arm | " + " | ".join(label for _, label, _ in ANSWER_COLUMNS) + " |",
-             "|---|" + "---|" * len(ANSWER_COLUMNS)]
+             "(distinct n-grams over n-grams); guard events: the collapse guard's event lines in the arm's training "
+             "logs (0: it stayed silent).", "",
+             "| arm | " + " | ".join(label for _, label, _ in ANSWER_COLUMNS) + " | guard events |",
+             "|---|" + "---|" * (len(ANSWER_COLUMNS) + 1)]
     for name, a in answered.items():
+        events = "-" if a.get("guard_events") is None else str(a["guard_events"])
         lines.append(f"| {name} | " + " | ".join(_interval(a["metrics"].get(key), digits)
-                                                 for key, _, digits in ANSWER_COLUMNS) + " |")
+                                                 for key, _, digits in ANSWER_COLUMNS) + f" | {events} |")
     return lines
 
 

@@ -71,6 +71,7 @@ class Arm:
     loss_form: str = DEFAULT_LOSS_FORM  # deft_loss_form of the DEFT term (with reward_weight > 0)
     recipe: dict = field(default_factory=dict)  # recipe keys this arm changes (for choosing a recipe, not for a study)
     q_fraction: float | None = None  # select with Q built from this fraction of the pool (draw = the seed)
+    guard_answers_every: int = 0  # the collapse guard's generation check every N steps (deft_guard_answers_every)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -86,6 +87,8 @@ class Arm:
             raise ValueError(f"arms.{self.name}.ratio: in (0, 1], got {self.ratio}")
         if self.q_fraction is not None and not (0 < self.q_fraction <= 1 and self.select in ("top", "bottom")):
             raise ValueError(f"arms.{self.name}.q_fraction: in (0, 1], with select top or bottom")
+        if self.guard_answers_every < 0:
+            raise ValueError(f"arms.{self.name}.guard_answers_every: 0 (off) or above, got {self.guard_answers_every}")
         if not self.seeds:
             raise ValueError(f"arms.{self.name}.seeds: at least one seed")
         if self.method == "base":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from deft_plugin.integration.guard import EVENT
 from deft_plugin.launch.axolotl_train import deft_run_config, run_axolotl_train
 from deft_plugin.launch.outputs import METRICS_LOG, SELECTION_RECORD
 from deft_plugin.utils.atomic import atomic_write_text
@@ -107,6 +108,8 @@ def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path
         cfg.update({"deft_filter_select": arm.select, "deft_filter_ratio": arm.ratio, "deft_filter_seed": seed})
         if arm.by != "deft":
             cfg["deft_filter_by"] = arm.by
+    if arm.guard_answers_every:
+        cfg["deft_guard_answers_every"] = arm.guard_answers_every
     if qdiff_dir is not None:  # Q built from part of the pool (the volume question): scored again with it
         cfg["deft_qdiff_path"] = local(qdiff_dir)
     if r.adapter == "lora":
@@ -144,7 +147,8 @@ def train_run(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path,
         log.write_text(portable(log.read_text()))
         result = {"arm": arm.name, "seed": seed, "trained": True, **provenance,
                   "train_seconds": round(time.perf_counter() - start, 2),
-                  "cpu_seconds": round(children_cpu_seconds() - cpu_start, 2), **run_record(directory / "model")}
+                  "cpu_seconds": round(children_cpu_seconds() - cpu_start, 2), **run_record(directory / "model"),
+                  "guard_events": guard_events(log)}
     atomic_write_text(result_path, portable(json.dumps(result, indent=2)))
     return result
 
@@ -154,6 +158,11 @@ def children_cpu_seconds() -> float:
     on a shared or throttled machine a steadier cost than wall time."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def guard_events(log: Path) -> list[str]:
+    """The collapse guard's event lines in a run's log ([]: it stayed silent the whole run)."""
+    return [line[line.index(EVENT):] for line in log.read_text().splitlines() if EVENT in line]
 
 
 def run_record(model_dir: Path) -> dict:

@@ -40,6 +40,7 @@ DISTINCT_RATIO = 0.9  # of the start's distinct-word share, at least
 REPETITIVE_POINTS = 0.10  # above the start's share of repetitive answers, at most (and one answer more)
 LENGTH_RATIO = (0.5, 2.0)  # of the start's mean answer length
 ANSWER_TOKENS = 64  # new tokens per guard answer: enough to see a loop, cheap enough to run often
+EVENT = "DEFT guard (step"  # how every event line begins: a run's log shows whether the guard spoke
 ADVICE = ("lower deft_reward_weight, or use a saturating deft_loss_form (margin or anchored); "
           "deft_guard: stop ends such a run with its checkpoint saved")
 
@@ -53,7 +54,7 @@ class Events:
 
     def lines(self, signals: dict[str, tuple[float, bool, str]], step: int) -> list[str]:
         crossed = {name: line for name, (_, fires, line) in signals.items() if fires}
-        lines = [f"DEFT guard (step {step}): {line}; {ADVICE}" for name, line in crossed.items()
+        lines = [f"{EVENT} {step}): {line}; {ADVICE}" for name, line in crossed.items()
                  if name not in self.firing]
         self.firing = set(crossed)
         self.count += len(lines)

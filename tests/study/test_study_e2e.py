@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from deft_plugin.cli.main import main
+from deft_plugin.integration.guard import EVENT
 from deft_study.report import render_markdown
 
 from builders import hh_rows, write_jsonl
@@ -93,6 +94,10 @@ def test_arms_train_what_they_declare(study):
     usable_pool = random_report["rows"] - random_report["degenerate"]
     assert results["dpo-random"]["kept"] == results["deft-dpo-top"]["kept"] == math.ceil(0.25 * usable_pool)
     assert report["arms"]["deft-dpo-top"]["kept"] == results["deft-dpo-top"]["kept"]
+    for name, result in results.items():  # the guard's event lines, read from the run's own log
+        log = (out / "arms" / name / "seed-0" / "train.log").read_text()
+        assert len(result["guard_events"]) == log.count(EVENT) == report["arms"][name]["guard_events"], name
+    assert report["arms"]["base"]["guard_events"] is None  # nothing trained, nothing to guard
     assert results["dpo-random"]["kept_indices"] != results["deft-dpo-top"]["kept_indices"]
     configs = {name: yaml.safe_load((out / "arms" / name / "seed-0" / "axolotl.yaml").read_text()) for name in results}
     assert configs["dpo-random"]["deft_filter_select"] == "random" and configs["dpo-random"]["deft_reward_weight"] == 0

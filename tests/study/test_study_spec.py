@@ -42,6 +42,7 @@ def test_the_default_study_is_the_second_edition_design():
     ("arms: [{name: x}]\n", "method: base"),
     ("arms: [{name: base, method: base}, {name: x, select: random, q_fraction: 0.5}]\n", "arms.x.q_fraction"),
     ("arms: [{name: base, method: base}, {name: x, recipe: {lr: 1}}]\n", "arms.x.recipe: unknown key(s) lr"),
+    ("arms: [{name: base, method: base}, {name: x, guard_answers_every: -1}]\n", "arms.x.guard_answers_every"),
     ("arms: [{name: base, method: base}, {name: base}]\n", "unique"),
     ("arms: [{name: base, method: base}]\ncomparisons: [{a: base, b: base, test: better}]\n", "test: one of"),
     ("arms: [{name: base, method: base}]\ncomparisons: [{a: base, b: base, test: non_inferiority}]\n",
@@ -73,6 +74,20 @@ def test_a_baseline_arm_reaches_its_axolotl_config(tmp_path):
     spec = load_spec(path)
     cfg = arm_config(spec, spec.arms[1], 3, tmp_path / "model", tmp_path / "pool.jsonl", tmp_path / "out")
     assert (cfg["deft_filter_by"], cfg["deft_filter_select"], cfg["deft_filter_seed"]) == ("length_ratio", "top", 3)
+    assert "deft_guard_answers_every" not in cfg  # the generation check only where an arm asks for it
+
+
+def test_an_arm_asks_for_the_guards_generation_check(tmp_path):
+    from deft_plugin.integration.args import DEFTArgs
+    from deft_study.training import arm_config
+
+    path = tmp_path / "spec.yaml"
+    path.write_text("arms: [{name: base, method: base}, {name: all, reward_weight: 1, guard_answers_every: 100}]\n")
+    spec = load_spec(path)
+    cfg = arm_config(spec, spec.arms[1], 0, tmp_path / "model", tmp_path / "pool.jsonl", tmp_path / "out")
+    assert cfg["deft_guard_answers_every"] == 100 and cfg["deft_filter"] is False
+    keys = {k: v for k, v in cfg.items() if k.startswith("deft_") or k == "rl"}
+    assert DEFTArgs(**keys).deft_guard_answers_every == 100  # a key the plugin reads
 
 
 def test_the_judge_is_declared_by_its_section(tmp_path):
