@@ -97,7 +97,7 @@ def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path
                           learning_rate=r.learning_rate, lr_scheduler=r.lr_scheduler)
     if r.warmup_ratio:  # written only when set, so that earlier runs' configs stay as they were
         cfg["warmup_ratio"] = r.warmup_ratio
-    if arm.reward_weight or arm.loss_form != "pair":  # said whenever it acts, whatever the plugin's default
+    if arm.reward_weight:  # said whenever the term acts, whatever the plugin's default (lambda 0: no term)
         cfg["deft_loss_form"] = arm.loss_form
     if arm.method == "dpo":
         cfg["rl_beta"] = r.rl_beta

@@ -85,19 +85,22 @@ def read_settings(cfg) -> DeftSettings:
     ratio = a.deft_filter_ratio
     if ratio is None and a.deft_filter_count is None:
         ratio = DEFAULT_FILTER_RATIO  # DEFTArgs: neither key set keeps the paper's 5%
+    # at lambda 0 there is no term: its form asks for nothing (no starting rewards, no scoring pass),
+    # and the logged deft/term is the plain reward gap
+    form = a.deft_loss_form if a.deft_reward_weight > 0 else "pair"
     filter_settings = FilterSettings(filter=a.deft_filter, ratio=ratio, count=a.deft_filter_count,
                                      score=a.deft_filter_score, norm=a.deft_qdiff_norm,
                                      batch_size=a.deft_score_batch_size, max_length=cfg.get("sequence_len"),
                                      truncation=a.deft_truncation, select=a.deft_filter_select, by=a.deft_filter_by,
                                      seed=a.deft_filter_seed, reference=scoring_reference,
-                                     start_rewards=a.deft_loss_form in SATURATING_FORMS)
+                                     start_rewards=form in SATURATING_FORMS)
     prepared = cfg.get("dataset_prepared_path") or "last_run_prepared"
     batch_size = cfg.get("batch_size") or (cfg.get("micro_batch_size") or 1) * (cfg.get("gradient_accumulation_steps")
                                                                                or 1)
     return DeftSettings(
         method=a.deft_method, dpo_trainer=dpo_trainer, scoring_reference=scoring_reference,
         deft_formats=_deft_formats(sources), prompt_style=a.deft_prompt_style, filter=filter_settings,
-        loss=LossSettings(reward_weight=a.deft_reward_weight, form=a.deft_loss_form,
+        loss=LossSettings(reward_weight=a.deft_reward_weight, form=form,
                           pro_sft_weight=a.deft_pro_sft_weight, guard=a.deft_guard),
         guard_answers_every=a.deft_guard_answers_every, guard_answers=a.deft_guard_answers,
         qdiff_path=a.deft_qdiff_path, score_dtype=a.deft_score_dtype,

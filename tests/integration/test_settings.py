@@ -96,6 +96,18 @@ def test_the_mode_is_decided_once(raw, mode):
     assert s.filter.reference == s.scoring_reference  # the scoring pass records the reference exactly then
 
 
+@pytest.mark.parametrize("form", ["margin", "anchored", None])
+def test_at_lambda_0_the_form_asks_for_nothing(form):
+    """No term, no starting rewards: a plain-DPO config pays for no scoring pass whatever the form."""
+    raw = {"plugins": PLUGIN, "rl": "dpo", "deft_reference": "model", "deft_filter": False,
+           **({"deft_loss_form": form} if form else {})}
+    off = deft_settings(DictDefault({**raw, "deft_reward_weight": 0}))
+    assert (off.loss.form, off.filter.start_rewards, off.filter.reference) == ("pair", False, False)
+    on = deft_settings(DictDefault({**raw, "deft_reward_weight": 0.5}))
+    assert on.loss.form == (form or DEFTArgs.model_fields["deft_loss_form"].default)
+    assert on.filter.start_rewards == (on.loss.form in ("margin", "anchored"))
+
+
 def test_a_mix_of_deft_and_axolotl_formats_is_refused_by_key():
     raw = {"plugins": PLUGIN, "rl": "dpo", "datasets": [{"path": "a", "type": "deft.hh_rlhf"},
                                                         {"path": "b", "type": "chatml.intel"}]}
