@@ -33,6 +33,7 @@ def write_config(tmp_path: Path, model_dir: Path, hh_file: Path, **extra) -> Pat
         "datasets": [{"path": str(hh_file), "type": "deft.hh_rlhf"}],
         "deft_filter_ratio": RATIO,
         "deft_reward_weight": 0.5,
+        "deft_loss_form": "pair",  # the linear term, whose arithmetic the logs are checked against
         "sequence_len": SEQUENCE_LEN,
         "micro_batch_size": MICRO_BATCH,
         "gradient_accumulation_steps": 1,

@@ -344,6 +344,8 @@ BAD = [
     pytest.param({"dpo_loss_type": ["robust"]}, "dpo_loss_type", id="loss-type-robust"),
     pytest.param({"dpo_loss_type": ["sigmoid", "bco_pair"], "dpo_loss_weights": [1.0, 1.0]}, "dpo_loss_type",
                  id="loss-type-mixed"),
+    pytest.param({"dpo_loss_type": ["ipo"], "deft_loss_form": "margin"}, "deft_loss_form: margin puts",
+                 id="ipo-with-margin"),
     pytest.param({"dpo_use_weighting": True}, "dpo_use_weighting", id="wpo-weighting"),
     pytest.param({"dpo_padding_free": True}, "dpo_padding_free", id="padding-free"),
     pytest.param({"rl_adapter_ref_model": True}, "rl_adapter_ref_model", id="ref-adapter"),

@@ -48,7 +48,7 @@ def base_cfg(sharp_model_dir, hh_file, tmp_path_factory):
     return {
         "base_model": str(sharp_model_dir), "plugins": ["deft_plugin.DEFTPlugin"], "rl": "dpo",
         "datasets": [{"path": str(hh_file), "type": "deft.hh_rlhf"}],
-        "deft_filter_ratio": RATIO, "deft_reward_weight": WEIGHT,
+        "deft_filter_ratio": RATIO, "deft_reward_weight": WEIGHT, "deft_loss_form": "pair",
         "sequence_len": SEQUENCE_LEN, "micro_batch_size": 2, "gradient_accumulation_steps": 1, "num_epochs": 1,
         "learning_rate": 1e-4, "optimizer": "adamw_torch", "lr_scheduler": "constant",
         "output_dir": str(tmp / "out"), "dataset_prepared_path": str(tmp / "prepared"),

@@ -154,7 +154,8 @@ def test_stop_ends_the_run_with_a_checkpoint(base_cfg, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("keys", [{"deft_reward_weight": 0.5, "learning_rate": 1e-4, "deft_guard_answers_every": 2},
+@pytest.mark.parametrize("keys", [{"deft_reward_weight": 0.5, "learning_rate": 1e-4, "deft_guard_answers_every": 2,
+                                   "deft_loss_form": "pair"},
                                   {"deft_reward_weight": 2.0, "learning_rate": 1e-3, "deft_loss_form": "margin"},
                                   {**COLLAPSE, "deft_guard": "off", "deft_guard_answers_every": 1}],
                          ids=["healthy-pair", "healthy-margin", "off"])
