@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     spec = report["spec"]
     arm = next((a for a in spec["arms"] if a["name"] == result["chosen"]), None)
     result["recipe"] = {**spec["recipe"], **arm["recipe"]} if arm else None
+    if arm and arm.get("reward_weight", 0) > 0:  # a DEFT arm: the term's form and lambda it chose
+        result["term"] = {"loss_form": arm["loss_form"], "reward_weight": arm["reward_weight"]}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for row in result["table"]:
         print(f"{row['arm']:<20} {args.criterion} {row[args.criterion]:.3f}  "

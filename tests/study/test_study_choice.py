@@ -11,6 +11,8 @@ import yaml
 from deft_study.choice import choose, guard_failures, main
 from deft_study.spec import load_spec
 
+from builders import REPO
+
 
 def metrics(accuracy, distinct=0.6, repetitive_share=0.05, chars=300.0):
     m = {"implicit_accuracy": accuracy, "distinct_words": distinct, "repetitive": repetitive_share,
@@ -71,3 +73,22 @@ def test_a_later_spec_takes_the_chosen_recipe(tmp_path):
     with pytest.raises(ValueError, match="recipe_from: .*choice.json does not exist: run the study that chooses"):
         load_spec(tmp_path / "forms.yaml")
 
+
+
+def test_a_deft_arm_chosen_gives_its_term(tmp_path):
+    forms = report(**{"lr-1e-4": metrics(0.6), "lr-2e-4": metrics(0.62)})
+    for arm in forms["spec"]["arms"]:
+        arm.update({"reward_weight": 4.0, "loss_form": "margin"} if arm["name"] == "lr-2e-4" else {})
+    (tmp_path / "report.json").write_text(json.dumps(forms))
+    assert main([str(tmp_path / "report.json"), "--arms", "lr-1e-4,lr-2e-4", "--out", str(tmp_path / "c.json")]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["term"] == {"loss_form": "margin", "reward_weight": 4.0}
+    assert main([str(tmp_path / "report.json"), "--arms", "lr-1e-4", "--out", str(tmp_path / "c.json")]) == 0
+    assert "term" not in json.loads((tmp_path / "c.json").read_text())  # plain DPO chosen: no term to give
+
+
+def test_the_plugins_defaults_are_the_committed_choice():
+    """The plugin's deft_loss_form and deft_reward_weight follow the safe-term experiment's choice."""
+    from deft_plugin.core.losses import DEFAULT_LOSS_FORM, DEFAULT_REWARD_WEIGHT
+
+    choice = json.loads((REPO / "docs" / "study" / "safe-term" / "forms" / "choice.json").read_text())
+    assert choice["term"] == {"loss_form": DEFAULT_LOSS_FORM, "reward_weight": DEFAULT_REWARD_WEIGHT}
