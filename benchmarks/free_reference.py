@@ -134,7 +134,8 @@ def axolotl_cfg(model_dir: str, data_file: Path, out: Path, plugin: bool, micro_
            "output_dir": str(out), "dataset_prepared_path": str(data_file.parent / "prepared"),
            "save_strategy": "no",
            "bf16": False, "fp32": True, "device_map": "cpu", "seed": 0, "logging_steps": 1,
-           "plugins": ["deft_plugin.DEFTPlugin"], "deft_filter": False, "deft_reward_weight": 1.0, **(extra or {})}
+           "plugins": ["deft_plugin.DEFTPlugin"], "deft_filter": False, "deft_reward_weight": 1.0,
+           "deft_loss_form": "pair", **(extra or {})}  # the form its recorded figures ran with
     if not plugin:  # plain DPO reads the same rows through Axolotl's own loader
         raw = {k: v for k, v in raw.items() if k != "plugins" and not k.startswith("deft_")}
     return load_cfg(DictDefault(raw))

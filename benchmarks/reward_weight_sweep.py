@@ -4,7 +4,8 @@ For each lambda the same DEFT-DPO demo runs (same sample, same filtered pairs, s
 after training the held-out pairs are measured twice: preference accuracy / mean log-prob margin
 (does the model prefer the chosen reply?) and the mean distribution-reward gap
 R(x, y+) - R(x, y-) under the run's own Q (what the DEFT term pushes up). One table is
-appended to RESULTS.md; the default lambda in deft_plugin/integration/args.py is chosen from it.
+appended to RESULTS.md. The plugin's defaults come from docs/study/safe-term (chosen on the
+validation split); this sweep looks at lambda of the default form on your own model and pool.
 
     python benchmarks/reward_weight_sweep.py --weights 0 0.1 1 10 --pairs 300 --ratio 0.1 --heldout 100
 """

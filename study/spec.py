@@ -68,7 +68,7 @@ class Arm:
     seeds: list[int] = field(default_factory=lambda: [0])
     score: str = "delta"
     norm: str = "maxabs"
-    loss_form: str = DEFAULT_LOSS_FORM  # deft_loss_form of the DEFT term (with reward_weight > 0)
+    loss_form: str | None = None  # deft_loss_form of the DEFT term; unset: the plugin's default (pair at lambda 0)
     recipe: dict = field(default_factory=dict)  # recipe keys this arm changes (for choosing a recipe, not for a study)
     q_fraction: float | None = None  # select with Q built from this fraction of the pool (draw = the seed)
     guard_answers_every: int = 0  # the collapse guard's generation check every N steps (deft_guard_answers_every)
@@ -81,6 +81,8 @@ class Arm:
         if self.by not in RANKINGS or (self.by != "deft" and self.select not in ("top", "bottom")):
             raise ValueError(f"arms.{self.name}.by: one of {', '.join(RANKINGS)}, a baseline with select top or "
                              f"bottom; got {self.by!r} with select {self.select!r}")
+        if self.loss_form is None:  # as the plugin reads it: at lambda 0 there is no term, so no form to name
+            self.loss_form = DEFAULT_LOSS_FORM if self.reward_weight > 0 else "pair"
         if self.loss_form not in LOSS_FORMS:
             raise ValueError(f"arms.{self.name}.loss_form: one of {', '.join(LOSS_FORMS)}, got {self.loss_form!r}")
         if not 0 < self.ratio <= 1:

@@ -22,10 +22,11 @@ LINEAR_FORMS = ("pair", "chosen")
 SATURATING_FORMS = ("margin", "anchored")  # they need the starting model's rewards
 LOSS_FORMS = LINEAR_FORMS + SATURATING_FORMS
 DEFAULT_PRO_SFT_WEIGHT = 0.05
-# lambda, chosen from benchmarks/reward_weight_sweep.py (README, "lambda"): the largest swept
-# weight that left the held-out log-probability margin unchanged.
-DEFAULT_REWARD_WEIGHT = 1.0
-DEFAULT_LOSS_FORM = "pair"  # the plugin's deft_loss_form, and the study's DEFT arms'
+# The plugin's deft_loss_form and deft_reward_weight, and the study's DEFT arms': chosen on the
+# validation split by docs/study/safe-term (forms/choice.json; README, "How the default form and
+# lambda were chosen"). pair at lambda 1, the default before it, collapsed a full-epoch model.
+DEFAULT_LOSS_FORM = "margin"
+DEFAULT_REWARD_WEIGHT = 4.0
 
 
 @dataclass(frozen=True)

@@ -239,12 +239,17 @@ def test_baseline_is_the_deft_config_without_deft(method):
 
 
 def test_configs_that_say_the_default_use_it():
-    from deft_plugin.core.losses import DEFAULT_REWARD_WEIGHT
+    from deft_plugin.core.losses import DEFAULT_LOSS_FORM, DEFAULT_REWARD_WEIGHT
 
+    defaults = {"deft_reward_weight": DEFAULT_REWARD_WEIGHT, "deft_loss_form": DEFAULT_LOSS_FORM}
+    said = 0
     for path in CONFIGS:
         for line in path.read_text().splitlines():
-            if line.startswith("deft_reward_weight:") and "(the default)" in line:
-                assert yaml.safe_load(line)["deft_reward_weight"] == DEFAULT_REWARD_WEIGHT, _rel(path)
+            key = line.split(":")[0]
+            if key in defaults and "(the default)" in line:
+                assert yaml.safe_load(line)[key] == defaults[key], (_rel(path), key)
+                said += 1
+    assert said >= 2 * 2  # both keys in the CPU configs at least
 
 
 def _deepspeed_config(filled: dict, monkeypatch):
@@ -346,6 +351,8 @@ BAD = [
                  id="loss-type-mixed"),
     pytest.param({"dpo_loss_type": ["ipo"], "deft_loss_form": "margin"}, "deft_loss_form: margin puts",
                  id="ipo-with-margin"),
+    pytest.param({"dpo_loss_type": ["ipo"], "deft_loss_form": None}, "deft_loss_form: margin (the default) puts",
+                 id="ipo-with-the-default-form"),
     pytest.param({"dpo_use_weighting": True}, "dpo_use_weighting", id="wpo-weighting"),
     pytest.param({"dpo_padding_free": True}, "dpo_padding_free", id="padding-free"),
     pytest.param({"rl_adapter_ref_model": True}, "rl_adapter_ref_model", id="ref-adapter"),
