@@ -34,7 +34,8 @@ def trainer(tiny_model, tiny_tokenizer, tmp_path_factory):
     cfg = load_cfg(DictDefault(copy.deepcopy({
         "base_model": str(model_dir), "plugins": ["deft_plugin.DEFTPlugin"], "deft_method": "pro",
         "datasets": [{"path": str(data), "type": "deft.listwise"}], "deft_filter_count": 8,
-        "deft_reward_weight": WEIGHT, "deft_loss_form": "pair", "sequence_len": 256, "micro_batch_size": 4, "gradient_accumulation_steps": 1,
+        "deft_reward_weight": WEIGHT, "deft_loss_form": "pair", "sequence_len": 256, "micro_batch_size": 4,
+        "gradient_accumulation_steps": 1,
         "num_epochs": 1, "learning_rate": 1e-4, "optimizer": "adamw_torch", "lr_scheduler": "constant",
         "output_dir": str(tmp / "out"), "dataset_prepared_path": str(tmp / "prepared"), "sample_packing": False,
         "logging_steps": 1, "save_strategy": "no", "bf16": False, "fp32": True, "device_map": "cpu",
