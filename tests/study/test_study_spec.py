@@ -6,6 +6,8 @@ import pytest
 
 from deft_study.spec import load_spec
 
+from builders import REPO
+
 
 def test_the_default_study_is_the_second_edition_design():
     from deft_plugin.core.losses import DEFAULT_LOSS_FORM, DEFAULT_REWARD_WEIGHT
@@ -156,3 +158,15 @@ def test_deft_study_with_a_bad_flag_gets_one_line(tmp_path, case, tiny_model_dir
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expected in err and "Traceback" not in err, err
     assert no_study_runs == [] and not (tmp_path / "out").exists()
+
+
+def test_the_second_edition_spec_is_the_built_in_study():
+    """docs/study/second-edition/spec.yaml writes out the design `deft study` runs without a spec."""
+    from dataclasses import asdict
+
+    from deft_study.spec import default_arms, default_comparisons
+
+    spec = load_spec(REPO / "docs" / "study" / "second-edition" / "spec.yaml")
+    assert [asdict(a) for a in spec.arms] == [asdict(a) for a in default_arms()]
+    assert [asdict(c) for c in spec.comparisons] == [asdict(c) for c in default_comparisons()]
+    assert spec.measure.heldout == "test" and spec.judge is not None and spec.judging.pairs
