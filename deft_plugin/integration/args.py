@@ -120,6 +120,10 @@ class DEFTArgs(BaseModel):
     def check_combinations(cls, data):
         if not isinstance(data, dict):
             return data
+        from deft_plugin.integration.plugin import deft_enabled
+
+        if not deft_enabled(data):  # not the plugin's config: Axolotl 0.21 checks every config of a process
+            return data             # against every plugin schema it has loaded
         check_known_keys(data, cls.model_fields)
         check_base_model(data.get("base_model"))
         if data.get("deft_filter_ratio") is not None and data.get("deft_filter_count") is not None:

@@ -115,6 +115,15 @@ def test_a_mix_of_deft_and_axolotl_formats_is_refused_by_key():
         read_settings(DictDefault(raw))
 
 
+def test_a_config_without_the_plugin_is_not_the_plugins_to_check():
+    """Axolotl 0.21 validates every config of a process against each plugin schema it has loaded:
+    a plain config (here an rl the plugin refuses) must pass when it does not list the plugin."""
+    plain = {"base_model": "m", "rl": "kto", "dpo_loss_type": ["ipo"]}
+    assert DEFTArgs.model_validate(plain).deft_loss_form == DEFTArgs.model_fields["deft_loss_form"].default
+    with pytest.raises(ValueError, match="rl: DEFT-DPO runs with rl: dpo"):
+        DEFTArgs.model_validate({**plain, "plugins": PLUGIN})
+
+
 def test_no_settings_without_the_plugin():
     assert deft_settings(DictDefault({"plugins": ["axolotl.integrations.liger.LigerPlugin"], "rl": "dpo"})) is None
 

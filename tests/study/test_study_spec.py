@@ -88,7 +88,7 @@ def test_an_arm_asks_for_the_guards_generation_check(tmp_path):
     spec = load_spec(path)
     cfg = arm_config(spec, spec.arms[1], 0, tmp_path / "model", tmp_path / "pool.jsonl", tmp_path / "out")
     assert cfg["deft_guard_answers_every"] == 100 and cfg["deft_filter"] is False
-    keys = {k: v for k, v in cfg.items() if k.startswith("deft_") or k == "rl"}
+    keys = {k: v for k, v in cfg.items() if k.startswith("deft_") or k in ("rl", "plugins")}
     assert DEFTArgs(**keys).deft_guard_answers_every == 100  # a key the plugin reads
 
 
