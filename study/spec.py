@@ -12,7 +12,7 @@ import yaml
 
 from deft_app.items import InputError
 from deft_app.settings import read_criteria
-from deft_plugin.core.losses import DEFAULT_LOSS_FORM, DEFAULT_REWARD_WEIGHT, LOSS_FORMS
+from deft_plugin.core.losses import DEFAULT_LOSS_FORM, DEFAULT_REWARD_WEIGHT, LOSS_FORMS, term_form
 from deft_plugin.core.selection import RANKINGS, SELECTIONS
 from deft_plugin.data.split import Split
 
@@ -81,10 +81,9 @@ class Arm:
         if self.by not in RANKINGS or (self.by != "deft" and self.select not in ("top", "bottom")):
             raise ValueError(f"arms.{self.name}.by: one of {', '.join(RANKINGS)}, a baseline with select top or "
                              f"bottom; got {self.by!r} with select {self.select!r}")
-        if self.loss_form is None:  # as the plugin reads it: at lambda 0 there is no term, so no form to name
-            self.loss_form = DEFAULT_LOSS_FORM if self.reward_weight > 0 else "pair"
-        if self.loss_form not in LOSS_FORMS:
+        if self.loss_form is not None and self.loss_form not in LOSS_FORMS:
             raise ValueError(f"arms.{self.name}.loss_form: one of {', '.join(LOSS_FORMS)}, got {self.loss_form!r}")
+        self.loss_form = term_form(self.loss_form, self.reward_weight)  # as the plugin will read it
         if not 0 < self.ratio <= 1:
             raise ValueError(f"arms.{self.name}.ratio: in (0, 1], got {self.ratio}")
         if self.q_fraction is not None and not (0 < self.q_fraction <= 1 and self.select in ("top", "bottom")):

@@ -29,6 +29,14 @@ DEFAULT_LOSS_FORM = "margin"
 DEFAULT_REWARD_WEIGHT = 4.0
 
 
+def term_form(form: str | None, weight: float | None) -> str:
+    """The form the DEFT term of a config gets: its own, else the default; at lambda 0 there is no
+    term, so `pair` (which asks for no starting rewards and logs the plain reward gap)."""
+    if (DEFAULT_REWARD_WEIGHT if weight is None else weight) == 0:
+        return "pair"
+    return form or DEFAULT_LOSS_FORM
+
+
 @dataclass(frozen=True)
 class LossSettings:
     """What the DEFT trainers need besides their batches: lambda, the term's form, PRO's SFT

@@ -204,26 +204,18 @@ def check_dpo(data: dict, rl) -> None:
         check_scoring_reference(data)
 
 
-def term_form(data: dict) -> str | None:
-    """The DEFT term's form a config gets (its own or the default); None at lambda 0 (no term)."""
-    weight = data.get("deft_reward_weight")
-    if (DEFAULT_REWARD_WEIGHT if weight is None else weight) == 0:
-        return None
-    return data.get("deft_loss_form") or DEFAULT_LOSS_FORM
-
-
 def check_dpo_loss(data: dict) -> None:
     """The plugin computes the DPO loss itself, from the hidden states in chunks
     (integration/dpo_trainer.py): the loss types it knows, without TRL's variants that need the
     full logits or a packed batch. dpo_use_liger_kernel is accepted: the plugin's chunked path
     takes its place (plugin.register turns TRL's off)."""
-    from deft_plugin.core.losses import DPO_LOSS_TYPES
+    from deft_plugin.core.losses import DPO_LOSS_TYPES, term_form
 
     for loss_type in data.get("dpo_loss_type") or []:
         if loss_type not in DPO_LOSS_TYPES:
             raise ValueError(f"dpo_loss_type: {loss_type!r} is not computed by the DEFT-DPO loss; "
                              f"use one of {', '.join(DPO_LOSS_TYPES)}")
-        if loss_type == "ipo" and term_form(data) == "margin":
+        if loss_type == "ipo" and term_form(data.get("deft_loss_form"), data.get("deft_reward_weight")) == "margin":
             named = "" if data.get("deft_loss_form") else " (the default)"
             raise ValueError(f"deft_loss_form: margin{named} puts the reward gap inside DPO's sigmoid or hinge; "
                              "dpo_loss_type ipo has no such margin: set deft_loss_form: anchored (or pair, the "

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from deft_plugin.core.losses import SATURATING_FORMS, LossSettings
+from deft_plugin.core.losses import SATURATING_FORMS, LossSettings, term_form
 from deft_plugin.core.selection import DEFAULT_FILTER_RATIO
 from deft_plugin.filtering.pipeline import FilterSettings
 from deft_plugin.integration.args import DEFTArgs
@@ -85,9 +85,7 @@ def read_settings(cfg) -> DeftSettings:
     ratio = a.deft_filter_ratio
     if ratio is None and a.deft_filter_count is None:
         ratio = DEFAULT_FILTER_RATIO  # DEFTArgs: neither key set keeps the paper's 5%
-    # at lambda 0 there is no term: its form asks for nothing (no starting rewards, no scoring pass),
-    # and the logged deft/term is the plain reward gap
-    form = a.deft_loss_form if a.deft_reward_weight > 0 else "pair"
+    form = term_form(a.deft_loss_form, a.deft_reward_weight)  # lambda 0: no starting rewards, no scoring pass
     filter_settings = FilterSettings(filter=a.deft_filter, ratio=ratio, count=a.deft_filter_count,
                                      score=a.deft_filter_score, norm=a.deft_qdiff_norm,
                                      batch_size=a.deft_score_batch_size, max_length=cfg.get("sequence_len"),

@@ -16,6 +16,7 @@ from deft_plugin.core.losses import (
     deft_pro_objective,
     dpo_loss,
     pro_rank_loss,
+    term_form,
 )
 
 BETA, LAMBDA, SCALE = 0.1, 2.0, 0.05
@@ -154,3 +155,12 @@ def test_every_form_the_key_offers_is_computed():
         assert torch.isfinite(deft_dpo_objective(CHOSEN, REJECTED, RC, RR, settings(form), BETA,
                                                  start=(R0C, R0R)).loss)
         assert torch.isfinite(pro(form).loss)
+
+
+@pytest.mark.parametrize("form, weight, gets", [
+    (None, None, "margin"), (None, 4.0, "margin"), ("anchored", 0.1, "anchored"), ("pair", None, "pair"),
+    ("margin", 0, "pair"), (None, 0.0, "pair"), ("anchored", 0, "pair"),
+])
+def test_the_form_a_config_gets(form, weight, gets):
+    """Its own form, else the default (margin); at lambda 0 no term, so pair, which asks for nothing."""
+    assert term_form(form, weight) == gets

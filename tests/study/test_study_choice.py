@@ -74,7 +74,6 @@ def test_a_later_spec_takes_the_chosen_recipe(tmp_path):
         load_spec(tmp_path / "forms.yaml")
 
 
-
 def test_a_deft_arm_chosen_gives_its_term(tmp_path):
     forms = report(**{"lr-1e-4": metrics(0.6), "lr-2e-4": metrics(0.62)})
     for arm in forms["spec"]["arms"]:
