@@ -26,7 +26,7 @@ from deft_study.stats import (
     paired_bootstrap,
     prefer_shorter,
 )
-from deft_study.training import code_commit, portable, run_dir
+from deft_study.training import code_commit, guard_events, portable, run_dir
 
 METRICS = ENDPOINTS
 COMPARED = ("accuracy", "implicit_accuracy", "margin", "reward_gap")
@@ -55,6 +55,9 @@ def collect(spec: StudySpec, out: Path) -> dict[str, dict[int, tuple[dict, dict]
         for seed in arm.seeds:
             result, evaluation = (_load(run_dir(out, arm, seed) / name) for name in ("result.json", "eval.json"))
             if result and evaluation:
+                log = run_dir(out, arm, seed) / "train.log"
+                if result.get("trained") and "guard_events" not in result and log.is_file():
+                    result["guard_events"] = guard_events(log)  # runs from before it was recorded: their own log
                 runs.setdefault(arm.name, {})[seed] = (result, evaluation)
     return runs
 
