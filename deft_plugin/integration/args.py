@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_va
 from deft_plugin.core.losses import DEFAULT_LOSS_FORM, DEFAULT_PRO_SFT_WEIGHT, DEFAULT_REWARD_WEIGHT
 from deft_plugin.core.qdiff import NORMS
 from deft_plugin.data.sources import JSON_SUFFIXES
+from deft_plugin.integration.listing import deft_enabled
 from deft_plugin.registry import FORMAT_PREFIX, dataset_formats, format_name, score_variants
 from deft_plugin.utils.usage import looks_like_a_path
 
@@ -120,8 +121,6 @@ class DEFTArgs(BaseModel):
     def check_combinations(cls, data):
         if not isinstance(data, dict):
             return data
-        from deft_plugin.integration.plugin import deft_enabled
-
         if not deft_enabled(data):  # not the plugin's config: Axolotl 0.21 checks every config of a process
             return data             # against every plugin schema it has loaded
         check_known_keys(data, cls.model_fields)

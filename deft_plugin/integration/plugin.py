@@ -13,36 +13,16 @@ versions register installed plugins on every run."""
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 from dataclasses import replace
 
 from axolotl.integrations.base import BasePlugin
 
 from deft_plugin.integration.config_errors import show_config_errors_briefly
+from deft_plugin.integration.listing import deft_enabled, resolve_class
 from deft_plugin.integration.settings import DeftSettings, read_settings
 
 LOG = logging.getLogger("axolotl.integrations.deft")
-
-
-@functools.lru_cache(maxsize=None)
-def _resolve_plugin(name: str) -> type | None:
-    """The class a `plugins:` entry names (`module.Class` or `module:Class`, as Axolotl reads
-    it), or None when it does not import: Axolotl reports that itself."""
-    module, sep, attr = name.replace(":", ".").rpartition(".")
-    if not sep:
-        return None
-    try:
-        found = getattr(importlib.import_module(module), attr, None)
-    except ImportError:
-        return None
-    return found if isinstance(found, type) else None
-
-
-def deft_enabled(cfg) -> bool:
-    """Whether the config lists DEFTPlugin (or a subclass), by whatever path it names it."""
-    return any((cls := _resolve_plugin(str(name))) is not None and issubclass(cls, DEFTPlugin)
-               for name in (cfg.get("plugins") or []))
 
 
 def deft_settings(cfg) -> DeftSettings | None:
@@ -89,7 +69,7 @@ class DEFTPlugin(BasePlugin):
         if chosen and chosen != DPO_TRAINER_CLS:
             from deft_plugin.integration.dpo_trainer import DeftDPOLossMixin
 
-            cls = _resolve_plugin(str(chosen))
+            cls = resolve_class(str(chosen))
             if cls is None or not issubclass(cls, DeftDPOLossMixin):
                 raise ValueError(f"trainer_cls: {chosen} is not a DEFT-DPO trainer; the plugin needs "
                                  f"{DPO_TRAINER_CLS} (or a subclass of it): remove trainer_cls or subclass it")

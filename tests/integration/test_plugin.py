@@ -12,6 +12,7 @@ from axolotl.utils.dict import DictDefault
 
 from deft_plugin.integration.callbacks import MetricsLogCallback
 from deft_plugin.integration.collator import ListwiseCollator
+from deft_plugin.integration.listing import PLUGIN_CLASS
 from deft_plugin.integration.plugin import DEFTPlugin, deft_enabled, pro_enabled
 
 AXOLOTL_SPELLINGS = ["deft_plugin.DEFTPlugin", "deft_plugin.integration.plugin.DEFTPlugin"]
@@ -30,6 +31,10 @@ def test_every_spelling_axolotl_loads_enables_the_hooks(name):
     assert [type(c) for c in callbacks] == [MetricsLogCallback]
     collator = plugin.get_collator_cls_and_kwargs(cfg([name], deft_method="pro"))
     assert collator == (ListwiseCollator, {})
+
+
+def test_the_schema_names_the_plugin_class_it_is():
+    assert f"{DEFTPlugin.__module__}.{DEFTPlugin.__qualname__}" == PLUGIN_CLASS
 
 
 @pytest.mark.parametrize("name", AXOLOTL_SPELLINGS + COLON_SPELLINGS)
