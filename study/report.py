@@ -195,6 +195,8 @@ def arm_summary(arm, seeds: dict, per_pair: dict, pool_scoring: float, pool_toke
             "steps": results[0].get("steps", 0), "metrics": metrics,
             "train_seconds": mean_interval(train), "cost_seconds": mean_interval(cost),
             "cpu_seconds": mean_interval(cpu) if len(cpu) == len(results) else None,
+            # runs resumed from a checkpoint: their time and CPU seconds are their last piece's only
+            "resumed": {r["seed"]: r["resumed_from_step"] for r in results if "resumed_from_step" in r},
             # the collapse guard's event lines over the arm's runs (None: recorded by none of them)
             "guard_events": (sum(len(r["guard_events"]) for r in results if "guard_events" in r)
                              if any("guard_events" in r for r in results) else None),
@@ -261,6 +263,11 @@ def render_markdown(report: dict) -> str:
                      f"{a['cost_seconds']['mean']:.0f} | "
                      + (f"{a['cpu_seconds']['mean']:.0f} | " if a.get("cpu_seconds") else "- | ")
                      + (f"{ratio['ratio']:.2f} of {ratio['arm']}" if ratio else "-") + " |")
+    resumed = [f"{name} seed {seed} from step {step}" for name, a in report["arms"].items()
+               for seed, step in a.get("resumed", {}).items()]
+    if resumed:
+        lines += ["", "Resumed from a checkpoint, so their cost counts the last piece only: "
+                  + "; ".join(resumed) + "."]
     lines += answers_table(report) + length_table(report)
     primary = [c for c in report["comparisons"] if c.get("primary")]
     if primary:

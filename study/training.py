@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import time
 from dataclasses import replace
@@ -110,11 +111,25 @@ def arm_config(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path
             cfg["deft_filter_by"] = arm.by
     if arm.guard_answers_every:
         cfg["deft_guard_answers_every"] = arm.guard_answers_every
+    cfg.update(CHECKPOINTS)
     if qdiff_dir is not None:  # Q built from part of the pool (the volume question): scored again with it
         cfg["deft_qdiff_path"] = local(qdiff_dir)
     if r.adapter == "lora":
         cfg.update(lora_keys(r.lora_r, r.lora_alpha))
     return cfg
+
+
+# A checkpoint every CHECKPOINT_STEPS steps (the last one kept): a run killed midway resumes from its
+# last checkpoint on the next `deft study`, the same run as one that was never stopped.
+CHECKPOINT_STEPS = 50
+CHECKPOINTS = {"save_strategy": "steps", "save_steps": CHECKPOINT_STEPS, "save_total_limit": 1,
+               "auto_resume_from_checkpoints": True}
+
+
+def last_checkpoint_step(model_dir: Path) -> int | None:
+    """The step of the newest checkpoint a killed run left, or None."""
+    steps = [p.name.rpartition("-")[2] for p in model_dir.glob("checkpoint-*")]
+    return max((int(step) for step in steps if step.isdigit()), default=None)
 
 
 def lora_keys(rank: int, alpha: int) -> dict:
@@ -141,11 +156,19 @@ def train_run(spec: StudySpec, arm: Arm, seed: int, model_dir: Path, pool: Path,
         qdiff_dir = partial_qdiff(arm.q_fraction, seed) if arm.q_fraction is not None else None
         atomic_write_text(config_path, yaml.safe_dump(arm_config(spec, arm, seed, model_dir, pool, out, qdiff_dir),
                                                       sort_keys=False))
-        start, cpu_start = time.perf_counter(), children_cpu_seconds()
-        run_axolotl_train(config_path, directory / "train.log")
+        resumed = last_checkpoint_step(directory / "model")
         log = directory / "train.log"
+        if resumed is not None:  # the killed piece's log stays, guard events included
+            with log.open("a") as f:
+                f.write(f"== resumed from its checkpoint at step {resumed}\n")
+        start, cpu_start = time.perf_counter(), children_cpu_seconds()
+        run_axolotl_train(config_path, log, append=resumed is not None)
         log.write_text(portable(log.read_text()))
+        for checkpoint in (directory / "model").glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)  # the run is finished: its adapter is in model/
         result = {"arm": arm.name, "seed": seed, "trained": True, **provenance,
+                  # resumed: the time and CPU seconds are those of the last piece, from this step on
+                  **({"resumed_from_step": resumed} if resumed is not None else {}),
                   "train_seconds": round(time.perf_counter() - start, 2),
                   "cpu_seconds": round(children_cpu_seconds() - cpu_start, 2), **run_record(directory / "model"),
                   "guard_events": guard_events(log)}

@@ -3,12 +3,45 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from deft_plugin.core.answers import AnswerSummary, generate_batch
-from deft_plugin.integration.guard import ANSWER_TOKENS, AnswerGuard
+from deft_plugin.integration.guard import ANSWER_TOKENS, AnswerGuard, CollapseGuard
+from deft_plugin.utils.atomic import atomic_write_text
+
+LOG = logging.getLogger("axolotl.integrations.deft")
+COLLAPSE_GUARD_STATE = "deft_guard.json"  # in each checkpoint folder
+ANSWER_GUARD_STATE = "deft_answer_guard.json"
+
+
+def checkpoint_dir(args, state) -> Path:
+    """The folder the Trainer saves the checkpoint of the current step in, and resumes from."""
+    return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+
+
+def keep_in_checkpoint(args, state, name: str, data: dict) -> None:
+    """A guard's state beside the checkpoint just saved; one copy per machine, since a resumed run
+    reads it on every process."""
+    if state.is_local_process_zero:
+        atomic_write_text(checkpoint_dir(args, state) / name, json.dumps(data))
+
+
+def kept_in_checkpoint(args, state, name: str) -> dict | None:
+    """A guard's state when the run resumes from a checkpoint that holds it; None on a fresh run.
+    A checkpoint without it (saved before the guard kept its state) restarts that guard at the step
+    resumed, and says so."""
+    if state.global_step == 0:
+        return None
+    path = checkpoint_dir(args, state) / name
+    if path.is_file():
+        return json.loads(path.read_text())
+    LOG.warning("DEFT guard: resumed at step %d from a checkpoint without %s; that check measures from "
+                "step %d instead of the run's start", state.global_step, name, state.global_step)
+    return None
 
 
 class MetricsLogCallback(TrainerCallback):
@@ -19,9 +52,15 @@ class MetricsLogCallback(TrainerCallback):
         self.path = Path(path)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        """A fresh run starts an empty log; a resumed one keeps the records up to the step it resumed
+        at (those after it belong to the interrupted run and come again)."""
         if state.is_world_process_zero:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
+            kept = []
+            if state.global_step and self.path.is_file():
+                kept = [line for line in self.path.read_text().splitlines()
+                        if line and json.loads(line)["step"] <= state.global_step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -51,7 +90,8 @@ class AnswerGuardCallback(TrainerCallback):
             model.train(training)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.guard = AnswerGuard(self.answers())
+        kept = kept_in_checkpoint(args, state, ANSWER_GUARD_STATE)
+        self.guard = AnswerGuard.from_dict(kept) if kept else AnswerGuard(self.answers())
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every:
@@ -59,3 +99,22 @@ class AnswerGuardCallback(TrainerCallback):
         metrics, lines = self.guard.update(self.answers(), state.global_step)
         self.trainer.record_train_metrics(metrics)
         self.trainer.guard_events(lines)
+
+    def on_save(self, args, state, control, **kwargs):
+        keep_in_checkpoint(args, state, ANSWER_GUARD_STATE, self.guard.to_dict())
+
+
+class CollapseGuardStateCallback(TrainerCallback):
+    """Keeps the trainer's collapse guard in each checkpoint and gives it back when the run
+    resumes from one, so that the guard keeps measuring against the run's first steps."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        kept = kept_in_checkpoint(args, state, COLLAPSE_GUARD_STATE)
+        self.trainer.deft_guard = CollapseGuard.from_dict(kept) if kept else None
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.trainer.deft_guard is not None:
+            keep_in_checkpoint(args, state, COLLAPSE_GUARD_STATE, self.trainer.deft_guard.to_dict())

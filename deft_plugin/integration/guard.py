@@ -23,7 +23,7 @@ than 10 points: one answer turning repetitive is allowed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from statistics import fmean
 
 import torch
@@ -60,6 +60,13 @@ class Events:
         self.count += len(lines)
         return lines
 
+    def to_dict(self) -> dict:
+        return {"firing": sorted(self.firing), "count": self.count}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Events":
+        return cls(set(data["firing"]), data["count"])
+
 
 @dataclass
 class CollapseGuard:
@@ -80,6 +87,15 @@ class CollapseGuard:
         metrics = {f"deft/guard_{name}": value for name, (value, _, _) in signals.items()}
         return {**metrics, "deft/guard_events": float(self.events.count)}, lines
 
+    def to_dict(self) -> dict:
+        """What a checkpoint keeps, so that a resumed run holds its signals against the start of
+        the run, not against the step it resumed at."""
+        return {"history": self.history, "events": self.events.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CollapseGuard":
+        return cls(list(data["history"]), Events.from_dict(data["events"]))
+
 
 @dataclass
 class AnswerGuard:
@@ -93,6 +109,13 @@ class AnswerGuard:
         signals = answer_signals(self.start, now)
         metrics = {f"deft/guard_answer_{name}": value for name, (value, _, _) in signals.items()}
         return metrics, self.events.lines(signals, step)
+
+    def to_dict(self) -> dict:
+        return {"start": asdict(self.start), "events": self.events.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AnswerGuard":
+        return cls(AnswerSummary(**data["start"]), Events.from_dict(data["events"]))
 
 
 def answer_signals(start: AnswerSummary, now: AnswerSummary) -> dict[str, tuple[float, bool, str]]:

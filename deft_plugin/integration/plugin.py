@@ -163,6 +163,10 @@ class DEFTPlugin(BasePlugin):
         trainer.configure_deft(loss)
         LOG.info("DEFT: loss term attached to %s (weight %s, form %s)", type(trainer).__name__, loss.reward_weight,
                  loss.form)
+        if loss.guard != "off":
+            from deft_plugin.integration.callbacks import CollapseGuardStateCallback
+
+            trainer.add_callback(CollapseGuardStateCallback(trainer))
         if settings.guard_answers_every and loss.guard != "off":
             from deft_plugin.integration.callbacks import AnswerGuardCallback
             from deft_plugin.integration.guard import guard_prompts

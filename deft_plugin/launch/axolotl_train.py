@@ -34,13 +34,14 @@ def cpu_run_keys(output_dir: str, prepared: str, seed: int) -> dict:
             "dataloader_num_workers": 0}
 
 
-def run_axolotl_train(config_path: Path, log_path: Path) -> None:
-    """`axolotl train` in a subprocess; the full log goes to a file, progress to the terminal."""
+def run_axolotl_train(config_path: Path, log_path: Path, append: bool = False) -> None:
+    """`axolotl train` in a subprocess; the full log goes to a file (added to it with `append`, as
+    for a run resumed from its checkpoint), progress to the terminal."""
     env = {**os.environ, **OFFLINE_ENV}
     cmd = [sys.executable, "-m", "axolotl.cli.main", "train", str(config_path.resolve()), "--launcher", "python"]
     shown = ("DEFT", "it/s", "s/it", "{'loss'", "Error", "error:")
-    with log_path.open("w") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                     text=True, env=env, cwd=config_path.parent) as proc:
+    with log_path.open("a" if append else "w") as log, subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=config_path.parent) as proc:
         for line in proc.stdout:
             log.write(line)
             if any(s in line for s in shown):

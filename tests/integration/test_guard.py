@@ -1,20 +1,25 @@
 """The collapse guard (deft_guard): its rules on made-up step records and answer summaries, then
 real DEFT-DPO training on the sharpened tiny Llama through Axolotl: a run driven to collapse (the
 linear term at a huge lambda and learning rate) is named in one line per signal, by the training
-signals and by the generation check alike, `stop` ends it early with a checkpoint saved, and a
-healthy run and `off` stay silent."""
+signals and by the generation check alike, `stop` ends it early with a checkpoint saved, a
+healthy run and `off` stay silent, and a run resumed from a checkpoint is the run never stopped,
+its guard and metrics log included."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import shutil
 
 import pytest
+import torch
 
 from deft_plugin.core.answers import AnswerSummary
 from deft_plugin.data.encoding import EncodedRow
 from deft_plugin.filtering.pipeline import FilterResult
-from deft_plugin.integration.guard import ADVICE, WINDOW, AnswerGuard, CollapseGuard, guard_prompts
+from deft_plugin.integration.guard import ADVICE, WINDOW, AnswerGuard, CollapseGuard, Events, guard_prompts
+from deft_plugin.launch.outputs import METRICS_LOG
 
 import test_dpo_trainer
 from test_dpo_trainer import deft_dataset_meta, load
@@ -84,6 +89,17 @@ def test_the_answer_check_names_each_signal_once_against_the_start():
     assert guard.update(AnswerSummary(0.2, 0.75, 90.0, 20), 30)[1] == []  # still firing: no new event
 
 
+def test_a_guards_state_survives_its_round_trip():
+    guard = CollapseGuard()
+    collapsing = {**HEALTHY, "top_token_share": 0.9}
+    feed(guard, [HEALTHY] * WINDOW + [collapsing] * WINDOW)
+    kept = CollapseGuard.from_dict(json.loads(json.dumps(guard.to_dict())))
+    assert kept == guard and kept.events.firing == {"top_token_share"}
+    assert kept.update(collapsing, 11) == guard.update(collapsing, 11)
+    answers = AnswerGuard(AnswerSummary(0.7, 0.1, 300.0, 20), Events({"repetitive"}, 2))
+    assert AnswerGuard.from_dict(json.loads(json.dumps(answers.to_dict()))) == answers
+
+
 def test_one_answer_turning_repetitive_among_few_is_not_a_collapse():
     guard = AnswerGuard(AnswerSummary(0.7, 0.25, 300.0, answers=4))
     assert guard.update(AnswerSummary(0.7, 0.5, 300.0, 4), 2)[1] == []  # one of four: 25 points
@@ -114,13 +130,13 @@ def guard_lines():
         logger.removeHandler(handler)
 
 
-def train(base_cfg, tmp_path, **keys):
+def train(base_cfg, tmp_path, resume_from=None, **keys):
     from axolotl.train import setup_model_and_trainer
 
     cfg = load({**base_cfg, "output_dir": str(tmp_path / "out"), "num_epochs": 3, "lr_scheduler": "constant", **keys})
     trainer = setup_model_and_trainer(cfg, deft_dataset_meta(cfg))[0]
     with guard_lines() as lines:  # after Axolotl has set its logging up
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume_from)
     return trainer, [h for h in trainer.state.log_history if "loss" in h], lines
 
 
@@ -167,3 +183,37 @@ def test_a_healthy_run_and_off_are_silent(base_cfg, tmp_path, keys):
         assert not any(k.startswith("deft/guard_") for h in steps for k in h)
     else:
         assert steps[-1]["deft/guard_events"] == 0 and "deft/guard_top_token_share" in steps[-1]
+
+
+@pytest.mark.slow
+def test_a_resumed_run_is_the_run_never_stopped(base_cfg, tmp_path):
+    """A run stopped after its checkpoint at step 12 and resumed from it: the same adapter, losses
+    and guard metrics as the run never stopped, the guard's events after step 12 and no others
+    (it measures against the run's start, not the step it resumed at), and one metrics log."""
+    keys = {**COLLAPSE, "deft_guard_answers_every": 2, "deft_guard_answers": 3, "save_strategy": "steps",
+            "save_steps": 6}
+    whole, whole_steps, whole_lines = train(base_cfg, tmp_path / "whole", **keys)
+    assert whole.state.global_step > 12 and any(line.startswith("DEFT guard (step 1") for line in whole_lines)
+    stopped = tmp_path / "resumed" / "out"
+    shutil.copytree(tmp_path / "whole" / "out" / "checkpoint-12", stopped / "checkpoint-12")
+    shutil.copy(tmp_path / "whole" / "out" / METRICS_LOG, stopped / METRICS_LOG)  # with records past step 12
+    resumed, resumed_steps, resumed_lines = train(base_cfg, tmp_path / "resumed",
+                                                  resume_from=str(stopped / "checkpoint-12"), **keys)
+
+    def params(trainer):
+        return {n: p.detach() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+    assert all(torch.equal(p, params(resumed)[n]) for n, p in params(whole).items())
+    def logged(steps):  # TRL's running count of tokens seen restarts at 0 in a resumed run (TRL's, not DEFT's)
+        return [{k: v for k, v in h.items() if k != "num_tokens"} for h in steps]
+
+    assert logged(resumed_steps) == logged(whole_steps)  # to step 12 the checkpoint's history, then trained again
+    after = [h for h in whole_steps if h["step"] > 12]
+    assert any("deft/guard_answer_distinct_words" in h for h in after) and after[-1]["deft/guard_events"] >= 1
+    events = [line for line in whole_lines if line.startswith("DEFT guard (step")]
+    assert [line for line in resumed_lines if line.startswith("DEFT guard (step")] == \
+        [line for line in events if int(line.split()[3].rstrip("):")) > 12]
+    records = [[json.loads(line) for line in (out / METRICS_LOG).read_text().splitlines()]
+               for out in (stopped, tmp_path / "whole" / "out")]
+    assert [r["step"] for r in records[0]] == [r["step"] for r in records[1]]  # each step once
+    assert logged(r for r in records[0] if "loss" in r) == logged(r for r in records[1] if "loss" in r)

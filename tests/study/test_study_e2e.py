@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 
 import pytest
+import torch
 import yaml
 
 from deft_plugin.cli.main import main
@@ -285,3 +288,57 @@ def test_a_reward_model_trained_on_the_pool_judges_every_arm(study, tmp_path):
                         (tmp_path / side / "scores.jsonl").read_text().splitlines()]
     wins = [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(logits["chosen"], logits["rejected"])]
     assert validation["accuracy"] == pytest.approx(sum(wins) / len(wins))
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_into_the_same_model(study, tiny_model_dir, tmp_path, monkeypatch):
+    """`axolotl train` killed once a checkpoint is saved, then the study run again: it goes on
+    from the checkpoint (its log kept and marked) and ends in the model of the run never killed."""
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    import deft_study.training as training
+    from deft_plugin.launch.axolotl_train import OFFLINE_ENV, run_axolotl_train
+    from deft_study.spec import load_spec
+
+    spec = load_spec(study["root"] / "spec.yaml")
+    arm = next(a for a in spec.arms if a.name == "dpo-random")
+    monkeypatch.setitem(training.CHECKPOINTS, "save_steps", 2)
+    monkeypatch.setitem(training.CHECKPOINTS, "save_total_limit", None)  # the test names the checkpoint it kept
+
+    def killed_after_a_checkpoint(config_path, log_path, append=False):
+        cmd = [sys.executable, "-m", "axolotl.cli.main", "train", str(config_path), "--launcher", "python"]
+        guard_state = config_path.parent / "model" / "checkpoint-2" / "deft_guard.json"  # written last
+        env = {**os.environ, **OFFLINE_ENV}
+        with log_path.open("w") as log, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                         cwd=config_path.parent, env=env) as p:
+            while not guard_state.is_file():
+                assert p.poll() is None, log_path.read_text()[-3000:]
+                time.sleep(0.1)
+            p.kill()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "run_axolotl_train", killed_after_a_checkpoint)
+    pool = study["out"] / "data" / "pool.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        training.train_run(spec, arm, 0, tiny_model_dir, pool, tmp_path)
+    folder = training.run_dir(tmp_path, arm, 0)
+    for later in [p for p in (folder / "model").glob("checkpoint-*") if p.name != "checkpoint-2"]:
+        shutil.rmtree(later)  # killed between step 2 and its next checkpoint
+    assert not (folder / "result.json").exists()
+    monkeypatch.setattr(training, "run_axolotl_train", run_axolotl_train)
+    result = training.train_run(spec, arm, 0, tiny_model_dir, pool, tmp_path)
+    assert result["resumed_from_step"] == 2 and result["steps"] == math.ceil(result["kept"] / 2)
+    log = (folder / "train.log").read_text()
+    killed, _, second = log.partition("== resumed from its checkpoint at step 2\n")
+    assert second and killed.count("{'loss'") >= 2  # the killed piece's log is kept
+    assert second.count("{'loss'") == result["steps"] - 2  # the second piece trains the steps after the checkpoint
+    assert not list((folder / "model").glob("checkpoint-*"))  # a finished run keeps its model only
+    whole = training.train_run(spec, arm, 0, tiny_model_dir, pool, tmp_path / "never-killed")
+    never_killed = load_file(training.run_dir(tmp_path / "never-killed", arm, 0) / "model" / "model.safetensors")
+    resumed = load_file(folder / "model" / "model.safetensors")
+    assert never_killed.keys() == resumed.keys() and all(torch.equal(never_killed[k], resumed[k]) for k in resumed)
+    assert result["last_loss"] == whole["last_loss"] and result["kept_indices"] == whole["kept_indices"]
+    assert "resumed_from_step" not in whole
