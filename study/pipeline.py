@@ -96,10 +96,17 @@ def measure_run(spec: StudySpec, arm: Arm, seed: int, out: Path, model_dir: Path
     return result
 
 
+def runs_now(spec: StudySpec, only: set[str] | None = None, seeds: set[int] | None = None) -> list[tuple[Arm, int]]:
+    """The (arm, seed) runs of the spec in its order, of the arms in `only` and the seeds in `seeds`
+    where given; the base arm always (every comparison needs it)."""
+    return [(arm, seed) for arm in spec.arms for seed in arm.seeds
+            if arm.method == "base" or ((not only or arm.name in only) and (seeds is None or seed in seeds))]
+
+
 def run_study(spec: StudySpec, out: Path, model_dir: Path, rows: list[dict], only: set[str] | None = None,
-              progress: bool = True) -> None:
-    """Train and measure every (arm, seed) of the spec (or of the arms named in `only`) on the
-    data's raw rows."""
+              progress: bool = True, seeds: set[int] | None = None) -> None:
+    """Train and measure every (arm, seed) of the spec (or of the arms named in `only`, the seeds in
+    `seeds`) on the data's raw rows; the judge and the Q-volume question only for the whole study."""
     from transformers import AutoTokenizer
 
     from deft_eval.hh_prompts import load_prompts
@@ -114,18 +121,16 @@ def run_study(spec: StudySpec, out: Path, model_dir: Path, rows: list[dict], onl
     qdiff = study_qdiff(out, pool, tokenizer)
     write_pool_tokens(out, pool)
     prompts = load_prompts(str(measured))[0][: spec.measure.generate] if spec.measure.generate else []
-    for arm in spec.arms:
-        if only and arm.name not in only and arm.method != "base":
-            continue
-        for seed in arm.seeds:
-            print(f"== {arm.name} seed {seed}", flush=True)
-            train_run(spec, arm, seed, model_dir, files["pool"], out,
-                      lambda fraction, draw: partial_qdiff(out, pool, tokenizer, spec, fraction, draw))
-            measure_run(spec, arm, seed, out, model_dir, tokenizer, pairs, qdiff.qn, prompts, progress)
-    if spec.judge:
+    for arm, seed in runs_now(spec, only, seeds):
+        print(f"== {arm.name} seed {seed}", flush=True)
+        train_run(spec, arm, seed, model_dir, files["pool"], out,
+                  lambda fraction, draw: partial_qdiff(out, pool, tokenizer, spec, fraction, draw))
+        measure_run(spec, arm, seed, out, model_dir, tokenizer, pairs, qdiff.qn, prompts, progress)
+    whole = not only and seeds is None
+    if spec.judge and whole:
         train_judge(spec, out, model_dir, files)
         judge_answers(spec, out, spec.measure.batch_size)
-    if spec.q_volume.fractions and not only:
+    if spec.q_volume.fractions and whole:
         measure_q_volume(spec, out, model_dir, tokenizer, pool, progress)
 
 

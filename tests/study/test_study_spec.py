@@ -135,7 +135,7 @@ def test_deft_study_with_a_bad_spec_gets_one_line(tmp_path, text, words, no_stud
     assert no_study_runs == [] and not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("case", ["arms", "model", "spec model", "data"])
+@pytest.mark.parametrize("case", ["arms", "model", "spec model", "data", "seeds", "seeds of no arm"])
 def test_deft_study_with_a_bad_flag_gets_one_line(tmp_path, case, tiny_model_dir, no_study_runs, capsys):
     """--arms naming no arm of the spec (it used to be ignored), a model that is not there (it used
     to reach transformers' "Repo id must be in the form"), data that is not there (a traceback):
@@ -148,16 +148,32 @@ def test_deft_study_with_a_bad_flag_gets_one_line(tmp_path, case, tiny_model_dir
     argv = ["study", "--spec", str(spec), "--out", str(tmp_path / "out")]
     if case != "spec model":
         argv += ["--model", str(tmp_path / "gone" if case == "model" else tiny_model_dir)]
-    extra = {"arms": ["--arms", "dpo-random,dpo-top"], "data": ["--data", str(tmp_path / "missing.jsonl")]}
+    extra = {"arms": ["--arms", "dpo-random,dpo-top"], "data": ["--data", str(tmp_path / "missing.jsonl")],
+             "seeds": ["--seeds", "0,one"], "seeds of no arm": ["--arms", "dpo-random", "--seeds", "0,3"]}
     argv += extra.get(case, [])
     expected = {"arms": "--arms dpo-random,dpo-top: no arm named dpo-top; the spec's arms: base, dpo-random",
                 "model": f"--model {tmp_path / 'gone'}: no such folder",
                 "spec model": f"--spec {spec}: model: {tmp_path / 'gone'}: no such folder",
-                "data": f"--data {tmp_path / 'missing.jsonl'}: "}[case]
+                "data": f"--data {tmp_path / 'missing.jsonl'}: ",
+                "seeds": "--seeds 0,one: comma-separated integers",
+                "seeds of no arm": "--seeds 0,3: no arm run has seed 3; their seeds: 0"}[case]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expected in err and "Traceback" not in err, err
     assert no_study_runs == [] and not (tmp_path / "out").exists()
+
+
+def test_a_study_runs_now_the_arms_and_seeds_it_is_given():
+    """--arms and --seeds pick runs in the spec's order; the base arm runs whatever they say."""
+    from deft_study.pipeline import runs_now
+
+    spec = load_spec(REPO / "docs" / "study" / "second-edition" / "spec.yaml")
+    named = lambda runs: [(arm.name, seed) for arm, seed in runs]  # noqa: E731
+    assert len(runs_now(spec)) == 1 + 5 * 5 + 2 + 5 + 5 + 1
+    assert named(runs_now(spec, {"dpo-top-5", "dpo-100"}, {1})) == [("base", 0), ("dpo-top-5", 1), ("dpo-100", 1)]
+    assert named(runs_now(spec, seeds={4})) == [("base", 0)] + [
+        (name, 4) for name in ("dpo-random-5", "dpo-top-5", "dpo-length-top-5", "dpo-margin-top-5", "deft-dpo-top-5",
+                               "pro-random-5", "deft-pro-top-5")]
 
 
 def test_the_second_edition_spec_is_the_built_in_study():
