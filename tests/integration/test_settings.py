@@ -177,8 +177,9 @@ def test_the_plugin_reuses_an_existing_cache(tiny_model_dir, hh_file, tmp_path, 
 
 
 # Modules that meet Axolotl's config: the hooks (plugin.py), the reading of it (settings.py), the
-# pydantic schema (args.py), and the reference-model wrapper Axolotl calls with it.
-DOORS = {"plugin.py", "settings.py", "args.py", "scoring_reference.py"}
+# pydantic schema (args.py), whether it lists the plugin (listing.py), and the reference-model
+# wrapper Axolotl calls with it.
+DOORS = {"plugin.py", "settings.py", "args.py", "listing.py", "scoring_reference.py"}
 
 
 def test_nothing_past_the_door_reads_the_config():
