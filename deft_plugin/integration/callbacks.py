@@ -39,8 +39,9 @@ def kept_in_checkpoint(args, state, name: str) -> dict | None:
     path = checkpoint_dir(args, state) / name
     if path.is_file():
         return json.loads(path.read_text())
-    LOG.warning("DEFT guard: resumed at step %d from a checkpoint without %s; that check measures from "
-                "step %d instead of the run's start", state.global_step, name, state.global_step)
+    LOG.warning("DEFT guard: resumed at step %d, but %s holds no %s (saved by an older version, or the "
+                "checkpoint is outside output_dir); that check measures from step %d instead of the run's start",
+                state.global_step, path.parent, name, state.global_step)
     return None
 
 
